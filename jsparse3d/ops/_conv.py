@@ -1,0 +1,201 @@
+"""Sparse 3D convolution: submanifold, strided and transposed, with cached kernel maps."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jsparse3d import _coords
+from jsparse3d import _errors
+from jsparse3d._sparse_tensor import Geometry
+from jsparse3d._sparse_tensor import SparseTensor
+from jsparse3d.ops import _conv_primitive
+from jsparse3d.ops import _hash
+from jsparse3d.ops import _kernel_map
+
+IMPLEMENTATIONS = ("xla",)
+
+
+def _key(kind: str, kernel_size, stride=None, dilation=(1, 1, 1)) -> str:
+  fmt = lambda t: "x".join(map(str, t))
+  parts = [kind, f"k{fmt(kernel_size)}"] + ([f"s{fmt(stride)}"] if stride is not None else []) + [f"d{fmt(dilation)}"]
+  return "/".join(parts)
+
+
+def _with_cache(x: SparseTensor, **entries) -> SparseTensor:
+  return x.replace(cache={**x.cache, **entries})
+
+
+def ensure_index(x: SparseTensor) -> tuple[_hash.HashIndex, SparseTensor]:
+  """The hash index of ``x``'s coordinates, from its cache or built now (and cached on the returned tensor)."""
+  if "index" in x.cache:
+    return x.cache["index"], x
+  index = _hash.build_index(x.coords, x.num_valid)
+  return index, _with_cache(x, index=index).replace(errors=x.errors | index.errors)
+
+
+def kernel_map(x: SparseTensor, kernel_size, *, stride=1, dilation=1) -> tuple[_kernel_map.KernelMap, SparseTensor]:
+  """The kernel map of a convolution on ``x``, from the cache or built now.
+
+  Args:
+    x: input tensor.
+    kernel_size: int or 3 ints. stride: int or 3 ints (1 = submanifold). dilation: int or 3 ints.
+  Returns:
+    ``(kmap, y)``: for stride 1, ``y`` is ``x`` with the map cached; for stride > 1, ``y`` is the coarse output
+    geometry (a SparseTensor with zero-width features) that remembers ``x`` as its parent. ``kmap.src`` rows
+    index ``x``, ``kmap.dst`` rows index ``y``.
+
+  Example:
+    >>> kmap, x = kernel_map(x, 3)
+    >>> table = kmap.neighbor_table()  # int32[N, 27]
+  """
+  ks = _coords.as_triple(kernel_size, "kernel_size")
+  st = _coords.as_triple(stride, "stride")
+  dil = _coords.as_triple(dilation, "dilation")
+  _coords.check_conv_geometry(ks, st, dil)
+  if st == (1, 1, 1):
+    key = _key("subm", ks, dilation=dil)
+    if key in x.cache:
+      return x.cache[key], x
+    index, x = ensure_index(x)
+    kmap = _kernel_map.submanifold_map(x.coords, x.num_valid, index, ks, dil, x.stride)
+    return kmap, _with_cache(x, **{key: kmap})
+  index, x = ensure_index(x)
+  factor = tuple(a * b for a, b in zip(x.stride, st))
+  out_coords, out_nv, out_index, out_row = _kernel_map.downsample_coords(x.coords, x.num_valid, factor)
+  kmap = _kernel_map.strided_map(x.coords, x.num_valid, index, out_coords, out_nv, out_row, ks, st, dil, x.stride)
+  errors = x.errors | out_index.errors
+  _errors.check_now(errors, "strided conv")
+  y = SparseTensor(out_coords, jnp.zeros((x.capacity, 0), x.feats.dtype), out_nv, errors,
+                   {"index": out_index, "parent": x.geometry, _key("down", ks, st, dil): kmap}, factor)
+  return kmap, y
+
+
+def _check_weight(x: SparseTensor, weight, c_in_axis: int, what: str):
+  if not isinstance(x, SparseTensor):
+    raise TypeError(f"{what} expects a SparseTensor, got {type(x).__name__}.")
+  if getattr(weight, "ndim", None) != 5:
+    raise ValueError(
+        f"weight must have shape [kx, ky, kz, C_in, C_out], got {getattr(weight, 'shape', type(weight))}.")
+  if weight.shape[c_in_axis] != x.num_channels:
+    raise ValueError(
+        f"channel mismatch: the tensor has {x.num_channels} channels but the weight {weight.shape} expects "
+        f"{weight.shape[c_in_axis]} (axis {c_in_axis}). Use a weight of shape [kx, ky, kz, {x.num_channels}, C_out].")
+  if weight.dtype != x.feats.dtype:
+    raise TypeError(
+        f"weight dtype {weight.dtype} differs from feature dtype {x.feats.dtype}. Cast one of them, e.g. "
+        "weight.astype(x.feats.dtype); accumulation is float32 either way.")
+  if x.feats.ndim != 2:
+    raise ValueError(
+        f"{what} takes one SparseTensor with feats [N, C], got feats {x.feats.shape}. Use jax.vmap for a stack.")
+
+
+def _check_implementation(implementation):
+  if implementation not in (None,) + IMPLEMENTATIONS:
+    raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None (the default), got {implementation!r}.")
+
+
+def _apply(x_feats, weight, kmap, bias, y: SparseTensor) -> SparseTensor:
+  w = weight.reshape(math.prod(weight.shape[:3]), weight.shape[3], weight.shape[4])
+  out = _conv_primitive.conv(x_feats, w, kmap)
+  if bias is not None:
+    if getattr(bias, "shape", None) != (weight.shape[4],):
+      raise ValueError(f"bias must have shape ({weight.shape[4]},), got {getattr(bias, 'shape', bias)}.")
+    out = jnp.where(y.valid_mask[:, None], out + bias.astype(out.dtype), jnp.zeros((), out.dtype))
+  return y.replace(feats=out)
+
+
+def conv3d(x: SparseTensor, weight: jax.Array, *, stride=1, dilation=1, bias: jax.Array | None = None,
+           implementation: str | None = None) -> SparseTensor:
+  """Sparse 3D convolution (cross-correlation).
+
+  ``out[q] = sum_i W[i]^T x[q + offset_i]`` over the offsets whose input site exists, with offsets as in
+  CONVENTIONS. Stride 1 is submanifold: the output has the input's coordinates. Stride ``s > 1`` gives the
+  coordinates ``unique(floor(c / (s_in * s)) * (s_in * s))``, stride ``s_in * s`` and the input's capacity.
+  Accumulation is float32 for every feature dtype.
+
+  Args:
+    x: input with ``C_in`` channels.
+    weight: ``[kx, ky, kz, C_in, C_out]``, same dtype as ``x.feats``; kernel sizes 1..7.
+    stride: 1..4 per axis. dilation: 1..3 per axis.
+    bias: optional ``[C_out]``, added on valid rows.
+    implementation: ``"xla"`` (default on every backend for now).
+  Returns:
+    SparseTensor with ``C_out`` channels; its cache holds the kernel map for the next layer of the same shape.
+
+  Example:
+    >>> w = jax.random.normal(key, (3, 3, 3, 16, 32)) * 0.05
+    >>> y = conv3d(x, w)               # submanifold
+    >>> z = conv3d(y, w2, stride=2)    # downsample; conv_transpose3d(z, ...) returns to y's coordinates
+  """
+  _check_implementation(implementation)
+  _check_weight(x, weight, 3, "conv3d")
+  kmap, y = kernel_map(x, weight.shape[:3], stride=stride, dilation=dilation)
+  return _apply(x.feats, weight, kmap, bias, y)
+
+
+def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, target: SparseTensor | None = None,
+                     bias: jax.Array | None = None, implementation: str | None = None) -> SparseTensor:
+  """Transposed sparse convolution: the exact adjoint of :func:`conv3d` with the same kernel size and stride.
+
+  It uses the strided conv's ``(input, output, offset)`` pairs with roles swapped, and its output takes exactly
+  the coordinates (and row order) of the finer tensor, so a U-Net skip concatenation lines up row for row.
+
+  Args:
+    x: the coarse input, with ``C_coarse`` channels.
+    weight: ``[kx, ky, kz, C_coarse, C_fine]``.
+    stride: the stride of the strided op this undoes (1 gives the adjoint of a submanifold conv).
+    target: the finer tensor whose coordinates the output takes. Optional when ``x`` descends from a strided op
+      on that tensor (the geometry is cached on ``x``).
+    bias: optional ``[C_fine]``. implementation: as in :func:`conv3d`.
+  Returns:
+    SparseTensor on the finer coordinates, with the finer tensor's cache.
+  """
+  _check_implementation(implementation)
+  _check_weight(x, weight, 3, "conv_transpose3d")
+  ks = tuple(int(k) for k in weight.shape[:3])
+  st = _coords.as_triple(stride, "stride")
+  _coords.check_conv_geometry(ks, st, (1, 1, 1))
+  if st == (1, 1, 1):
+    kmap, x = kernel_map(x, ks)
+    return _apply(x.feats, weight, kmap.T, bias, x)
+  fine_stride = tuple(a // b for a, b in zip(x.stride, st))
+  if any(a % b for a, b in zip(x.stride, st)):
+    raise ValueError(f"conv_transpose3d stride {st} does not divide the tensor stride {x.stride}.")
+  key = _key("down", ks, st)
+  if target is not None:
+    if not isinstance(target, SparseTensor):
+      raise TypeError(f"target must be a SparseTensor, got {type(target).__name__}.")
+    if target.stride != fine_stride:
+      raise ValueError(
+          f"target has stride {target.stride}, but a stride-{st} transposed conv from stride {x.stride} lands on "
+          f"stride {fine_stride}. Pass the tensor that the matching strided conv was applied to.")
+    fine = target.geometry
+  elif "parent" in x.cache:
+    fine = x.cache["parent"]
+    if fine.stride != fine_stride:
+      raise ValueError(
+          f"x's cached parent has stride {fine.stride}, not {fine_stride}: this x was made by a stride "
+          f"{tuple(a // b for a, b in zip(x.stride, fine.stride))} op. Pass stride= to match it, or target=.")
+  else:
+    raise ValueError(
+        "conv_transpose3d does not know the finer coordinates: x was not produced by a strided conv or pooling "
+        "(no cached parent). Pass target=<the finer SparseTensor>.")
+  if target is None and key in x.cache:
+    kmap = x.cache[key]
+  else:
+    fine_x = SparseTensor.from_geometry(fine, jnp.zeros((fine.coords.shape[0], 0), x.feats.dtype))
+    index, fine_x = ensure_index(fine_x)
+    fine = fine_x.geometry
+    kmap = _kernel_map.strided_map(fine.coords, fine.num_valid, index, x.coords, x.num_valid, None, ks, st,
+                                   (1, 1, 1), fine.stride)
+  y = SparseTensor.from_geometry(fine, jnp.zeros((fine.coords.shape[0], 0), x.feats.dtype), errors=x.errors)
+  return _apply(x.feats, weight, kmap.T, bias, y)
+
+
+def count_pairs(kmap: _kernel_map.KernelMap) -> jax.Array:
+  """``int32[]``: real (input, output, offset) pairs of a map; MACs of a conv are this times ``C_in * C_out``."""
+  return kmap.num_pairs
+

@@ -1,0 +1,223 @@
+"""Kernel maps: which input row meets which output row under which kernel offset.
+
+A map is stored as *pairs compacted by offset*: flat ``src`` / ``dst`` row lists in which every block of
+``block_size`` consecutive pairs belongs to one offset (each offset's run is padded to whole blocks with a
+sentinel row that gathers zero and scatters nowhere). A convolution then runs one small GEMM per block over real
+pairs only, with a dynamic block count, instead of gathering a dense ``[N, K, C]`` neighbourhood that is mostly
+empty at these sparsities. All shapes are static (the pair lists are sized for the worst case, ``K`` pairs per
+row), so nothing can overflow.
+
+Two savings keep the build linear and small:
+- a submanifold map with an odd kernel is symmetric (offset ``K-1-o`` is ``-o``): only half the offsets are
+  queried, and the other half are the same pairs with roles swapped (``mirrored``);
+- the centre offset of a submanifold map pairs every row with itself (``center``): it is a dense matmul, not
+  pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jsparse3d import _coords
+from jsparse3d import _errors
+from jsparse3d.ops import _hash
+
+SENTINEL = 1 << 30  # a row index past any array: gathers read zero, scatters drop it
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KernelMap:
+  """Pairs ``(src row, dst row, offset)`` of a convolution, compacted by offset.
+
+  ``dst[p]`` receives ``x[src[p]] @ W[offset]``. For a strided map ``src`` rows are fine (input) rows and
+  ``dst`` rows coarse (output) rows; :attr:`T` swaps them for the transposed convolution.
+
+  Attributes:
+    src, dst: ``int32[P]`` pair rows; padding pairs hold :data:`SENTINEL`.
+    block_offset: ``int32[P // block_size]`` kernel offset of each block.
+    num_blocks: ``int32[]`` blocks in use (the rest are padding).
+    num_pairs: ``int32[]`` real pairs, counting mirrored and centre pairs (the MACs are ``num_pairs * Cin * Cout``).
+    center_mask: ``bool[num_dst]`` rows paired with themselves at offset ``center`` (empty if ``center < 0``).
+    kernel_size, dilation: static kernel geometry.
+    src_stride, dst_stride: static tensor strides of the two sides.
+    num_src, num_dst: static row counts (capacities) of the two sides.
+    block_size: static pairs per block.
+    center: static offset index handled as identity pairs, or -1.
+    mirrored: static; if True, every pair ``(s, d, o)`` also stands for ``(d, s, K - 1 - o)``.
+  """
+
+  src: jax.Array
+  dst: jax.Array
+  block_offset: jax.Array
+  num_blocks: jax.Array
+  num_pairs: jax.Array
+  center_mask: jax.Array
+  kernel_size: _coords.Triple = dataclasses.field(metadata=dict(static=True))
+  dilation: _coords.Triple = dataclasses.field(metadata=dict(static=True))
+  src_stride: _coords.Triple = dataclasses.field(metadata=dict(static=True))
+  dst_stride: _coords.Triple = dataclasses.field(metadata=dict(static=True))
+  num_src: int = dataclasses.field(metadata=dict(static=True))
+  num_dst: int = dataclasses.field(metadata=dict(static=True))
+  block_size: int = dataclasses.field(metadata=dict(static=True))
+  center: int = dataclasses.field(metadata=dict(static=True))
+  mirrored: bool = dataclasses.field(metadata=dict(static=True))
+
+  @property
+  def num_offsets(self) -> int:
+    return math.prod(self.kernel_size)
+
+  @property
+  def T(self) -> "KernelMap":
+    """The transposed map: the same pairs with source and destination swapped."""
+    return dataclasses.replace(self, src=self.dst, dst=self.src, src_stride=self.dst_stride,
+                               dst_stride=self.src_stride, num_src=self.num_dst, num_dst=self.num_src)
+
+  def neighbor_table(self) -> jax.Array:
+    """``int32[num_dst, K]``: the source row of each (destination row, offset), or -1.
+
+    The dense, output-stationary form of the map (what GPU kernels and tests use); built from the pairs.
+    """
+    k = self.num_offsets
+    table = jnp.full((self.num_dst, k), -1, jnp.int32)
+    blocks = jnp.arange(self.block_offset.shape[0])
+    off = jnp.where(blocks < self.num_blocks, self.block_offset, k)
+    off = jnp.repeat(off, self.block_size)
+    table = table.at[self.dst, off].set(self.src, mode="drop")
+    if self.mirrored:
+      table = table.at[self.src, k - 1 - off].set(self.dst, mode="drop")
+    if self.center >= 0:
+      rows = jnp.arange(self.num_dst, dtype=jnp.int32)
+      table = table.at[:, self.center].set(jnp.where(self.center_mask, rows, -1))
+    return table
+
+
+def block_size_for(num_rows: int) -> int:
+  """Pairs per block: large enough to amortise the per-block loop cost, small enough to waste little padding."""
+  return 1 << int(np.clip(round(math.log2(max(num_rows, 1) / 100)), 5, 10))
+
+
+def _compact(table, offset_ids, rows_are_dst: bool, *, block_size: int):
+  """Compacts a ``[Kq, M]`` partner table into offset-homogeneous blocks of pairs.
+
+  Args:
+    table: ``int32[Kq, M]`` partner row of each (offset, row), ``-1`` if none.
+    offset_ids: static sequence of Kq kernel offset indices, one per table row.
+    rows_are_dst: whether the table's rows are destination rows (else source rows).
+  Returns:
+    ``(src, dst, block_offset, num_blocks, num_pairs)``.
+  """
+  kq, m = table.shape
+  bs = block_size
+  valid = table >= 0
+  counts = valid.sum(axis=1, dtype=jnp.int32)
+  blocks = (counts + bs - 1) // bs
+  first_block = jnp.cumsum(blocks) - blocks
+  rank = lax.associative_scan(jnp.add, valid.astype(jnp.int32), axis=1) - 1
+  pos = jnp.where(valid, first_block[:, None] * bs + rank, SENTINEL).reshape(-1)
+  blocks_cap = kq * (-(-m // bs))
+  size = blocks_cap * bs
+  rows = jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32), (kq, m)).reshape(-1)
+  partner = table.reshape(-1)
+  pairs = jnp.full((size, 2), SENTINEL, jnp.int32).at[pos].set(
+      jnp.stack([partner, rows], axis=1), mode="drop", unique_indices=True)
+  src, dst = (pairs[:, 0], pairs[:, 1]) if rows_are_dst else (pairs[:, 1], pairs[:, 0])
+  ends = jnp.cumsum(blocks)
+  which = jnp.sum(jnp.arange(blocks_cap, dtype=jnp.int32)[:, None] >= ends[None, :], axis=1)
+  block_offset = jnp.asarray(np.asarray(offset_ids, np.int32))[jnp.minimum(which, kq - 1)]
+  return src, dst, block_offset, ends[-1], counts.sum()
+
+
+def _query_table(index, coords, num_valid, offsets):
+  """``int32[len(offsets), N]``: row of ``coords[i] + offsets[o]`` in ``index`` (valid rows only), else -1."""
+  n = coords.shape[0]
+  shift = jnp.concatenate([jnp.zeros((len(offsets), 1), jnp.int32), jnp.asarray(offsets)], axis=1)
+  found = _hash.query_index(index, coords[None, :, :] + shift[:, None, :])
+  return jnp.where(jnp.arange(n) < num_valid, found, -1)
+
+
+def submanifold_map(coords, num_valid, index, kernel_size, dilation, stride) -> KernelMap:
+  """The map of a stride-1 (submanifold) convolution: output rows are the input rows.
+
+  Args:
+    coords: ``int32[N, 4]``; num_valid: ``int32[]``; index: the :class:`HashIndex` of ``coords``.
+    kernel_size, dilation: kernel geometry; stride: the tensor stride (offsets scale with it).
+  """
+  n = coords.shape[0]
+  offsets = _coords.kernel_offsets(kernel_size, dilation, stride)
+  k = len(offsets)
+  zero = np.flatnonzero(~offsets.any(axis=1))
+  center = int(zero[0]) if zero.size else -1
+  mirrored = _coords.is_symmetric(kernel_size) and k > 1
+  queried = list(range(k // 2)) if mirrored else [o for o in range(k) if o != center]
+  bs = block_size_for(n)
+  valid = jnp.arange(n) < num_valid
+  if queried:
+    table = _query_table(index, coords, num_valid, offsets[queried])
+    src, dst, block_offset, num_blocks, num_pairs = _compact(table, queried, True, block_size=bs)
+  else:
+    src = dst = block_offset = jnp.zeros((0,), jnp.int32)
+    num_blocks = num_pairs = jnp.zeros((), jnp.int32)
+  num_pairs = num_pairs * (2 if mirrored else 1) + (num_valid if center >= 0 else 0)
+  return KernelMap(src, dst, block_offset, num_blocks, num_pairs.astype(jnp.int32),
+                   valid if center >= 0 else jnp.zeros((0,), bool), kernel_size, dilation, stride, stride, n, n,
+                   bs, center, mirrored)
+
+
+def downsample_coords(coords, num_valid, factor):
+  """Output coordinates of a strided op: ``unique(floor(c / factor) * factor)`` per batch.
+
+  Output rows are in order of first occurrence among the input rows, so the result is deterministic.
+
+  Returns:
+    ``(out_coords int32[N, 4], out_num_valid int32[], out_index HashIndex, out_row int32[N])`` where
+    ``out_row[i]`` is the output row of input row ``i`` (-1 for padding).
+  """
+  n = coords.shape[0]
+  valid = jnp.arange(n) < num_valid
+  down = _coords.downsample(coords, factor)
+  ok = _coords.in_range(down)
+  hi, lo = _coords.pack_keys(down)
+  t_hi, t_lo, t_row, slot, first = _hash._insert(hi, lo, valid & ok, _hash.table_size_for(n))
+  rank = jnp.cumsum(first.astype(jnp.int32)) - 1
+  out_num_valid = jnp.sum(first, dtype=jnp.int32)
+  pad = jnp.array([-1, 0, 0, 0], jnp.int32)
+  out_coords = jnp.broadcast_to(pad, (n, 4)).at[jnp.where(first, rank, n)].set(down, mode="drop",
+                                                                                unique_indices=True)
+  t_row = jnp.where(t_row >= 0, rank[jnp.maximum(t_row, 0)], -1)
+  out_row = jnp.where(valid & ok, t_row[slot], -1)
+  errors = _errors.flag(jnp.any(valid & ~ok), _errors.OUT_OF_RANGE)
+  return out_coords, out_num_valid, _hash.HashIndex(t_hi, t_lo, t_row, errors), out_row
+
+
+def strided_map(coords, num_valid, index, out_coords, out_num_valid, out_row, kernel_size, stride, dilation,
+                in_stride) -> KernelMap:
+  """The map of a strided convolution from ``coords`` (fine) to ``out_coords`` (coarse).
+
+  ``out_row`` (from :func:`downsample_coords`, or None) enables the fast path when the kernel tiles the stride
+  exactly (``k == s <= 2``, dilation 1): every input row then lies in exactly one output's window, at a known
+  offset, and no hash query is needed.
+  """
+  n, n_out = coords.shape[0], out_coords.shape[0]
+  offsets = _coords.kernel_offsets(kernel_size, dilation, in_stride)
+  k = len(offsets)
+  bs = block_size_for(max(n, n_out))
+  tiles = all(kk == s and kk <= 2 for kk, s in zip(kernel_size, stride)) and dilation == (1, 1, 1)
+  if tiles and out_row is not None:
+    q = jnp.take(out_coords, jnp.maximum(out_row, 0), axis=0)
+    local = (coords[:, 1:] - q[:, 1:]) // jnp.asarray(in_stride, jnp.int32)
+    o = (local[:, 0] * kernel_size[1] + local[:, 1]) * kernel_size[2] + local[:, 2]
+    table = jnp.where((jnp.arange(k)[:, None] == o[None, :]) & (out_row >= 0)[None, :], out_row[None, :], -1)
+    src, dst, block_offset, num_blocks, num_pairs = _compact(table, range(k), False, block_size=bs)
+  else:
+    table = _query_table(index, out_coords, out_num_valid, offsets)
+    src, dst, block_offset, num_blocks, num_pairs = _compact(table, range(k), True, block_size=bs)
+  out_stride = tuple(a * b for a, b in zip(in_stride, stride))
+  return KernelMap(src, dst, block_offset, num_blocks, num_pairs, jnp.zeros((0,), bool), kernel_size, dilation,
+                   in_stride, out_stride, n, n_out, bs, -1, False)
