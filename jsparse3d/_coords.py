@@ -83,7 +83,7 @@ def downsample(coords: jnp.ndarray, factor: Triple) -> jnp.ndarray:
   Returns:
     ``int32[..., 4]``; duplicates are not removed here.
   """
-  f = jnp.asarray(factor, jnp.int32)
+  f = jnp.asarray(factor, jnp.int32).reshape((1,) * (coords.ndim - 1) + (3,))
   xyz = jnp.floor_divide(coords[..., 1:], f) * f
   return jnp.concatenate([coords[..., :1], xyz], axis=-1)
 

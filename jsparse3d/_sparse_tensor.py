@@ -12,7 +12,8 @@ import numpy as np
 from jsparse3d import _coords
 from jsparse3d import _errors
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
+# float64 only exists with jax x64 enabled (useful for finite-difference checks).
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16), np.dtype(np.float64))
 
 
 @jax.tree_util.register_dataclass
@@ -110,7 +111,7 @@ class SparseTensor(_errors.Flagged):
 
     Args:
       coords: integer ``[N, 4]`` rows ``(batch, x, y, z)``, or ``[N, 3]`` rows ``(x, y, z)`` for batch 0.
-      feats: float ``[N, C]`` (float64 is stored as float32).
+      feats: float ``[N, C]`` (float64 is stored as float32 unless jax x64 is enabled).
       capacity: static number of rows; default ``N`` after merging duplicates.
       stride: tensor stride; coordinates must be multiples of it.
       duplicates: how to merge rows with the same coordinates: ``"sum"``, ``"mean"``, or ``"error"`` to refuse.
@@ -137,7 +138,7 @@ class SparseTensor(_errors.Flagged):
       raise ValueError(
           f"feats must have shape [N, C] with N = {coords.shape[0]} (one row per coordinate), got {feats.shape}. "
           "For one channel use feats[:, None].")
-    if feats.dtype == np.float64:
+    if feats.dtype == np.float64 and not jax.config.jax_enable_x64:
       feats = feats.astype(np.float32)
     _check_float(feats.dtype, "feats")
     if check_finite and feats.size and not np.isfinite(feats.astype(np.float32)).all():
@@ -192,7 +193,9 @@ class SparseTensor(_errors.Flagged):
 
 def _check_float(dtype, name: str) -> None:
   if np.dtype(dtype) not in _FLOAT_DTYPES:
-    raise TypeError(f"{name} must be float32, bfloat16 or float16, got {dtype}. Cast with .astype(jnp.float32).")
+    raise TypeError(
+        f"{name} must be float32, bfloat16 or float16 (float64 with jax x64), got {dtype}. Cast with "
+        ".astype(jnp.float32).")
 
 
 def _check_range(coords: np.ndarray) -> None:

@@ -103,7 +103,7 @@ def _apply(x_feats, weight, kmap, bias, y: SparseTensor) -> SparseTensor:
   if bias is not None:
     if getattr(bias, "shape", None) != (weight.shape[4],):
       raise ValueError(f"bias must have shape ({weight.shape[4]},), got {getattr(bias, 'shape', bias)}.")
-    out = jnp.where(y.valid_mask[:, None], out + bias.astype(out.dtype), jnp.zeros((), out.dtype))
+    out = jnp.where(y.valid_mask[:, None], out + bias.astype(out.dtype)[None, :], jnp.zeros((), out.dtype))
   return y.replace(feats=out)
 
 

@@ -37,9 +37,9 @@ def to_dense(x: SparseTensor, spatial_shape, *, batch_size: int, origin=(0, 0, 0
     origin: finest-grid coordinate of dense index 0.
   """
   shape, origin = _check_box(x, spatial_shape, batch_size, origin)
-  idx = (x.coords[:, 1:] - jnp.asarray(origin, jnp.int32)) // jnp.asarray(x.stride, jnp.int32)
+  idx = (x.coords[:, 1:] - jnp.asarray([origin], jnp.int32)) // jnp.asarray([x.stride], jnp.int32)
   b = x.coords[:, 0]
-  inside = (b >= 0) & (b < batch_size) & jnp.all((idx >= 0) & (idx < jnp.asarray(shape)), axis=1)
+  inside = (b >= 0) & (b < batch_size) & jnp.all((idx >= 0) & (idx < jnp.asarray([shape])), axis=1)
   outside = x.valid_mask & ~inside
   if isinstance(outside, jax.core.Tracer):
     jax.debug.callback(_raise_outside, outside)
@@ -77,8 +77,8 @@ def from_dense(dense: jax.Array, *, capacity: int | None = None, stride=1, origi
   (rows,) = jnp.nonzero(nonzero, size=capacity, fill_value=total)
   valid = jnp.arange(capacity) < count
   grid = jnp.stack(jnp.unravel_index(jnp.minimum(rows, total - 1), (b, *shape)), axis=1).astype(jnp.int32)
-  xyz = grid[:, 1:] * jnp.asarray(stride, jnp.int32) + jnp.asarray(origin, jnp.int32)
-  coords = jnp.where(valid[:, None], jnp.concatenate([grid[:, :1], xyz], axis=1), jnp.array([-1, 0, 0, 0]))
+  xyz = grid[:, 1:] * jnp.asarray([stride], jnp.int32) + jnp.asarray([origin], jnp.int32)
+  coords = jnp.where(valid[:, None], jnp.concatenate([grid[:, :1], xyz], axis=1), jnp.array([[-1, 0, 0, 0]]))
   feats = jnp.where(valid[:, None], flat.at[rows].get(mode="fill", fill_value=0), jnp.zeros((), flat.dtype))
   errors = (_errors.flag(count > capacity, _errors.CAPACITY_OVERFLOW)
             | _errors.flag(~jnp.all(_coords.in_range(jnp.where(valid[:, None], coords, 0))), _errors.OUT_OF_RANGE))

@@ -138,6 +138,13 @@ def build_index(coords: jax.Array, num_valid: jax.Array | int) -> HashIndex:
   _check_coords_array(coords, "coords")
   if coords.ndim != 2:
     raise ValueError(f"coords must have shape [N, 4], got {coords.shape}.")
+  index = _build(coords, jnp.asarray(num_valid, jnp.int32))
+  _errors.check_now(index.errors, "build_index")
+  return index
+
+
+@jax.jit
+def _build(coords, num_valid) -> HashIndex:
   n = coords.shape[0]
   valid = jnp.arange(n) < num_valid
   ok = _coords.in_range(coords)
@@ -145,7 +152,6 @@ def build_index(coords: jax.Array, num_valid: jax.Array | int) -> HashIndex:
   t_hi, t_lo, t_row, _, first = _insert(hi, lo, valid & ok, table_size_for(n))
   errors = (_errors.flag(jnp.any(valid & ~ok), _errors.OUT_OF_RANGE)
             | _errors.flag(jnp.any(valid & ok & ~first), _errors.DUPLICATE_COORDS))
-  _errors.check_now(errors, "build_index")
   return HashIndex(t_hi, t_lo, t_row, errors)
 
 
@@ -162,6 +168,11 @@ def query_index(index: HashIndex, query_coords: jax.Array) -> jax.Array:
   if not isinstance(index, HashIndex):
     raise TypeError(f"index must be a HashIndex from build_index, got {type(index).__name__}.")
   _check_coords_array(query_coords, "query_coords")
+  return _query(index, query_coords)
+
+
+@jax.jit
+def _query(index, query_coords):
   ok = _coords.in_range(query_coords)
   hi, lo = _coords.pack_keys(query_coords)
   return _probe(index, hi, lo, ok)

@@ -17,6 +17,7 @@ Two savings keep the build linear and small:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -142,6 +143,7 @@ def _query_table(index, coords, num_valid, offsets):
   return jnp.where(jnp.arange(n) < num_valid, found, -1)
 
 
+@functools.partial(jax.jit, static_argnames=("kernel_size", "dilation", "stride"))
 def submanifold_map(coords, num_valid, index, kernel_size, dilation, stride) -> KernelMap:
   """The map of a stride-1 (submanifold) convolution: output rows are the input rows.
 
@@ -170,6 +172,7 @@ def submanifold_map(coords, num_valid, index, kernel_size, dilation, stride) -> 
                    bs, center, mirrored)
 
 
+@functools.partial(jax.jit, static_argnames=("factor",))
 def downsample_coords(coords, num_valid, factor):
   """Output coordinates of a strided op: ``unique(floor(c / factor) * factor)`` per batch.
 
@@ -196,6 +199,7 @@ def downsample_coords(coords, num_valid, factor):
   return out_coords, out_num_valid, _hash.HashIndex(t_hi, t_lo, t_row, errors), out_row
 
 
+@functools.partial(jax.jit, static_argnames=("kernel_size", "stride", "dilation", "in_stride"))
 def strided_map(coords, num_valid, index, out_coords, out_num_valid, out_row, kernel_size, stride, dilation,
                 in_stride) -> KernelMap:
   """The map of a strided convolution from ``coords`` (fine) to ``out_coords`` (coarse).
@@ -211,7 +215,7 @@ def strided_map(coords, num_valid, index, out_coords, out_num_valid, out_row, ke
   tiles = all(kk == s and kk <= 2 for kk, s in zip(kernel_size, stride)) and dilation == (1, 1, 1)
   if tiles and out_row is not None:
     q = jnp.take(out_coords, jnp.maximum(out_row, 0), axis=0)
-    local = (coords[:, 1:] - q[:, 1:]) // jnp.asarray(in_stride, jnp.int32)
+    local = (coords[:, 1:] - q[:, 1:]) // jnp.asarray([in_stride], jnp.int32)
     o = (local[:, 0] * kernel_size[1] + local[:, 1]) * kernel_size[2] + local[:, 2]
     table = jnp.where((jnp.arange(k)[:, None] == o[None, :]) & (out_row >= 0)[None, :], out_row[None, :], -1)
     src, dst, block_offset, num_blocks, num_pairs = _compact(table, range(k), False, block_size=bs)

@@ -1,0 +1,189 @@
+"""conv3d / conv_transpose3d values against dense lax convolution and brute-force numpy, on the max error."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jsparse3d as js
+from oracles import (dense_sparse_conv, dense_sparse_conv_transpose, np_conv, np_downsample, random_tensor,
+                     valid_part)
+
+G = 9  # dense box edge
+
+
+def _tol(dtype, reduction):
+  """Relative max-error tolerance scaled by the reduction length (K * C_in terms)."""
+  eps = {jnp.float32: 1.2e-7, jnp.float16: 9.8e-4, jnp.bfloat16: 7.8e-3}[dtype]
+  return 8 * eps * np.sqrt(reduction) + (0 if dtype == jnp.float32 else 4 * eps)
+
+
+def assert_close(got, want, dtype, reduction):
+  """Max error within the tolerance, relative to the largest magnitude of the oracle."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  scale = max(1.0, np.abs(want).max(initial=0))
+  err = np.abs(got - want).max(initial=0)
+  assert err <= _tol(dtype, reduction) * scale, f"max error {err:.3g} > {_tol(dtype, reduction) * scale:.3g}"
+
+
+@pytest.mark.parametrize("k, s, d", list(itertools.product([1, 2, 3, 5], [1, 2, 3], [1, 2])))
+def test_conv3d_matches_dense_oracle(rng, k, s, d):
+  x = random_tensor(rng, n_grid=G, density=0.25, channels=3, batch=2)
+  w = jnp.asarray(rng.standard_normal((k, k, k, 3, 4)).astype(np.float32))
+  y = js.ops.conv3d(x, w, stride=s, dilation=d)
+  cin, fin = valid_part(x)
+  cout, got = valid_part(y)
+  want = dense_sparse_conv(cin, jnp.asarray(fin, jnp.float32), w, cout, stride=(s,) * 3, dilation=(d,) * 3,
+                           shape=(G,) * 3, batch=2)
+  assert_close(got, want, jnp.float32, k ** 3 * 3)
+  if s > 1:
+    np.testing.assert_array_equal(cout[np.lexsort(cout.T[::-1])], np_downsample(cin, (s,) * 3))
+  else:
+    np.testing.assert_array_equal(cout, cin)
+  n = int(y.num_valid)
+  assert not np.asarray(y.feats[n:]).any() and (np.asarray(y.coords[n:, 0]) == -1).all()
+
+
+@pytest.mark.parametrize("ks, dil", [((3, 2, 1), (1, 2, 3)), ((4, 4, 4), (1, 1, 1)), ((7, 7, 7), (1, 1, 1)),
+                                     ((6, 3, 5), (3, 1, 2))])
+def test_conv3d_matches_numpy_brute_force(rng, ks, dil):
+  x = random_tensor(rng, n_grid=10, density=0.2, channels=5, batch=3, offset=(-20, 7, -3))
+  w = jnp.asarray(rng.standard_normal((*ks, 5, 6)).astype(np.float32))
+  y = js.ops.conv3d(x, w, dilation=dil)
+  cin, fin = valid_part(x)
+  _, got = valid_part(y)
+  want = np_conv(cin, fin, w, cin, dilation=dil)
+  assert_close(got, want, jnp.float32, np.prod(ks) * 5)
+
+
+def test_strided_conv_on_strided_tensor_matches_numpy(rng):
+  x = random_tensor(rng, n_grid=16, density=0.15, channels=2, batch=2, offset=(-8, -8, 0))
+  w1 = jnp.asarray(rng.standard_normal((2, 2, 2, 2, 3)).astype(np.float32))
+  w2 = jnp.asarray(rng.standard_normal((3, 3, 3, 3, 4)).astype(np.float32))
+  y = js.ops.conv3d(x, w1, stride=2)
+  z = js.ops.conv3d(y, w2, stride=2)
+  zs = js.ops.conv3d(y, w2)  # submanifold at stride 2: offsets scale by 2
+  cy, fy = valid_part(y)
+  cz, gz = valid_part(z)
+  assert_close(gz, np_conv(cy, fy, w2, cz, dilation=(1,) * 3, in_stride=(2,) * 3), jnp.float32, 27 * 3)
+  assert_close(valid_part(zs)[1], np_conv(cy, fy, w2, cy, dilation=(1,) * 3, in_stride=(2,) * 3), jnp.float32,
+               27 * 3)
+
+
+@pytest.mark.parametrize("k, s", [(2, 2), (3, 2), (2, 3), (3, 3), (1, 2), (5, 2)])
+def test_conv_transpose3d_is_the_dense_adjoint(rng, k, s):
+  x = random_tensor(rng, n_grid=G, density=0.3, channels=3, batch=2)
+  w_down = jnp.asarray(rng.standard_normal((k, k, k, 3, 4)).astype(np.float32))
+  y = js.ops.conv3d(x, w_down, stride=s)
+  w_up = jnp.asarray(rng.standard_normal((k, k, k, 4, 3)).astype(np.float32))
+  z = js.ops.conv_transpose3d(y, w_up, stride=s)
+  assert z.stride == (1, 1, 1) and z.coords is x.coords  # the finer tensor's coordinates, row for row
+  cy, fy = valid_part(y)
+  cx, _ = valid_part(x)
+  want = dense_sparse_conv_transpose(cy, jnp.asarray(fy, jnp.float32), w_up, cx, stride=(s,) * 3, shape=(G,) * 3,
+                                     batch=2)
+  got = valid_part(z)[1]
+  assert_close(got, want, jnp.float32, k ** 3 * 4)
+  # With an explicit target, and with a freshly built map (no cached down map for this kernel size).
+  z2 = js.ops.conv_transpose3d(y, w_up, stride=s, target=x)
+  np.testing.assert_array_equal(z2.feats, z.feats)
+  y_other = js.ops.max_pool(x, s, s).replace(feats=y.feats)
+  z3 = js.ops.conv_transpose3d(y_other, w_up, stride=s)
+  np.testing.assert_array_equal(z3.feats, z.feats)
+
+
+def test_transposed_conv_is_adjoint_by_inner_products(rng):
+  x = random_tensor(rng, n_grid=10, density=0.3, channels=3)
+  w = jnp.asarray(rng.standard_normal((2, 2, 2, 3, 5)).astype(np.float32))
+  y = js.ops.conv3d(x, w, stride=2)
+  g = y.replace(feats=jnp.where(y.valid_mask[:, None], rng.standard_normal(y.feats.shape).astype(np.float32), 0.0))
+  back = js.ops.conv_transpose3d(g, jnp.swapaxes(w, 3, 4))
+  lhs = float(jnp.vdot(y.feats, g.feats))
+  rhs = float(jnp.vdot(x.feats, back.feats))
+  assert abs(lhs - rhs) <= 1e-4 * max(1.0, abs(lhs))
+  # Stride 1 transposed conv is the adjoint of the submanifold conv.
+  ws = jnp.asarray(rng.standard_normal((3, 3, 3, 3, 3)).astype(np.float32))
+  h = x.replace(feats=jnp.where(x.valid_mask[:, None], rng.standard_normal(x.feats.shape).astype(np.float32), 0.0))
+  lhs = float(jnp.vdot(js.ops.conv3d(x, ws).feats, h.feats))
+  rhs = float(jnp.vdot(x.feats, js.ops.conv_transpose3d(h, jnp.swapaxes(ws, 3, 4), stride=1).feats))
+  assert abs(lhs - rhs) <= 1e-4 * max(1.0, abs(lhs))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_feature_dtypes_accumulate_in_float32(rng, dtype):
+  x = random_tensor(rng, n_grid=10, density=0.3, channels=16, dtype=np.float32)
+  w = rng.standard_normal((3, 3, 3, 16, 8)).astype(np.float32) / 8
+  xd = x.replace(feats=x.feats.astype(dtype))
+  wd = jnp.asarray(w).astype(dtype)
+  y = js.ops.conv3d(xd, wd)
+  assert y.feats.dtype == dtype
+  cin, fin = valid_part(xd)
+  want = np_conv(cin, fin, np.asarray(wd, np.float64), cin, dilation=(1, 1, 1))
+  assert_close(valid_part(y)[1], want, dtype, 27 * 16)
+
+
+def test_bias_only_on_valid_rows(rng):
+  x = random_tensor(rng, capacity_extra=5)
+  w = jnp.zeros((3, 3, 3, 3, 2), jnp.float32)
+  y = js.ops.conv3d(x, w, bias=jnp.array([1.0, -2.0]))
+  n = int(x.num_valid)
+  np.testing.assert_array_equal(y.feats[:n], np.tile([1.0, -2.0], (n, 1)))
+  assert not np.asarray(y.feats[n:]).any()
+
+
+def test_empty_tensor_gives_empty_outputs():
+  x = js.SparseTensor.from_coords(np.zeros((0, 4), int), np.zeros((0, 3), np.float32), capacity=8)
+  w = jnp.ones((3, 3, 3, 3, 2), jnp.float32)
+  for y in (js.ops.conv3d(x, w), js.ops.conv3d(x, w, stride=2)):
+    assert int(y.num_valid) == 0 and y.feats.shape == (8, 2) and not np.asarray(y.feats).any()
+  y = js.ops.conv3d(x, w[:2, :2, :2], stride=2)
+  z = js.ops.conv_transpose3d(y, jnp.ones((2, 2, 2, 2, 4), jnp.float32))
+  assert z.feats.shape == (8, 4) and not np.asarray(z.feats).any()
+  g = jax.grad(lambda f: js.ops.conv3d(x.replace(feats=f), w).feats.sum())(x.feats)
+  assert not np.asarray(g).any()
+
+
+def test_padding_never_influences_valid_rows(rng):
+  x = random_tensor(rng, capacity_extra=0)
+  bigger = js.SparseTensor.from_coords(*valid_part(x), capacity=x.capacity + 37)
+  bigger = bigger.replace(feats=bigger.feats.astype(jnp.float32))
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, 3, 4)).astype(np.float32))
+  a, b = js.ops.conv3d(x, w), js.ops.conv3d(bigger, w)
+  n = int(x.num_valid)
+  np.testing.assert_allclose(a.feats[:n], b.feats[:n], rtol=0, atol=1e-6)
+  assert not np.asarray(b.feats[n:]).any()
+
+
+def test_bad_inputs_raise_before_computing(rng):
+  x = random_tensor(rng)
+  w = jnp.ones((3, 3, 3, 3, 2), jnp.float32)
+  with pytest.raises(ValueError, match="channel mismatch"):
+    js.ops.conv3d(x, jnp.ones((3, 3, 3, 4, 2)))
+  with pytest.raises(ValueError, match=r"\[kx, ky, kz, C_in, C_out\]"):
+    js.ops.conv3d(x, jnp.ones((3, 3, 3, 2)))
+  with pytest.raises(TypeError, match="dtype"):
+    js.ops.conv3d(x, w.astype(jnp.bfloat16))
+  with pytest.raises(ValueError, match="kernel size"):
+    js.ops.conv3d(x, jnp.ones((8, 3, 3, 3, 2)))
+  with pytest.raises(ValueError, match="stride"):
+    js.ops.conv3d(x, w, stride=5)
+  with pytest.raises(ValueError, match="dilation"):
+    js.ops.conv3d(x, w, dilation=4)
+  with pytest.raises(ValueError, match="bias"):
+    js.ops.conv3d(x, w, bias=jnp.ones(3))
+  with pytest.raises(ValueError, match="implementation"):
+    js.ops.conv3d(x, w, implementation="cuda")
+  with pytest.raises(TypeError, match="SparseTensor"):
+    js.ops.conv3d(x.feats, w)
+  with pytest.raises(ValueError, match="does not divide"):
+    js.ops.conv_transpose3d(x, w)
+  coarse = js.SparseTensor.from_coords(np.array([[0, 2, 2, 2]]), np.ones((1, 3), np.float32), stride=2)
+  with pytest.raises(ValueError, match="target="):
+    js.ops.conv_transpose3d(coarse, w)
+  y = js.ops.conv3d(x, w[:2, :2, :2], stride=2)
+  with pytest.raises(ValueError, match="stride"):
+    js.ops.conv_transpose3d(y, jnp.ones((2, 2, 2, 2, 3)), stride=4)
+  with pytest.raises(ValueError, match="target has stride"):
+    js.ops.conv_transpose3d(y, jnp.ones((2, 2, 2, 2, 3)), target=y)
