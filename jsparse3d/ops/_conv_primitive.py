@@ -80,8 +80,14 @@ def _gather(x, rows):
   return x.at[rows].get(mode="fill", fill_value=0, indices_are_sorted=False)
 
 
+def _acc_dtype(*dtypes):
+  """float32 accumulation for float32 and narrower inputs; float64 stays float64."""
+  widest = max((jnp.dtype(getattr(d, "dtype", d)) for d in dtypes), key=lambda d: d.itemsize)
+  return jnp.float64 if widest == jnp.float64 else jnp.float32
+
+
 def _dot(a, b, a_axis, b_axis):
-  return lax.dot_general(a, b, (((a_axis,), (b_axis,)), ((), ())), preferred_element_type=jnp.float32)
+  return lax.dot_general(a, b, (((a_axis,), (b_axis,)), ((), ())), preferred_element_type=_acc_dtype(a, b))
 
 
 def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, *, num_dst, wt, block_size, center,
@@ -89,7 +95,7 @@ def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, *, num_dst
   k = w.shape[0]
   c_out = w.shape[1] if wt else w.shape[2]
   w_axis = 2 if wt else 1
-  out = jnp.zeros((num_dst, c_out), jnp.float32)
+  out = jnp.zeros((num_dst, c_out), _acc_dtype(x, w))
   if center >= 0:
     out = jnp.where(center_mask[:, None], _dot(x, w[center], 1, w_axis - 1), 0.0)
 
@@ -104,7 +110,7 @@ def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, *, num_dst
 
 def _wgrad_impl(a, b, src, dst, block_offset, num_blocks, center_mask, *, num_offsets, out_dtype, block_size,
                 center, mirrored):
-  grad = jnp.zeros((num_offsets, a.shape[1], b.shape[1]), jnp.float32)
+  grad = jnp.zeros((num_offsets, a.shape[1], b.shape[1]), _acc_dtype(a, b))
   if center >= 0:
     bm = jnp.where(center_mask[:, None], b, jnp.zeros((), b.dtype))
     grad = grad.at[center].set(_dot(a, bm, 0, 0))
@@ -199,8 +205,7 @@ ad.primitive_transposes[wgrad_p] = _wgrad_transpose
 
 
 def _batch_rule(prim, args, dims, **params):
-  size = next(a.shape[d] for a, d in zip(args, dims) if d is not batching.not_mapped)
-  mapped = [i for i, d in enumerate(dims) if d is not batching.not_mapped]
+  mapped = [i for i, d in enumerate(dims) if d is not None]
   moved = [jnp.moveaxis(args[i], dims[i], 0) for i in mapped]
 
   def one(slices):
@@ -209,7 +214,6 @@ def _batch_rule(prim, args, dims, **params):
       full[i] = v
     return prim.bind(*full, **params)
 
-  del size
   return lax.map(one, moved), 0
 
 

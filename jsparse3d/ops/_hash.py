@@ -146,7 +146,7 @@ def build_index(coords: jax.Array, num_valid: jax.Array | int) -> HashIndex:
 @jax.jit
 def _build(coords, num_valid) -> HashIndex:
   n = coords.shape[0]
-  valid = jnp.arange(n) < num_valid
+  valid = jnp.arange(n, dtype=jnp.int32) < num_valid
   ok = _coords.in_range(coords)
   hi, lo = _coords.pack_keys(coords)
   t_hi, t_lo, t_row, _, first = _insert(hi, lo, valid & ok, table_size_for(n))

@@ -87,7 +87,7 @@ class KernelMap:
     """
     k = self.num_offsets
     table = jnp.full((self.num_dst, k), -1, jnp.int32)
-    blocks = jnp.arange(self.block_offset.shape[0])
+    blocks = jnp.arange(self.block_offset.shape[0], dtype=jnp.int32)
     off = jnp.where(blocks < self.num_blocks, self.block_offset, k)
     off = jnp.repeat(off, self.block_size)
     table = table.at[self.dst, off].set(self.src, mode="drop")
@@ -119,7 +119,7 @@ def _compact(table, offset_ids, rows_are_dst: bool, *, block_size: int):
   valid = table >= 0
   counts = valid.sum(axis=1, dtype=jnp.int32)
   blocks = (counts + bs - 1) // bs
-  first_block = jnp.cumsum(blocks) - blocks
+  first_block = jnp.cumsum(blocks, dtype=jnp.int32) - blocks
   rank = lax.associative_scan(jnp.add, valid.astype(jnp.int32), axis=1) - 1
   pos = jnp.where(valid, first_block[:, None] * bs + rank, SENTINEL).reshape(-1)
   blocks_cap = kq * (-(-m // bs))
@@ -129,10 +129,10 @@ def _compact(table, offset_ids, rows_are_dst: bool, *, block_size: int):
   pairs = jnp.full((size, 2), SENTINEL, jnp.int32).at[pos].set(
       jnp.stack([partner, rows], axis=1), mode="drop", unique_indices=True)
   src, dst = (pairs[:, 0], pairs[:, 1]) if rows_are_dst else (pairs[:, 1], pairs[:, 0])
-  ends = jnp.cumsum(blocks)
+  ends = jnp.cumsum(blocks, dtype=jnp.int32)
   which = jnp.sum(jnp.arange(blocks_cap, dtype=jnp.int32)[:, None] >= ends[None, :], axis=1)
   block_offset = jnp.asarray(np.asarray(offset_ids, np.int32))[jnp.minimum(which, kq - 1)]
-  return src, dst, block_offset, ends[-1], counts.sum()
+  return src, dst, block_offset, ends[-1], counts.sum(dtype=jnp.int32)
 
 
 def _query_table(index, coords, num_valid, offsets):
@@ -140,7 +140,7 @@ def _query_table(index, coords, num_valid, offsets):
   n = coords.shape[0]
   shift = jnp.concatenate([jnp.zeros((len(offsets), 1), jnp.int32), jnp.asarray(offsets)], axis=1)
   found = _hash.query_index(index, coords[None, :, :] + shift[:, None, :])
-  return jnp.where(jnp.arange(n) < num_valid, found, -1)
+  return jnp.where(jnp.arange(n, dtype=jnp.int32) < num_valid, found, -1)
 
 
 @functools.partial(jax.jit, static_argnames=("kernel_size", "dilation", "stride"))
@@ -159,7 +159,7 @@ def submanifold_map(coords, num_valid, index, kernel_size, dilation, stride) -> 
   mirrored = _coords.is_symmetric(kernel_size) and k > 1
   queried = list(range(k // 2)) if mirrored else [o for o in range(k) if o != center]
   bs = block_size_for(n)
-  valid = jnp.arange(n) < num_valid
+  valid = jnp.arange(n, dtype=jnp.int32) < num_valid
   if queried:
     table = _query_table(index, coords, num_valid, offsets[queried])
     src, dst, block_offset, num_blocks, num_pairs = _compact(table, queried, True, block_size=bs)
@@ -183,12 +183,12 @@ def downsample_coords(coords, num_valid, factor):
     ``out_row[i]`` is the output row of input row ``i`` (-1 for padding).
   """
   n = coords.shape[0]
-  valid = jnp.arange(n) < num_valid
+  valid = jnp.arange(n, dtype=jnp.int32) < num_valid
   down = _coords.downsample(coords, factor)
   ok = _coords.in_range(down)
   hi, lo = _coords.pack_keys(down)
   t_hi, t_lo, t_row, slot, first = _hash._insert(hi, lo, valid & ok, _hash.table_size_for(n))
-  rank = jnp.cumsum(first.astype(jnp.int32)) - 1
+  rank = jnp.cumsum(first, dtype=jnp.int32) - 1
   out_num_valid = jnp.sum(first, dtype=jnp.int32)
   pad = jnp.array([-1, 0, 0, 0], jnp.int32)
   out_coords = jnp.broadcast_to(pad, (n, 4)).at[jnp.where(first, rank, n)].set(down, mode="drop",
@@ -217,7 +217,7 @@ def strided_map(coords, num_valid, index, out_coords, out_num_valid, out_row, ke
     q = jnp.take(out_coords, jnp.maximum(out_row, 0), axis=0)
     local = (coords[:, 1:] - q[:, 1:]) // jnp.asarray([in_stride], jnp.int32)
     o = (local[:, 0] * kernel_size[1] + local[:, 1]) * kernel_size[2] + local[:, 2]
-    table = jnp.where((jnp.arange(k)[:, None] == o[None, :]) & (out_row >= 0)[None, :], out_row[None, :], -1)
+    table = jnp.where((jnp.arange(k, dtype=jnp.int32)[:, None] == o[None, :]) & (out_row >= 0)[None, :], out_row[None, :], -1)
     src, dst, block_offset, num_blocks, num_pairs = _compact(table, range(k), False, block_size=bs)
   else:
     table = _query_table(index, out_coords, out_num_valid, offsets)

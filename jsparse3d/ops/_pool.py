@@ -41,7 +41,7 @@ def max_pool(x: SparseTensor, kernel_size=2, stride=2) -> SparseTensor:
 def avg_pool(x: SparseTensor, kernel_size=2, stride=2) -> SparseTensor:
   """Sparse average pooling: the mean over the input sites present in each output's window."""
   vals, present, y = _windows(x, kernel_size, stride, 0)
-  count = jnp.maximum(present.sum(axis=1, keepdims=True), 1)
+  count = jnp.maximum(present.sum(axis=1, keepdims=True, dtype=jnp.float32), 1.0)
   out = (jnp.sum(vals.astype(jnp.float32), axis=1) / count).astype(x.feats.dtype)
   return y.replace(feats=jnp.where(y.valid_mask[:, None], out, jnp.zeros((), out.dtype)))
 
