@@ -7,6 +7,7 @@ import pytest
 
 import jsparse3d as js
 from jsparse3d import _coords
+from jsparse3d.ops import _hash
 from oracles import np_lookup
 
 
@@ -42,6 +43,18 @@ def test_index_full_coordinate_range_and_batches(rng):
   _check(coords, np.concatenate([coords, near.reshape(-1, 4)]))
 
 
+def test_overflow_level_is_exact(rng, monkeypatch):
+  # Shrink the single-choice levels to 64 slots so that most keys must go to the linear-probing overflow level.
+  monkeypatch.setattr(_hash, "level_sizes", lambda n: (64, 64, 64, _hash._pow2(2 * n)))
+  coords = _random_coords(rng, 3001, 12)  # a shape no other test compiles
+  coords = coords[:3001] if len(coords) >= 3001 else coords
+  index = _check(coords, np.concatenate([coords, coords + np.array([0, 0, 1, 0], np.int32)]))
+  assert int(index.num_overflow) > len(coords) // 2
+  dup = jnp.asarray(np.concatenate([coords, coords[:5]]))
+  with pytest.raises(ValueError, match="duplicate"):
+    js.ops.build_index(dup, dup.shape[0])
+
+
 def test_index_ignores_rows_past_num_valid(rng):
   coords = _random_coords(rng, 300, 10)
   index = _check(coords, coords, num_valid=100)
@@ -62,7 +75,7 @@ def test_index_is_deterministic_and_jittable(rng):
   coords = jnp.asarray(_random_coords(rng, 3000, 20))
   a = js.ops.build_index(coords, 3000)
   b = jax.jit(js.ops.build_index)(coords, 3000)
-  for f in ("table_hi", "table_lo", "table_row"):
+  for f in ("slots", "key_hi", "key_lo", "num_overflow"):
     np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
 
 

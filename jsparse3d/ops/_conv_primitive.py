@@ -40,7 +40,8 @@ def map_operands(kmap: KernelMap):
 
 
 def map_params(kmap: KernelMap) -> dict:
-  return dict(block_size=kmap.block_size, center=kmap.center, mirrored=kmap.mirrored)
+  return dict(block_size=kmap.block_size, blocks_per_step=kmap.blocks_per_step, center=kmap.center,
+              mirrored=kmap.mirrored)
 
 
 def conv(x, w, kmap: KernelMap, *, wt: bool = False):
@@ -56,24 +57,23 @@ def conv(x, w, kmap: KernelMap, *, wt: bool = False):
 # XLA implementation.
 
 
-def _block_loop(body_fn, init, src, dst, block_offset, num_blocks, *, block_size, mirrored, num_offsets):
-  """Runs ``body_fn(carry, s_rows, d_rows, offset)`` over every block, and over the mirrored pairs if any."""
+def _steps(body_fn, init, src, dst, block_offset, num_blocks, *, block_size, blocks_per_step):
+  """Runs ``body_fn(carry, s, d, o)`` over the blocks in use, ``blocks_per_step`` at a time.
+
+  ``s`` and ``d`` are ``int32[blocks_per_step, block_size]`` pair rows, ``o`` the ``int32[blocks_per_step]``
+  offsets. Blocks past ``num_blocks`` in the last step hold sentinel pairs only.
+  """
   if src.shape[0] == 0:  # only the centre offset (a 1x1x1 kernel)
     return init
+  span = block_size * blocks_per_step
 
-  def run(carry, swap):
-    def body(b, carry):
-      s = lax.dynamic_slice_in_dim(src, b * block_size, block_size)
-      d = lax.dynamic_slice_in_dim(dst, b * block_size, block_size)
-      o = block_offset[b]
-      if swap:
-        s, d, o = d, s, num_offsets - 1 - o
-      return body_fn(carry, s, d, o)
+  def body(i, carry):
+    s = lax.dynamic_slice_in_dim(src, i * span, span).reshape(blocks_per_step, block_size)
+    d = lax.dynamic_slice_in_dim(dst, i * span, span).reshape(blocks_per_step, block_size)
+    o = lax.dynamic_slice_in_dim(block_offset, i * blocks_per_step, blocks_per_step)
+    return body_fn(carry, s, d, o)
 
-    return lax.fori_loop(0, num_blocks, body, carry)
-
-  carry = run(init, False)
-  return run(carry, True) if mirrored else carry
+  return lax.fori_loop(0, (num_blocks + blocks_per_step - 1) // blocks_per_step, body, init)
 
 
 def _gather(x, rows):
@@ -86,46 +86,55 @@ def _acc_dtype(*dtypes):
   return jnp.float64 if widest == jnp.float64 else jnp.float32
 
 
-def _dot(a, b, a_axis, b_axis):
-  return lax.dot_general(a, b, (((a_axis,), (b_axis,)), ((), ())), preferred_element_type=_acc_dtype(a, b))
+def _dot(a, b, a_axis, b_axis, batch=False):
+  dims = (((a_axis,), (b_axis,)), (((0,), (0,)) if batch else ((), ())))
+  return lax.dot_general(a, b, dims, preferred_element_type=_acc_dtype(a, b))
 
 
-def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, *, num_dst, wt, block_size, center,
-               mirrored):
+def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, *, num_dst, wt, block_size,
+               blocks_per_step, center, mirrored):
   k = w.shape[0]
   c_out = w.shape[1] if wt else w.shape[2]
-  w_axis = 2 if wt else 1
+  w_in_axis = 2 if wt else 1  # the C_in axis of w
   out = jnp.zeros((num_dst, c_out), _acc_dtype(x, w))
   if center >= 0:
-    out = jnp.where(center_mask[:, None], _dot(x, w[center], 1, w_axis - 1), 0.0)
+    out = jnp.where(center_mask[:, None], _dot(x, w[center], 1, w_in_axis - 1), 0.0)
+
+  def add(out, s, d, o):  # out[d] += x[s] @ w[o], for a step of blocks
+    y = _dot(_gather(x, s), w[o], 2, w_in_axis, batch=True)
+    return out.at[d.reshape(-1)].add(y.reshape(-1, c_out), mode="drop")
 
   def body(out, s, d, o):
-    y = _dot(_gather(x, s), lax.dynamic_index_in_dim(w, o, keepdims=False), 1, w_axis - 1)
-    return out.at[d].add(y, mode="drop", unique_indices=True)
+    out = add(out, s, d, o)
+    return add(out, d, s, k - 1 - o) if mirrored else out
 
-  out = _block_loop(body, out, src, dst, block_offset, num_blocks, block_size=block_size, mirrored=mirrored,
-                    num_offsets=k)
+  out = _steps(body, out, src, dst, block_offset, num_blocks, block_size=block_size,
+               blocks_per_step=blocks_per_step)
   return out.astype(x.dtype)
 
 
 def _wgrad_impl(a, b, src, dst, block_offset, num_blocks, center_mask, *, num_offsets, out_dtype, block_size,
-                center, mirrored):
+                blocks_per_step, center, mirrored):
   grad = jnp.zeros((num_offsets, a.shape[1], b.shape[1]), _acc_dtype(a, b))
   if center >= 0:
     bm = jnp.where(center_mask[:, None], b, jnp.zeros((), b.dtype))
     grad = grad.at[center].set(_dot(a, bm, 0, 0))
 
-  def body(grad, s, d, o):
-    contrib = _dot(_gather(a, s), _gather(b, d), 0, 0)
-    return lax.dynamic_update_index_in_dim(grad, grad[o] + contrib, o, axis=0)
+  def add(grad, s, d, o):  # grad[o] += a[s].T @ b[d], for a step of blocks
+    return grad.at[o].add(_dot(_gather(a, s), _gather(b, d), 1, 1, batch=True))
 
-  grad = _block_loop(body, grad, src, dst, block_offset, num_blocks, block_size=block_size, mirrored=mirrored,
-                     num_offsets=num_offsets)
+  def body(grad, s, d, o):
+    grad = add(grad, s, d, o)
+    return add(grad, d, s, num_offsets - 1 - o) if mirrored else grad
+
+  grad = _steps(body, grad, src, dst, block_offset, num_blocks, block_size=block_size,
+                blocks_per_step=blocks_per_step)
   return grad.astype(out_dtype)
 
 
-_conv_jit = jax.jit(_conv_impl, static_argnames=("num_dst", "wt", "block_size", "center", "mirrored"))
-_wgrad_jit = jax.jit(_wgrad_impl, static_argnames=("num_offsets", "out_dtype", "block_size", "center", "mirrored"))
+_MAP_PARAMS = ("block_size", "blocks_per_step", "center", "mirrored")
+_conv_jit = jax.jit(_conv_impl, static_argnames=("num_dst", "wt") + _MAP_PARAMS)
+_wgrad_jit = jax.jit(_wgrad_impl, static_argnames=("num_offsets", "out_dtype") + _MAP_PARAMS)
 
 conv_p.def_impl(_conv_jit)
 wgrad_p.def_impl(_wgrad_jit)
@@ -166,8 +175,7 @@ def _aval(v):
   return v.aval if ad.is_undefined_primal(v) else jax.core.get_aval(v)
 
 
-def _conv_transpose(ct, x, w, *maps, num_dst, wt, block_size, center, mirrored):
-  params = dict(block_size=block_size, center=center, mirrored=mirrored)
+def _conv_transpose(ct, x, w, *maps, num_dst, wt, **params):
   if type(ct) is ad.Zero:
     return [None] * (2 + _NUM_MAP_OPERANDS)
   x_bar = w_bar = None
@@ -182,8 +190,7 @@ def _conv_transpose(ct, x, w, *maps, num_dst, wt, block_size, center, mirrored):
   return [x_bar, w_bar] + [None] * _NUM_MAP_OPERANDS
 
 
-def _wgrad_transpose(ct, a, b, *maps, num_offsets, out_dtype, block_size, center, mirrored):
-  params = dict(block_size=block_size, center=center, mirrored=mirrored)
+def _wgrad_transpose(ct, a, b, *maps, num_offsets, out_dtype, **params):
   if type(ct) is ad.Zero:
     return [None] * (2 + _NUM_MAP_OPERANDS)
   a_bar = b_bar = None

@@ -1,11 +1,18 @@
 """Coordinate hash index: build once per coordinate set, query for any coordinates.
 
-An open-addressing (linear-probing) table over the 64-bit keys of :mod:`jsparse3d._coords`. The table holds at
-least four slots per row, so it can never fill and most probes end at the first slot. Insertion runs in parallel
-rounds: every pending key claims its current slot with a scatter-min of its row id, so the smallest row wins and
-the table is the same on every run. A key that finds its own key already stored is a duplicate; the row stored
-is the first occurrence. Queries probe all keys together, one gather per round, until each finds its key or an
-empty slot.
+A multi-level hash table over the 64-bit keys of :mod:`jsparse3d._coords`, laid out for vectorised lookups on
+CPU, where the cost is cache misses and every loop round touches every query:
+
+- three *single-choice* levels of 4N, N/2 and N/8 slots (independent hash functions). A key tries one slot per
+  level; the smallest row among those that want a slot gets it (a scatter-min, so the table is the same on every
+  run) and the rest try the next level. About 11% of keys reach level 2, 1% level 3 and a handful the last one.
+- an *overflow* level of 2N slots with linear probing, for whatever the first three leave (built by parallel
+  probing rounds, so it can never fail and never fills).
+
+A query checks its slot in each single-choice level in one pass, with no loop, and probes the overflow level only
+when that level is not empty. Slots hold row numbers; a candidate row is confirmed by comparing the stored keys
+of the rows (``key_hi``/``key_lo``), which stay in cache. A key that meets its own key already stored is a
+duplicate; the row stored is the first occurrence.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from jax import lax
 from jsparse3d import _coords
 from jsparse3d import _errors
 
+_SALTS = (0x9E3779B9, 0x7F4A7C15, 0x94D049BB, 0xBF58476D)
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -26,86 +35,134 @@ class HashIndex(_errors.Flagged):
   """A hash table from ``(batch, x, y, z)`` to row numbers.
 
   Attributes:
-    table_hi, table_lo: ``uint32[T]`` the stored keys' high and low words.
-    table_row: ``int32[T]`` the row stored in each slot, ``-1`` for an empty slot.
+    slots: ``int32[sum(level sizes)]`` row stored in each slot of every level (see :func:`level_sizes`), ``-1``
+      for an empty slot.
+    key_hi, key_lo: ``uint32[N]`` the packed key of each row (zero for rows not stored).
+    num_overflow: ``int32[]`` keys stored in the overflow level.
     errors: ``int32[]`` error flags (out-of-range or duplicate coordinates seen while building).
   """
 
-  table_hi: jax.Array
-  table_lo: jax.Array
-  table_row: jax.Array
+  slots: jax.Array
+  key_hi: jax.Array
+  key_lo: jax.Array
+  num_overflow: jax.Array
   errors: jax.Array
 
   @property
-  def table_size(self) -> int:
-    return self.table_hi.shape[-1]
+  def capacity(self) -> int:
+    return self.key_hi.shape[-1]
 
 
-def table_size_for(capacity: int) -> int:
-  """The static table size for ``capacity`` rows: a power of two with at least 4 slots per row."""
-  return max(64, 1 << (4 * max(capacity, 1) - 1).bit_length())
+def _pow2(n: int) -> int:
+  return max(64, 1 << (max(int(n), 1) - 1).bit_length())
 
 
-def _insert(hi, lo, active, table_size):
-  """Inserts keys in parallel rounds.
+def level_sizes(capacity: int) -> tuple[int, int, int, int]:
+  """Static slot counts of the four levels for ``capacity`` rows: 4N, N/2, N/8 (single choice), 2N (overflow)."""
+  return _pow2(4 * capacity), _pow2(capacity // 2), _pow2(capacity // 8), _pow2(2 * capacity)
+
+
+def _slot(hi, lo, level: int, size: int):
+  h = _coords.hash_keys(hi + jnp.uint32(_SALTS[level]), lo)
+  return (h & jnp.uint32(size - 1)).astype(jnp.int32)
+
+
+def _insert(hi, lo, active):
+  """Inserts keys into a new index.
 
   Args:
     hi, lo: ``uint32[N]`` packed keys.
     active: ``bool[N]`` which rows to insert.
-    table_size: static power of two, larger than the number of active rows.
   Returns:
-    ``(table_hi, table_lo, table_row, slot, first)``: the table, ``int32[N]`` the slot each active row ended in
-    (its own or its duplicate's), ``bool[N]`` whether the row is the stored (first) occurrence of its key.
+    ``(slots, key_hi, key_lo, num_overflow, stored, first)``: the index arrays, ``int32[N]`` the row stored under
+    each active row's key (itself, or the first occurrence of a duplicate; -1 if inactive) and ``bool[N]`` whether
+    the row is that stored row.
   """
   n = hi.shape[0]
-  mask = table_size - 1
+  sizes = level_sizes(n)
   rows = jnp.arange(n, dtype=jnp.int32)
-  home = (_coords.hash_keys(hi, lo) & jnp.uint32(mask)).astype(jnp.int32)
+  key_hi = jnp.where(active, hi, jnp.uint32(0))
+  key_lo = jnp.where(active, lo, jnp.uint32(0))
+  pending = active
+  stored = jnp.full((n,), -1, jnp.int32)
+  tables = []
+  for level, size in enumerate(sizes[:3]):
+    s = _slot(hi, lo, level, size)
+    claim = jnp.full((size,), n, jnp.int32).at[jnp.where(pending, s, size)].min(rows, mode="drop")
+    winner = claim[s]
+    w = jnp.minimum(winner, n - 1)
+    win = pending & (winner == rows)
+    dup = pending & (winner < rows) & (key_hi[w] == hi) & (key_lo[w] == lo)
+    tables.append(jnp.full((size,), -1, jnp.int32).at[jnp.where(win, s, size)].set(
+        rows, mode="drop", unique_indices=True))
+    stored = jnp.where(win, rows, jnp.where(dup, winner, stored))
+    pending = pending & ~(win | dup)
+  overflow, stored = _insert_overflow(hi, lo, pending, stored, key_hi, key_lo, sizes[3])
+  tables.append(overflow)
+  first = active & (stored == rows)
+  num_overflow = jnp.sum(pending & first, dtype=jnp.int32)
+  return jnp.concatenate(tables), key_hi, key_lo, num_overflow, stored, first
+
+
+def _insert_overflow(hi, lo, pending, stored, key_hi, key_lo, size):
+  """Linear-probing insertion of the remaining keys, in parallel rounds.
+
+  Every pending key claims its current slot with a scatter-min of its row; the loser of a round stays put and, next
+  round, either meets its own key (a duplicate) or moves on. Keys that meet a different key move to the next slot.
+  """
+  n = hi.shape[0]
+  mask = size - 1
+  rows = jnp.arange(n, dtype=jnp.int32)
 
   def cond(state):
-    return jnp.any(state[4])
+    return jnp.any(state[2])
 
   def body(state):
-    t_hi, t_lo, t_row, slot, pending, first = state
-    s_row = t_row[slot]
-    occupied = s_row >= 0
-    same = pending & occupied & (t_hi[slot] == hi) & (t_lo[slot] == lo)
+    table, slot, pending, stored = state
+    occupant = table[slot]
+    o = jnp.maximum(occupant, 0)
+    occupied = occupant >= 0
+    same = pending & occupied & (key_hi[o] == hi) & (key_lo[o] == lo)
     empty = pending & ~occupied
-    claim = jnp.full((table_size,), n, jnp.int32).at[jnp.where(empty, slot, table_size)].min(rows, mode="drop")
+    claim = jnp.full((size,), n, jnp.int32).at[jnp.where(empty, slot, size)].min(rows, mode="drop")
     win = empty & (claim[slot] == rows)
-    target = jnp.where(win, slot, table_size)
-    t_row = t_row.at[target].set(rows, mode="drop", unique_indices=True)
-    t_hi = t_hi.at[target].set(hi, mode="drop", unique_indices=True)
-    t_lo = t_lo.at[target].set(lo, mode="drop", unique_indices=True)
-    # A loser of this round's claim stays put: next round it sees the winner and either matches it (a duplicate)
-    # or moves on. Keys that see a different key move to the next slot.
-    advance = pending & occupied & ~same
-    slot = jnp.where(advance, (slot + 1) & mask, slot)
-    return t_hi, t_lo, t_row, slot, pending & ~(same | win), first | win
+    table = table.at[jnp.where(win, slot, size)].set(rows, mode="drop", unique_indices=True)
+    stored = jnp.where(win, rows, jnp.where(same, occupant, stored))
+    slot = jnp.where(pending & occupied & ~same, (slot + 1) & mask, slot)
+    return table, slot, pending & ~(same | win), stored
 
-  init = (jnp.zeros((table_size,), jnp.uint32), jnp.zeros((table_size,), jnp.uint32),
-          jnp.full((table_size,), -1, jnp.int32), home, active, jnp.zeros((n,), bool))
-  t_hi, t_lo, t_row, slot, _, first = lax.while_loop(cond, body, init)
-  return t_hi, t_lo, t_row, slot, first
+  init = (jnp.full((size,), -1, jnp.int32), _slot(hi, lo, 3, size), pending, stored)
+  table, _, _, stored = lax.while_loop(cond, body, init)
+  return table, stored
 
 
 def _probe(index: HashIndex, hi, lo, active):
   """``int32[...]``: the row stored under each key, ``-1`` where absent or inactive."""
-  mask = index.table_size - 1
-  slot = (_coords.hash_keys(hi, lo) & jnp.uint32(mask)).astype(jnp.int32)
+  sizes = level_sizes(index.capacity)
+  found = jnp.full(hi.shape, -1, jnp.int32)
+  base = 0
+
+  def check(row, found):
+    r = jnp.maximum(row, 0)
+    hit = active & (row >= 0) & (index.key_hi[r] == hi) & (index.key_lo[r] == lo)
+    return jnp.where(hit, row, found), hit
+
+  for level, size in enumerate(sizes[:3]):
+    found, _ = check(index.slots[base + _slot(hi, lo, level, size)], found)
+    base += size
+  mask = sizes[3] - 1
 
   def cond(state):
     return jnp.any(state[1])
 
   def body(state):
     slot, pending, found = state
-    s_row = index.table_row[slot]
-    hit = pending & (s_row >= 0) & (index.table_hi[slot] == hi) & (index.table_lo[slot] == lo)
-    found = jnp.where(hit, s_row, found)
-    pending = pending & ~hit & (s_row >= 0)
-    return jnp.where(pending, (slot + 1) & mask, slot), pending, found
+    row = index.slots[base + slot]
+    found, hit = check(row, found)
+    pending = pending & ~hit & (row >= 0)
+    return (slot + 1) & mask, pending, found
 
-  init = (slot, active, jnp.full(hi.shape, -1, jnp.int32))
+  init = (_slot(hi, lo, 3, sizes[3]), active & (index.num_overflow > 0), found)
   return lax.while_loop(cond, body, init)[2]
 
 
@@ -129,7 +186,7 @@ def build_index(coords: jax.Array, num_valid: jax.Array | int) -> HashIndex:
     coords: ``int32[N, 4]`` rows ``(batch, x, y, z)``.
     num_valid: ``int32[]`` number of valid rows.
   Returns:
-    A :class:`HashIndex` whose table has ``table_size_for(N)`` slots.
+    A :class:`HashIndex` with the static level sizes of :func:`level_sizes` (``N``).
 
   Example:
     >>> index = build_index(x.coords, x.num_valid)
@@ -149,10 +206,10 @@ def _build(coords, num_valid) -> HashIndex:
   valid = jnp.arange(n, dtype=jnp.int32) < num_valid
   ok = _coords.in_range(coords)
   hi, lo = _coords.pack_keys(coords)
-  t_hi, t_lo, t_row, _, first = _insert(hi, lo, valid & ok, table_size_for(n))
+  slots, key_hi, key_lo, num_overflow, _, first = _insert(hi, lo, valid & ok)
   errors = (_errors.flag(jnp.any(valid & ~ok), _errors.OUT_OF_RANGE)
             | _errors.flag(jnp.any(valid & ok & ~first), _errors.DUPLICATE_COORDS))
-  return HashIndex(t_hi, t_lo, t_row, errors)
+  return HashIndex(slots, key_hi, key_lo, num_overflow, errors)
 
 
 def query_index(index: HashIndex, query_coords: jax.Array) -> jax.Array:

@@ -50,6 +50,8 @@ class KernelMap:
     src_stride, dst_stride: static tensor strides of the two sides.
     num_src, num_dst: static row counts (capacities) of the two sides.
     block_size: static pairs per block.
+    blocks_per_step: static blocks processed together (one batched matmul) per loop step; the pair arrays hold a
+      whole number of steps.
     center: static offset index handled as identity pairs, or -1.
     mirrored: static; if True, every pair ``(s, d, o)`` also stands for ``(d, s, K - 1 - o)``.
   """
@@ -67,6 +69,7 @@ class KernelMap:
   num_src: int = dataclasses.field(metadata=dict(static=True))
   num_dst: int = dataclasses.field(metadata=dict(static=True))
   block_size: int = dataclasses.field(metadata=dict(static=True))
+  blocks_per_step: int = dataclasses.field(metadata=dict(static=True))
   center: int = dataclasses.field(metadata=dict(static=True))
   mirrored: bool = dataclasses.field(metadata=dict(static=True))
 
@@ -104,6 +107,14 @@ def block_size_for(num_rows: int) -> int:
   return 1 << int(np.clip(round(math.log2(max(num_rows, 1) / 100)), 5, 10))
 
 
+def blocks_per_step_for(block_size: int) -> int:
+  """Blocks per loop step: at least 512 pairs, so that small tensors do not pay the loop cost per tiny block.
+
+  (Measured here: at 512-pair blocks, batching more blocks per step gains nothing.)
+  """
+  return max(1, 512 // block_size)
+
+
 def _compact(table, offset_ids, rows_are_dst: bool, *, block_size: int):
   """Compacts a ``[Kq, M]`` partner table into offset-homogeneous blocks of pairs.
 
@@ -112,17 +123,18 @@ def _compact(table, offset_ids, rows_are_dst: bool, *, block_size: int):
     offset_ids: static sequence of Kq kernel offset indices, one per table row.
     rows_are_dst: whether the table's rows are destination rows (else source rows).
   Returns:
-    ``(src, dst, block_offset, num_blocks, num_pairs)``.
+    ``(src, dst, block_offset, num_blocks, num_pairs)``; the arrays hold a whole number of loop steps.
   """
   kq, m = table.shape
   bs = block_size
+  per_step = blocks_per_step_for(bs)
   valid = table >= 0
   counts = valid.sum(axis=1, dtype=jnp.int32)
   blocks = (counts + bs - 1) // bs
   first_block = jnp.cumsum(blocks, dtype=jnp.int32) - blocks
   rank = lax.associative_scan(jnp.add, valid.astype(jnp.int32), axis=1) - 1
   pos = jnp.where(valid, first_block[:, None] * bs + rank, SENTINEL).reshape(-1)
-  blocks_cap = kq * (-(-m // bs))
+  blocks_cap = -(-kq * (-(-m // bs)) // per_step) * per_step
   size = blocks_cap * bs
   rows = jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32), (kq, m)).reshape(-1)
   partner = table.reshape(-1)
@@ -169,7 +181,7 @@ def submanifold_map(coords, num_valid, index, kernel_size, dilation, stride) -> 
   num_pairs = num_pairs * (2 if mirrored else 1) + (num_valid if center >= 0 else 0)
   return KernelMap(src, dst, block_offset, num_blocks, num_pairs.astype(jnp.int32),
                    valid if center >= 0 else jnp.zeros((0,), bool), kernel_size, dilation, stride, stride, n, n,
-                   bs, center, mirrored)
+                   bs, blocks_per_step_for(bs), center, mirrored)
 
 
 @functools.partial(jax.jit, static_argnames=("factor",))
@@ -187,16 +199,19 @@ def downsample_coords(coords, num_valid, factor):
   down = _coords.downsample(coords, factor)
   ok = _coords.in_range(down)
   hi, lo = _coords.pack_keys(down)
-  t_hi, t_lo, t_row, slot, first = _hash._insert(hi, lo, valid & ok, _hash.table_size_for(n))
+  slots, key_hi, key_lo, num_overflow, stored, first = _hash._insert(hi, lo, valid & ok)
   rank = jnp.cumsum(first, dtype=jnp.int32) - 1
   out_num_valid = jnp.sum(first, dtype=jnp.int32)
   pad = jnp.array([-1, 0, 0, 0], jnp.int32)
-  out_coords = jnp.broadcast_to(pad, (n, 4)).at[jnp.where(first, rank, n)].set(down, mode="drop",
-                                                                                unique_indices=True)
-  t_row = jnp.where(t_row >= 0, rank[jnp.maximum(t_row, 0)], -1)
-  out_row = jnp.where(valid & ok, t_row[slot], -1)
+  to_out = jnp.where(first, rank, n)
+  out_coords = jnp.broadcast_to(pad, (n, 4)).at[to_out].set(down, mode="drop", unique_indices=True)
+  # Re-number the index from input rows to output rows: it is then the output tensor's index.
+  slots = jnp.where(slots >= 0, rank[jnp.maximum(slots, 0)], -1)
+  out_hi = jnp.zeros((n,), jnp.uint32).at[to_out].set(key_hi, mode="drop", unique_indices=True)
+  out_lo = jnp.zeros((n,), jnp.uint32).at[to_out].set(key_lo, mode="drop", unique_indices=True)
+  out_row = jnp.where(stored >= 0, rank[jnp.maximum(stored, 0)], -1)
   errors = _errors.flag(jnp.any(valid & ~ok), _errors.OUT_OF_RANGE)
-  return out_coords, out_num_valid, _hash.HashIndex(t_hi, t_lo, t_row, errors), out_row
+  return out_coords, out_num_valid, _hash.HashIndex(slots, out_hi, out_lo, num_overflow, errors), out_row
 
 
 @functools.partial(jax.jit, static_argnames=("kernel_size", "stride", "dilation", "in_stride"))
@@ -224,4 +239,4 @@ def strided_map(coords, num_valid, index, out_coords, out_num_valid, out_row, ke
     src, dst, block_offset, num_blocks, num_pairs = _compact(table, range(k), True, block_size=bs)
   out_stride = tuple(a * b for a, b in zip(in_stride, stride))
   return KernelMap(src, dst, block_offset, num_blocks, num_pairs, jnp.zeros((0,), bool), kernel_size, dilation,
-                   in_stride, out_stride, n, n_out, bs, -1, False)
+                   in_stride, out_stride, n, n_out, bs, blocks_per_step_for(bs), -1, False)

@@ -1,0 +1,185 @@
+"""Sparse convolution on CPU: jsparse3d's XLA path, a GEMM baseline from the same run, and spconv side by side.
+
+Workloads: the shared benchmark inputs (`../shared/data/bench/`: a LArTPC-like event, 16->16 channels; a LiDAR-like
+scan, 32->32) and the real SemanticKITTI scan (`../shared/data/semantickitti-sample/`) voxelized at 0.05 m
+(32->32). For each, as medians over repeated runs after warm-up (jitted, float32):
+
+  index        hash index build
+  kmap         submanifold 3^3 kernel-map build (index included)
+  subm_cached  submanifold conv 3^3 forward, map cached
+  subm_fwd     the same, map built inside the timing
+  subm_fwd_bwd forward + backward (features and weights), map built inside the timing
+  down2        strided conv k2 s2 forward (output coordinates and map built inside)
+  up2          transposed conv k2 s2 forward back to the fine coordinates (map cached)
+
+plus the MACs over real pairs, a dense [pairs, C_in] x [C_in, C_out] matmul of the same MACs in the same process
+(this machine's GEMM throughput at that shape), and the ratio of the two throughputs.
+
+With `--peer-python PY` (a Python with CPU torch 2.13.0 and spconv 2.3.8, e.g. from `pip install '.[bench]'` in
+another virtualenv), the shared peer harness `../shared/tools/bench_peers.py` runs spconv on the identical inputs
+in the same session and the table prints our time / spconv time per op. The machine is shared and noisy: compare
+ratios, not absolute times.
+
+    python benchmarks/conv_cpu.py [--peer-python /path/to/python] [--out results/conv_cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jsparse3d as js
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+BENCH = SHARED / "data" / "bench"
+KITTI = SHARED / "data" / "semantickitti-sample" / "000000.bin"
+PEERS = SHARED / "tools" / "bench_peers.py"
+# Peer op names (bench_peers.py) for our ops.
+PEER_OPS = {"subm_cached": "subm3_fwd_cached", "subm_fwd": "subm3_fwd", "subm_fwd_bwd": "subm3_fwd_bwd",
+            "down2": "down2_fwd", "up2": "up2_fwd"}
+
+
+def median_ms(fn, *args, warmup: int, reps: int) -> float:
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return 1e3 * statistics.median(times)
+
+
+def load_workloads(names):
+  meta = json.loads((BENCH / "meta.json").read_text()) if BENCH.exists() else {}
+  out = {}
+  for name in names:
+    if name == "kitti":
+      if not KITTI.exists():
+        print(f"skip kitti: {KITTI} not found")
+        continue
+      pts = np.fromfile(KITTI, np.float32).reshape(-1, 4)
+      coords = np.unique(np.floor(pts[:, :3] / 0.05).astype(np.int32), axis=0)
+      feats = np.random.default_rng(13).standard_normal((len(coords), 32), dtype=np.float32)
+      out[name] = (coords, feats, 32, 32)
+      continue
+    if name not in meta:
+      print(f"skip {name}: {BENCH} not found")
+      continue
+    m = meta[name]
+    coords = np.load(BENCH / m["file"])
+    feats = np.random.default_rng(m["feat_seed"]).standard_normal((len(coords), m["channels_in"]), dtype=np.float32)
+    out[name] = (coords, feats, m["channels_in"], m["channels_out"])
+  return out
+
+
+def bench_workload(coords, feats, c_in, c_out, *, warmup, reps):
+  rng = np.random.default_rng(0)
+  x = js.SparseTensor.from_coords(coords, feats)
+  w3 = jnp.asarray(rng.standard_normal((3, 3, 3, c_in, c_out), dtype=np.float32) * 0.1)
+  w2 = jnp.asarray(rng.standard_normal((2, 2, 2, c_in, c_out), dtype=np.float32) * 0.1)
+  w2t = jnp.asarray(rng.standard_normal((2, 2, 2, c_out, c_in), dtype=np.float32) * 0.1)
+  probe = jnp.asarray(rng.standard_normal((x.capacity, c_out), dtype=np.float32))
+
+  kmap, x_cached = js.ops.kernel_map(x, 3)
+  pairs = int(kmap.num_pairs)
+  y_down = js.ops.conv3d(x, w2, stride=2)
+
+  def fwd_bwd(x, feats, w):
+    loss = lambda f, w: jnp.vdot(js.ops.conv3d(x.replace(feats=f), w).feats, probe)
+    return jax.grad(loss, argnums=(0, 1))(feats, w)
+
+  fns = {
+      "index": (jax.jit(js.ops.build_index), (x.coords, x.num_valid)),
+      "kmap": (jax.jit(lambda x: js.ops.kernel_map(x, 3)[0]), (x,)),
+      "subm_cached": (jax.jit(lambda x, w: js.ops.conv3d(x, w).feats), (x_cached, w3)),
+      "subm_fwd": (jax.jit(lambda x, w: js.ops.conv3d(x, w).feats), (x, w3)),
+      "subm_fwd_bwd": (jax.jit(fwd_bwd), (x, x.feats, w3)),
+      "down2": (jax.jit(lambda x, w: js.ops.conv3d(x, w, stride=2).feats), (x, w2)),
+      "up2": (jax.jit(lambda y, w: js.ops.conv_transpose3d(y, w).feats), (y_down, w2t)),
+  }
+  times = {op: median_ms(f, *a, warmup=warmup, reps=reps) for op, (f, a) in fns.items()}
+
+  a = jnp.asarray(rng.standard_normal((pairs, c_in), dtype=np.float32))
+  b = jnp.asarray(rng.standard_normal((c_in, c_out), dtype=np.float32))
+  times["gemm_same_macs"] = median_ms(jax.jit(jnp.matmul), a, b, warmup=warmup, reps=reps)
+  macs = pairs * c_in * c_out
+  conv_gflops = 2 * macs / times["subm_cached"] / 1e6
+  gemm_gflops = 2 * macs / times["gemm_same_macs"] / 1e6
+  return dict(voxels=int(x.num_valid), subm3_pairs=pairs, down2_voxels=int(y_down.num_valid), macs=macs,
+              ms=times, conv_gflops=conv_gflops, gemm_gflops=gemm_gflops, conv_over_gemm=conv_gflops / gemm_gflops)
+
+
+def run_peers(python, workloads, reps):
+  if not PEERS.exists():
+    print(f"peer harness {PEERS} not found: no peer timings")
+    return {}
+  with tempfile.TemporaryDirectory() as tmp:
+    out = Path(tmp) / "peers.json"
+    cmd = [python, str(PEERS), "--peers", "spconv-1t,spconv", "--workloads", ",".join(workloads), "--no-check",
+           "--reps", str(reps), "--out", str(out)]
+    print("running peers:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=tmp, stdout=subprocess.DEVNULL)
+    doc = json.loads(out.read_text())
+  peers = {}
+  for r in doc["results"]:
+    if r.get("ok"):
+      peers.setdefault(r["workload"], {})[r["peer"]] = {op: v["median_ms"] for op, v in r["ops"].items()
+                                                        if isinstance(v, dict) and "median_ms" in v}
+  return peers
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--workloads", default="lartpc,lidar,kitti")
+  ap.add_argument("--warmup", type=int, default=3)
+  ap.add_argument("--reps", type=int, default=15)
+  ap.add_argument("--peer-python", help="a Python with torch 2.13.0 + spconv 2.3.8 for side-by-side timings")
+  ap.add_argument("--out", default=str(ROOT / "results" / "conv_cpu.json"))
+  args = ap.parse_args()
+
+  workloads = load_workloads(args.workloads.split(","))
+  results = {}
+  for name, (coords, feats, c_in, c_out) in workloads.items():
+    print(f"{name}: {len(coords)} voxels, {c_in}->{c_out} channels", flush=True)
+    results[name] = bench_workload(coords, feats, c_in, c_out, warmup=args.warmup, reps=args.reps)
+  peers = run_peers(args.peer_python, [w for w in workloads if w != "kitti"], args.reps) if args.peer_python else {}
+
+  for name, r in results.items():
+    print(f"\n== {name}: {r['voxels']} voxels, {r['subm3_pairs']} submanifold pairs, {r['macs'] / 1e6:.1f} M MACs")
+    spc = peers.get(name, {})
+    header = f"{'op':<14}{'jsparse3d ms':>13}" + "".join(f"{p + ' ms':>14}{'ratio':>8}" for p in spc)
+    print(header)
+    for op, ms in r["ms"].items():
+      line = f"{op:<14}{ms:>13.2f}"
+      for p, t in spc.items():
+        pt = t.get(PEER_OPS.get(op, ""))
+        line += f"{pt:>14.2f}{ms / pt:>8.2f}" if pt else f"{'':>14}{'':>8}"
+      print(line)
+    print(f"conv throughput on real pairs {r['conv_gflops']:.1f} GFLOP/s; same-MAC GEMM {r['gemm_gflops']:.1f} "
+          f"GFLOP/s; ratio {r['conv_over_gemm']:.2f}")
+
+  doc = dict(machine=dict(python=platform.python_version(), jax=jax.__version__, backend=jax.default_backend(),
+                          devices=jax.device_count()),
+             method=dict(statistic="median", warmup=args.warmup, reps=args.reps, dtype="float32"),
+             results=results, peers=peers)
+  out = Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(doc, indent=2) + "\n")
+  print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+  sys.exit(main())
