@@ -95,7 +95,7 @@ class KernelMap:
     off = jnp.repeat(off, self.block_size)
     table = table.at[self.dst, off].set(self.src, mode="drop")
     if self.mirrored:
-      table = table.at[self.src, k - 1 - off].set(self.dst, mode="drop")
+      table = table.at[self.src, jnp.where(off < k, k - 1 - off, k)].set(self.dst, mode="drop")
     if self.center >= 0:
       rows = jnp.arange(self.num_dst, dtype=jnp.int32)
       table = table.at[:, self.center].set(jnp.where(self.center_mask, rows, -1))
