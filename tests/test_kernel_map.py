@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jsparse3d as js
-from oracles import np_downsample, np_lookup, np_neighbor_table, random_tensor
+from oracles import np_downsample, np_neighbor_table, random_tensor
 
 
 def _sorted_rows(c):
@@ -111,4 +111,3 @@ def test_map_1e6_coordinates(rng):
   np.testing.assert_array_equal(_sorted_rows(cy), np_downsample(c, (2, 2, 2)))
   np.testing.assert_array_equal(np.asarray(down.neighbor_table())[:m],
                                 np_neighbor_table(c, cy, (2,) * 3, (1,) * 3, (1,) * 3))
-  del np_lookup
