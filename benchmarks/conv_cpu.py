@@ -51,15 +51,31 @@ PEER_OPS = {"subm_cached": "subm3_fwd_cached", "subm_fwd": "subm3_fwd", "subm_fw
             "down2": "down2_fwd", "up2": "up2_fwd"}
 
 
-def median_ms(fn, *args, warmup: int, reps: int) -> float:
+def times_ms(fn, *args, warmup: int, reps: int) -> list[float]:
   for _ in range(warmup):
     jax.block_until_ready(fn(*args))
   times = []
   for _ in range(reps):
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return 1e3 * statistics.median(times)
+    times.append(1e3 * (time.perf_counter() - t0))
+  return times
+
+
+def interleaved_ms(fa, a_args, fb, b_args, *, warmup: int, reps: int) -> tuple[list[float], list[float]]:
+  """Times two functions in alternation, so that drift of the machine hits both alike.
+
+  Each timed call follows an untimed call of the same function: both are measured with warm caches, as in a
+  plain repeated loop (and as the peers are measured), not cold after the other's memory traffic.
+  """
+  ta, tb = [], []
+  for _ in range(max(warmup - 1, 0)):
+    jax.block_until_ready(fa(*a_args))
+    jax.block_until_ready(fb(*b_args))
+  for _ in range(reps):
+    ta += times_ms(fa, *a_args, warmup=1, reps=1)
+    tb += times_ms(fb, *b_args, warmup=1, reps=1)
+  return ta, tb
 
 
 def load_workloads(names):
@@ -101,25 +117,32 @@ def bench_workload(coords, feats, c_in, c_out, *, warmup, reps):
     loss = lambda f, w: jnp.vdot(js.ops.conv3d(x.replace(feats=f), w).feats, probe)
     return jax.grad(loss, argnums=(0, 1))(feats, w)
 
+  cached = jax.jit(lambda x, w: js.ops.conv3d(x, w).feats)
   fns = {
       "index": (jax.jit(js.ops.build_index), (x.coords, x.num_valid)),
       "kmap": (jax.jit(lambda x: js.ops.kernel_map(x, 3)[0]), (x,)),
-      "subm_cached": (jax.jit(lambda x, w: js.ops.conv3d(x, w).feats), (x_cached, w3)),
       "subm_fwd": (jax.jit(lambda x, w: js.ops.conv3d(x, w).feats), (x, w3)),
       "subm_fwd_bwd": (jax.jit(fwd_bwd), (x, x.feats, w3)),
       "down2": (jax.jit(lambda x, w: js.ops.conv3d(x, w, stride=2).feats), (x, w2)),
       "up2": (jax.jit(lambda y, w: js.ops.conv_transpose3d(y, w).feats), (y_down, w2t)),
   }
-  times = {op: median_ms(f, *a, warmup=warmup, reps=reps) for op, (f, a) in fns.items()}
-
+  samples = {op: times_ms(f, *a, warmup=warmup, reps=reps) for op, (f, a) in fns.items()}
+  # The cached conv and a GEMM of the same MACs ([pairs, C_in] x [C_in, C_out]), timed in alternation.
   a = jnp.asarray(rng.standard_normal((pairs, c_in), dtype=np.float32))
   b = jnp.asarray(rng.standard_normal((c_in, c_out), dtype=np.float32))
-  times["gemm_same_macs"] = median_ms(jax.jit(jnp.matmul), a, b, warmup=warmup, reps=reps)
-  macs = pairs * c_in * c_out
-  conv_gflops = 2 * macs / times["subm_cached"] / 1e6
-  gemm_gflops = 2 * macs / times["gemm_same_macs"] / 1e6
-  return dict(voxels=int(x.num_valid), subm3_pairs=pairs, down2_voxels=int(y_down.num_valid), macs=macs,
-              ms=times, conv_gflops=conv_gflops, gemm_gflops=gemm_gflops, conv_over_gemm=conv_gflops / gemm_gflops)
+  samples["subm_cached"], samples["gemm_same_macs"] = interleaved_ms(
+      cached, (x_cached, w3), jax.jit(jnp.matmul), (a, b), warmup=warmup, reps=reps)
+  return dict(voxels=int(x.num_valid), subm3_pairs=pairs, down2_voxels=int(y_down.num_valid),
+              macs=pairs * c_in * c_out, samples_ms=samples)
+
+
+def summarize(r):
+  """Medians over every sample (pooled across rounds) and the throughput ratio."""
+  ms = {op: statistics.median(t) for op, t in r["samples_ms"].items()}
+  conv_gflops = 2 * r["macs"] / ms["subm_cached"] / 1e6
+  gemm_gflops = 2 * r["macs"] / ms["gemm_same_macs"] / 1e6
+  return dict({k: v for k, v in r.items() if k != "samples_ms"}, ms=ms, conv_gflops=conv_gflops,
+              gemm_gflops=gemm_gflops, conv_over_gemm=conv_gflops / gemm_gflops)
 
 
 def run_peers(python, workloads, reps):
@@ -129,15 +152,15 @@ def run_peers(python, workloads, reps):
   with tempfile.TemporaryDirectory() as tmp:
     out = Path(tmp) / "peers.json"
     cmd = [python, str(PEERS), "--peers", "spconv-1t,spconv", "--workloads", ",".join(workloads), "--no-check",
-           "--reps", str(reps), "--out", str(out)]
+           "--reps", str(reps), "--rounds", "1", "--out", str(out)]
     print("running peers:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=tmp, stdout=subprocess.DEVNULL)
     doc = json.loads(out.read_text())
   peers = {}
   for r in doc["results"]:
     if r.get("ok"):
-      peers.setdefault(r["workload"], {})[r["peer"]] = {op: v["median_ms"] for op, v in r["ops"].items()
-                                                        if isinstance(v, dict) and "median_ms" in v}
+      peers.setdefault(r["workload"], {})[r["peer"]] = {op: v["times_ms"] for op, v in r["ops"].items()
+                                                        if isinstance(v, dict) and "times_ms" in v}
   return peers
 
 
@@ -146,16 +169,31 @@ def main():
   ap.add_argument("--workloads", default="lartpc,lidar,kitti")
   ap.add_argument("--warmup", type=int, default=3)
   ap.add_argument("--reps", type=int, default=15)
+  ap.add_argument("--rounds", type=int, default=2,
+                  help="rounds of (jsparse3d, then peers); samples are pooled, so drift hits both sides")
   ap.add_argument("--peer-python", help="a Python with torch 2.13.0 + spconv 2.3.8 for side-by-side timings")
   ap.add_argument("--out", default=str(ROOT / "results" / "conv_cpu.json"))
   args = ap.parse_args()
 
   workloads = load_workloads(args.workloads.split(","))
-  results = {}
-  for name, (coords, feats, c_in, c_out) in workloads.items():
-    print(f"{name}: {len(coords)} voxels, {c_in}->{c_out} channels", flush=True)
-    results[name] = bench_workload(coords, feats, c_in, c_out, warmup=args.warmup, reps=args.reps)
-  peers = run_peers(args.peer_python, [w for w in workloads if w != "kitti"], args.reps) if args.peer_python else {}
+  raw, peer_samples = {}, {}
+  for round_ in range(args.rounds):
+    for name, (coords, feats, c_in, c_out) in workloads.items():
+      print(f"round {round_ + 1}/{args.rounds}: {name}: {len(coords)} voxels, {c_in}->{c_out} channels", flush=True)
+      r = bench_workload(coords, feats, c_in, c_out, warmup=args.warmup, reps=args.reps)
+      if name in raw:
+        for op, t in r["samples_ms"].items():
+          raw[name]["samples_ms"][op] += t
+      else:
+        raw[name] = r
+    if args.peer_python:
+      for wl, by_peer in run_peers(args.peer_python, [w for w in workloads if w != "kitti"], args.reps).items():
+        for peer, ops in by_peer.items():
+          for op, t in ops.items():
+            peer_samples.setdefault(wl, {}).setdefault(peer, {}).setdefault(op, []).extend(t)
+  results = {name: summarize(r) for name, r in raw.items()}
+  peers = {wl: {p: {op: statistics.median(t) for op, t in ops.items()} for p, ops in bp.items()}
+           for wl, bp in peer_samples.items()}
 
   for name, r in results.items():
     print(f"\n== {name}: {r['voxels']} voxels, {r['subm3_pairs']} submanifold pairs, {r['macs'] / 1e6:.1f} M MACs")
@@ -173,7 +211,9 @@ def main():
 
   doc = dict(machine=dict(python=platform.python_version(), jax=jax.__version__, backend=jax.default_backend(),
                           devices=jax.device_count()),
-             method=dict(statistic="median", warmup=args.warmup, reps=args.reps, dtype="float32"),
+             method=dict(statistic="median of all samples pooled over rounds", rounds=args.rounds,
+                         warmup=args.warmup, reps_per_round=args.reps, dtype="float32",
+                         interleaved="subm_cached and gemm_same_macs are timed in alternation"),
              results=results, peers=peers)
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
