@@ -105,9 +105,8 @@ def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, *, num_dst
     return out.at[d.reshape(-1)].add(y.reshape(-1, c_out), mode="drop")
 
   def body(out, s, d, o):
-    if mirrored:  # both directions of the step in one batched product and one scatter
-      s, d, o = jnp.concatenate([s, d]), jnp.concatenate([d, s]), jnp.concatenate([o, k - 1 - o])
-    return add(out, s, d, o)
+    out = add(out, s, d, o)
+    return add(out, d, s, k - 1 - o) if mirrored else out
 
   out = _steps(body, out, src, dst, block_offset, num_blocks, block_size=block_size,
                blocks_per_step=blocks_per_step)
@@ -125,9 +124,8 @@ def _wgrad_impl(a, b, src, dst, block_offset, num_blocks, center_mask, *, num_of
     return grad.at[o].add(_dot(_gather(a, s), _gather(b, d), 1, 1, batch=True))
 
   def body(grad, s, d, o):
-    if mirrored:
-      s, d, o = jnp.concatenate([s, d]), jnp.concatenate([d, s]), jnp.concatenate([o, num_offsets - 1 - o])
-    return add(grad, s, d, o)
+    grad = add(grad, s, d, o)
+    return add(grad, d, s, num_offsets - 1 - o) if mirrored else grad
 
   grad = _steps(body, grad, src, dst, block_offset, num_blocks, block_size=block_size,
                 blocks_per_step=blocks_per_step)
