@@ -15,8 +15,8 @@ scan, 32->32) and the real SemanticKITTI scan (`../shared/data/semantickitti-sam
 plus the MACs over real pairs, a dense [pairs, C_in] x [C_in, C_out] matmul of the same MACs in the same process
 (this machine's GEMM throughput at that shape), and the ratio of the two throughputs.
 
-With `--peer-python PY` (a Python with CPU torch 2.13.0 and spconv 2.3.8, e.g. from `pip install '.[bench]'` in
-another virtualenv), the shared peer harness `../shared/tools/bench_peers.py` runs spconv on the identical inputs
+With the `bench` extra installed (CPU torch 2.13.0 and spconv 2.3.8), or with `--peer-python PY` naming another
+virtualenv's Python that has them, the shared peer harness `../shared/tools/bench_peers.py` runs spconv on the identical inputs
 in the same session and the table prints our time / spconv time per op. The machine is shared and noisy: compare
 ratios, not absolute times.
 
@@ -26,6 +26,7 @@ ratios, not absolute times.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import statistics
@@ -174,6 +175,8 @@ def main():
   ap.add_argument("--peer-python", help="a Python with torch 2.13.0 + spconv 2.3.8 for side-by-side timings")
   ap.add_argument("--out", default=str(ROOT / "results" / "conv_cpu.json"))
   args = ap.parse_args()
+  if args.peer_python is None and importlib.util.find_spec("spconv") and importlib.util.find_spec("torch"):
+    args.peer_python = sys.executable  # the bench extra is installed here
 
   workloads = load_workloads(args.workloads.split(","))
   raw, peer_samples = {}, {}

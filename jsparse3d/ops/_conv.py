@@ -9,7 +9,6 @@ import jax.numpy as jnp
 
 from jsparse3d import _coords
 from jsparse3d import _errors
-from jsparse3d._sparse_tensor import Geometry
 from jsparse3d._sparse_tensor import SparseTensor
 from jsparse3d.ops import _conv_primitive
 from jsparse3d.ops import _hash
