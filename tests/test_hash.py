@@ -45,7 +45,7 @@ def test_index_full_coordinate_range_and_batches(rng):
 
 def test_overflow_level_is_exact(rng, monkeypatch):
   # Shrink the single-choice levels to 64 slots so that most keys must go to the linear-probing overflow level.
-  monkeypatch.setattr(_hash, "level_sizes", lambda n: (64, 64, 64, _hash._pow2(2 * n)))
+  monkeypatch.setattr(_hash, "level_sizes", lambda n: (64, 64, 64, 64, _hash._pow2(2 * n)))
   coords = _random_coords(rng, 3001, 12)  # a shape no other test compiles
   coords = coords[:3001] if len(coords) >= 3001 else coords
   index = _check(coords, np.concatenate([coords, coords + np.array([0, 0, 1, 0], np.int32)]))

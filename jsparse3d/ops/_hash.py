@@ -3,11 +3,11 @@
 A multi-level hash table over the 64-bit keys of :mod:`jsparse3d._coords`, laid out for vectorised lookups on
 CPU, where the cost is cache misses and every loop round touches every query:
 
-- three *single-choice* levels of 4N, N/2 and N/8 slots (independent hash functions). A key tries one slot per
-  level; the smallest row among those that want a slot gets it (a scatter-min, so the table is the same on every
-  run) and the rest try the next level. About 11% of keys reach level 2, 1% level 3 and a handful the last one.
-- an *overflow* level of 2N slots with linear probing, for whatever the first three leave (built by parallel
-  probing rounds, so it can never fail and never fills).
+- four *single-choice* levels of 4N, N/2, N/8 and N/32 slots (independent hash functions). A key tries one slot
+  per level; the smallest row among those that want a slot gets it (a scatter-min, so the table is the same on
+  every run) and the rest try the next level. About 11% of keys reach level 2, 1% level 3 and a handful level 4.
+- an *overflow* level of 2N slots with linear probing, for whatever the first four leave (built by parallel
+  probing rounds, so it can never fail and never fills). On real inputs it is almost always empty.
 
 A query checks its slot in each single-choice level in one pass, with no loop, and probes the overflow level only
 when that level is not empty. Slots hold row numbers; a candidate row is confirmed by comparing the stored keys
@@ -26,7 +26,8 @@ from jax import lax
 from jsparse3d import _coords
 from jsparse3d import _errors
 
-_SALTS = (0x9E3779B9, 0x7F4A7C15, 0x94D049BB, 0xBF58476D)
+_SALTS = (0x9E3779B9, 0x7F4A7C15, 0x94D049BB, 0xBF58476D, 0x2545F491)
+_SINGLE = 4  # single-choice levels before the overflow level
 
 
 @jax.tree_util.register_dataclass
@@ -57,9 +58,10 @@ def _pow2(n: int) -> int:
   return max(64, 1 << (max(int(n), 1) - 1).bit_length())
 
 
-def level_sizes(capacity: int) -> tuple[int, int, int, int]:
-  """Static slot counts of the four levels for ``capacity`` rows: 4N, N/2, N/8 (single choice), 2N (overflow)."""
-  return _pow2(4 * capacity), _pow2(capacity // 2), _pow2(capacity // 8), _pow2(2 * capacity)
+def level_sizes(capacity: int) -> tuple[int, ...]:
+  """Static slot counts of the levels for ``capacity`` rows: 4N, N/2, N/8, N/32 (single choice), 2N (overflow)."""
+  n = capacity
+  return _pow2(4 * n), _pow2(n // 2), _pow2(n // 8), _pow2(n // 32), _pow2(2 * n)
 
 
 def _slot(hi, lo, level: int, size: int):
@@ -86,7 +88,7 @@ def _insert(hi, lo, active):
   pending = active
   stored = jnp.full((n,), -1, jnp.int32)
   tables = []
-  for level, size in enumerate(sizes[:3]):
+  for level, size in enumerate(sizes[:_SINGLE]):
     s = _slot(hi, lo, level, size)
     claim = jnp.full((size,), n, jnp.int32).at[jnp.where(pending, s, size)].min(rows, mode="drop")
     winner = claim[s]
@@ -97,7 +99,7 @@ def _insert(hi, lo, active):
         rows, mode="drop", unique_indices=True))
     stored = jnp.where(win, rows, jnp.where(dup, winner, stored))
     pending = pending & ~(win | dup)
-  overflow, stored = _insert_overflow(hi, lo, pending, stored, key_hi, key_lo, sizes[3])
+  overflow, stored = _insert_overflow(hi, lo, pending, stored, key_hi, key_lo, sizes[_SINGLE])
   tables.append(overflow)
   first = active & (stored == rows)
   num_overflow = jnp.sum(pending & first, dtype=jnp.int32)
@@ -131,7 +133,7 @@ def _insert_overflow(hi, lo, pending, stored, key_hi, key_lo, size):
     slot = jnp.where(pending & occupied & ~same, (slot + 1) & mask, slot)
     return table, slot, pending & ~(same | win), stored
 
-  init = (jnp.full((size,), -1, jnp.int32), _slot(hi, lo, 3, size), pending, stored)
+  init = (jnp.full((size,), -1, jnp.int32), _slot(hi, lo, _SINGLE, size), pending, stored)
   table, _, _, stored = lax.while_loop(cond, body, init)
   return table, stored
 
@@ -147,10 +149,10 @@ def _probe(index: HashIndex, hi, lo, active):
     hit = active & (row >= 0) & (index.key_hi[r] == hi) & (index.key_lo[r] == lo)
     return jnp.where(hit, row, found), hit
 
-  for level, size in enumerate(sizes[:3]):
+  for level, size in enumerate(sizes[:_SINGLE]):
     found, _ = check(index.slots[base + _slot(hi, lo, level, size)], found)
     base += size
-  mask = sizes[3] - 1
+  mask = sizes[_SINGLE] - 1
 
   def cond(state):
     return jnp.any(state[1])
@@ -162,7 +164,7 @@ def _probe(index: HashIndex, hi, lo, active):
     pending = pending & ~hit & (row >= 0)
     return (slot + 1) & mask, pending, found
 
-  init = (_slot(hi, lo, 3, sizes[3]), active & (index.num_overflow > 0), found)
+  init = (_slot(hi, lo, _SINGLE, sizes[_SINGLE]), active & (index.num_overflow > 0), found)
   return lax.while_loop(cond, body, init)[2]
 
 
