@@ -10,8 +10,8 @@ Hessian-vector products, ``vmap``, ``jit``, ``pmap`` and ``checkpoint`` all foll
 
 The XLA lowering runs a loop over the map's offset-homogeneous blocks with a dynamic trip count, so only real
 pairs cost work. It gathers a block's rows, multiplies them by that offset's weight slice (accumulating in
-float32), and adds the result into the destination rows. A block's destination rows are distinct, and blocks
-run in a fixed order, so every result is bitwise reproducible.
+float32, or float64 for float64 inputs), and adds the result into the destination rows. Within a block the
+destination rows are distinct, and blocks run in a fixed order, so every result is bitwise reproducible.
 """
 
 from __future__ import annotations
