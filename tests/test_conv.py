@@ -187,3 +187,22 @@ def test_bad_inputs_raise_before_computing(rng):
     js.ops.conv_transpose3d(y, jnp.ones((2, 2, 2, 2, 3)), stride=4)
   with pytest.raises(ValueError, match="target has stride"):
     js.ops.conv_transpose3d(y, jnp.ones((2, 2, 2, 2, 3)), target=y)
+
+
+def test_conv_at_the_edges_of_the_coordinate_range(rng):
+  from jsparse3d import _coords
+  lo, hi = _coords.COORD_MIN, _coords.COORD_MAX
+  corner = np.array([[_coords.MAX_BATCH, hi, hi, hi], [_coords.MAX_BATCH, hi - 1, hi, hi], [0, lo, lo, lo],
+                     [0, lo + 1, lo, lo + 1], [0, lo, lo + 1, lo], [7, 0, hi, lo], [7, 0, hi - 1, lo]])
+  feats = rng.standard_normal((len(corner), 2)).astype(np.float32)
+  x = js.SparseTensor.from_coords(corner, feats, capacity=10)
+  cin, fin = valid_part(x)
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, 2, 3)).astype(np.float32))
+  # Neighbours beyond the range do not exist (and never alias to the other end).
+  assert_close(valid_part(js.ops.conv3d(x, w))[1], np_conv(cin, fin, w, cin, dilation=(1, 1, 1)), jnp.float32, 54)
+  y = js.ops.conv3d(x, w, stride=2)
+  cout, got = valid_part(y)
+  np.testing.assert_array_equal(cout[np.lexsort(cout.T[::-1])], np_downsample(cin, (2, 2, 2)))
+  assert_close(got, np_conv(cin, fin, w, cout, dilation=(1, 1, 1)), jnp.float32, 54)
+  z = js.ops.conv_transpose3d(y, jnp.swapaxes(w, 3, 4))
+  assert z.coords is x.coords

@@ -44,7 +44,7 @@ def kernel_map(x: SparseTensor, kernel_size, *, stride=1, dilation=1) -> tuple[_
   Returns:
     ``(kmap, y)``: for stride 1, ``y`` is ``x`` with the map cached; for stride > 1, ``y`` is the coarse output
     geometry (a SparseTensor with zero-width features) that remembers ``x`` as its parent. ``kmap.src`` rows
-    index ``x``, ``kmap.dst`` rows index ``y``.
+    index ``x``, ``kmap.dst`` rows index ``y``; ``kmap.T`` is the map of the transposed conv from ``y`` to ``x``.
 
   Example:
     >>> kmap, x = kernel_map(x, 3)
