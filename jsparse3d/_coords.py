@@ -88,6 +88,11 @@ def downsample(coords: jnp.ndarray, factor: Triple) -> jnp.ndarray:
   return jnp.concatenate([coords[..., :1], xyz], axis=-1)
 
 
+def valid_rows(capacity: int, num_valid) -> jnp.ndarray:
+  """``bool[..., capacity]``: rows ``[0, num_valid)`` are real, the rest padding (``num_valid`` may be batched)."""
+  return jnp.arange(capacity, dtype=jnp.int32) < jnp.asarray(num_valid)[..., None]
+
+
 def in_range(coords: jnp.ndarray) -> jnp.ndarray:
   """``bool[...]``: whether each ``(batch, x, y, z)`` row lies in the supported range (padding is not)."""
   b, xyz = coords[..., 0], coords[..., 1:]

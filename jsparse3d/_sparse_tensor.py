@@ -78,7 +78,7 @@ class SparseTensor(_errors.Flagged):
   @property
   def valid_mask(self) -> jax.Array:
     """``bool[capacity]``: which rows are real."""
-    return jnp.arange(self.capacity, dtype=jnp.int32) < self.num_valid[..., None]
+    return _coords.valid_rows(self.capacity, self.num_valid)
 
   @property
   def geometry(self) -> Geometry:

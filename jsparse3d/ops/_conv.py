@@ -192,9 +192,3 @@ def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, target: Sp
                                    (1, 1, 1), fine.stride)
   y = SparseTensor.from_geometry(fine, jnp.zeros((fine.coords.shape[0], 0), x.feats.dtype), errors=x.errors)
   return _apply(x.feats, weight, kmap.T, bias, y)
-
-
-def count_pairs(kmap: _kernel_map.KernelMap) -> jax.Array:
-  """``int32[]``: real (input, output, offset) pairs of a map; MACs of a conv are this times ``C_in * C_out``."""
-  return kmap.num_pairs
-

@@ -75,7 +75,7 @@ def from_dense(dense: jax.Array, *, capacity: int | None = None, stride=1, origi
   nonzero = jnp.any(flat != 0, axis=1)
   count = jnp.sum(nonzero, dtype=jnp.int32)
   (rows,) = jnp.nonzero(nonzero, size=capacity, fill_value=total)
-  valid = jnp.arange(capacity, dtype=jnp.int32) < count
+  valid = _coords.valid_rows(capacity, count)
   grid = jnp.stack(jnp.unravel_index(jnp.minimum(rows, total - 1), (b, *shape)), axis=1).astype(jnp.int32)
   xyz = grid[:, 1:] * jnp.asarray([stride], jnp.int32) + jnp.asarray([origin], jnp.int32)
   coords = jnp.where(valid[:, None], jnp.concatenate([grid[:, :1], xyz], axis=1), jnp.array([[-1, 0, 0, 0]]))

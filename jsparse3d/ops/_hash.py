@@ -64,6 +64,12 @@ def level_sizes(capacity: int) -> tuple[int, ...]:
   return _pow2(4 * n), _pow2(n // 2), _pow2(n // 8), _pow2(n // 32), _pow2(2 * n)
 
 
+def _stored_key_is(key_hi, key_lo, rows, hi, lo):
+  """``bool[...]``: whether the key stored for each row in ``rows`` (clamped to 0 where negative) is ``(hi, lo)``."""
+  r = jnp.maximum(rows, 0)
+  return (key_hi[r] == hi) & (key_lo[r] == lo)
+
+
 def _slot(hi, lo, level: int, size: int):
   h = _coords.hash_keys(hi + jnp.uint32(_SALTS[level]), lo)
   return (h & jnp.uint32(size - 1)).astype(jnp.int32)
@@ -92,9 +98,8 @@ def _insert(hi, lo, active):
     s = _slot(hi, lo, level, size)
     claim = jnp.full((size,), n, jnp.int32).at[jnp.where(pending, s, size)].min(rows, mode="drop")
     winner = claim[s]
-    w = jnp.minimum(winner, n - 1)
     win = pending & (winner == rows)
-    dup = pending & (winner < rows) & (key_hi[w] == hi) & (key_lo[w] == lo)
+    dup = pending & (winner < rows) & _stored_key_is(key_hi, key_lo, jnp.minimum(winner, n - 1), hi, lo)
     tables.append(jnp.full((size,), -1, jnp.int32).at[jnp.where(win, s, size)].set(
         rows, mode="drop", unique_indices=True))
     stored = jnp.where(win, rows, jnp.where(dup, winner, stored))
@@ -122,9 +127,8 @@ def _insert_overflow(hi, lo, pending, stored, key_hi, key_lo, size):
   def body(state):
     table, slot, pending, stored = state
     occupant = table[slot]
-    o = jnp.maximum(occupant, 0)
     occupied = occupant >= 0
-    same = pending & occupied & (key_hi[o] == hi) & (key_lo[o] == lo)
+    same = pending & occupied & _stored_key_is(key_hi, key_lo, occupant, hi, lo)
     empty = pending & ~occupied
     claim = jnp.full((size,), n, jnp.int32).at[jnp.where(empty, slot, size)].min(rows, mode="drop")
     win = empty & (claim[slot] == rows)
@@ -145,8 +149,7 @@ def _probe(index: HashIndex, hi, lo, active):
   base = 0
 
   def check(row, found):
-    r = jnp.maximum(row, 0)
-    hit = active & (row >= 0) & (index.key_hi[r] == hi) & (index.key_lo[r] == lo)
+    hit = active & (row >= 0) & _stored_key_is(index.key_hi, index.key_lo, row, hi, lo)
     return jnp.where(hit, row, found), hit
 
   for level, size in enumerate(sizes[:_SINGLE]):
@@ -204,8 +207,7 @@ def build_index(coords: jax.Array, num_valid: jax.Array | int) -> HashIndex:
 
 @jax.jit
 def _build(coords, num_valid) -> HashIndex:
-  n = coords.shape[0]
-  valid = jnp.arange(n, dtype=jnp.int32) < num_valid
+  valid = _coords.valid_rows(coords.shape[0], num_valid)
   ok = _coords.in_range(coords)
   hi, lo = _coords.pack_keys(coords)
   slots, key_hi, key_lo, num_overflow, _, first = _insert(hi, lo, valid & ok)

@@ -147,12 +147,11 @@ def _compact(table, offset_ids, rows_are_dst: bool, *, block_size: int):
   return src, dst, block_offset, ends[-1], counts.sum(dtype=jnp.int32)
 
 
-def _query_table(index, coords, num_valid, offsets):
-  """``int32[len(offsets), N]``: row of ``coords[i] + offsets[o]`` in ``index`` (valid rows only), else -1."""
-  n = coords.shape[0]
+def _query_table(index, coords, valid, offsets):
+  """``int32[len(offsets), N]``: row of ``coords[i] + offsets[o]`` in ``index`` where ``valid[i]``, else -1."""
   shift = jnp.concatenate([jnp.zeros((len(offsets), 1), jnp.int32), jnp.asarray(offsets)], axis=1)
   found = _hash.query_index(index, coords[None, :, :] + shift[:, None, :])
-  return jnp.where(jnp.arange(n, dtype=jnp.int32) < num_valid, found, -1)
+  return jnp.where(valid[None, :], found, -1)
 
 
 @functools.partial(jax.jit, static_argnames=("kernel_size", "dilation", "stride"))
@@ -171,9 +170,9 @@ def submanifold_map(coords, num_valid, index, kernel_size, dilation, stride) -> 
   mirrored = _coords.is_symmetric(kernel_size) and k > 1
   queried = list(range(k // 2)) if mirrored else [o for o in range(k) if o != center]
   bs = block_size_for(n)
-  valid = jnp.arange(n, dtype=jnp.int32) < num_valid
+  valid = _coords.valid_rows(n, num_valid)
   if queried:
-    table = _query_table(index, coords, num_valid, offsets[queried])
+    table = _query_table(index, coords, valid, offsets[queried])
     src, dst, block_offset, num_blocks, num_pairs = _compact(table, queried, True, block_size=bs)
   else:
     src = dst = block_offset = jnp.zeros((0,), jnp.int32)
@@ -195,7 +194,7 @@ def downsample_coords(coords, num_valid, factor):
     ``out_row[i]`` is the output row of input row ``i`` (-1 for padding).
   """
   n = coords.shape[0]
-  valid = jnp.arange(n, dtype=jnp.int32) < num_valid
+  valid = _coords.valid_rows(n, num_valid)
   down = _coords.downsample(coords, factor)
   ok = _coords.in_range(down)
   hi, lo = _coords.pack_keys(down)
@@ -235,7 +234,7 @@ def strided_map(coords, num_valid, index, out_coords, out_num_valid, out_row, ke
     table = jnp.where((jnp.arange(k, dtype=jnp.int32)[:, None] == o[None, :]) & (out_row >= 0)[None, :], out_row[None, :], -1)
     src, dst, block_offset, num_blocks, num_pairs = _compact(table, range(k), False, block_size=bs)
   else:
-    table = _query_table(index, out_coords, out_num_valid, offsets)
+    table = _query_table(index, out_coords, _coords.valid_rows(n_out, out_num_valid), offsets)
     src, dst, block_offset, num_blocks, num_pairs = _compact(table, range(k), True, block_size=bs)
   out_stride = tuple(a * b for a, b in zip(in_stride, stride))
   return KernelMap(src, dst, block_offset, num_blocks, num_pairs, jnp.zeros((0,), bool), kernel_size, dilation,
