@@ -6,7 +6,8 @@ scan, 32->32) and the real SemanticKITTI scan (`../shared/data/semantickitti-sam
 
   index        hash index build (these are timed as plain repeated calls, like the peers)
   kmap         submanifold 3^3 kernel-map build (index included)
-  subm_cached  submanifold conv 3^3 forward, map cached
+  subm_cached  submanifold conv 3^3 forward, map cached (the default implementation: native on CPU)
+  subm_cached_xla  the same with implementation="xla" (the pure-XLA path, for reference)
   subm_fwd     the same, map built inside the timing
   subm_fwd_bwd forward + backward (features and weights), map built inside the timing
   down2        strided conv k2 s2 forward (output coordinates and map built inside)
@@ -48,7 +49,7 @@ BENCH = SHARED / "data" / "bench"
 KITTI = SHARED / "data" / "semantickitti-sample" / "000000.bin"
 PEERS = SHARED / "tools" / "bench_peers.py"
 # Peer op names (bench_peers.py) for our ops.
-PEER_OPS = {"subm_cached": "subm3_fwd_cached", "subm_fwd": "subm3_fwd", "subm_fwd_bwd": "subm3_fwd_bwd",
+PEER_OPS = {"subm_cached": "subm3_fwd_cached", "subm_cached_xla": "subm3_fwd_cached", "subm_fwd": "subm3_fwd", "subm_fwd_bwd": "subm3_fwd_bwd",
             "down2": "down2_fwd", "up2": "up2_fwd"}
 
 
@@ -123,6 +124,7 @@ def bench_workload(coords, feats, c_in, c_out, *, warmup, reps):
       "index": (jax.jit(js.ops.build_index), (x.coords, x.num_valid)),
       "kmap": (jax.jit(lambda x: js.ops.kernel_map(x, 3)[0]), (x,)),
       "subm_cached": (cached, (x_cached, w3)),
+      "subm_cached_xla": (jax.jit(lambda x, w: js.ops.conv3d(x, w, implementation="xla").feats), (x_cached, w3)),
       "subm_fwd": (jax.jit(lambda x, w: js.ops.conv3d(x, w).feats), (x, w3)),
       "subm_fwd_bwd": (jax.jit(fwd_bwd), (x, x.feats, w3)),
       "down2": (jax.jit(lambda x, w: js.ops.conv3d(x, w, stride=2).feats), (x, w2)),

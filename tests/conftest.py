@@ -16,3 +16,14 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 def rng():
   import numpy as np
   return np.random.default_rng(0)
+
+
+@pytest.fixture(params=["xla", "native"])
+def impl(request, monkeypatch):
+  """Runs a test once per convolution implementation, by making it the default one (implementation=None)."""
+  from jsparse3d.ops import _native
+  if request.param == "xla":
+    monkeypatch.setattr(_native, "available", lambda: False)
+  else:
+    _native.require()
+  return request.param

@@ -38,7 +38,7 @@ def _close(a, b, tol=2e-5):
 
 
 @pytest.mark.parametrize("k, s", [(3, 1), (2, 1), (2, 2), (3, 2), (1, 1), (3, 3)])
-def test_grad_matches_dense_oracle(rng, k, s):
+def test_grad_matches_dense_oracle(rng, impl, k, s):
   x, w, n, sparse_loss, dense_loss = _setup(rng, k, s)
   gx, gw = jax.grad(sparse_loss, argnums=(0, 1))(x.feats, w)
   dx, dw = jax.grad(dense_loss, argnums=(0, 1))(x.feats, w)
@@ -47,7 +47,7 @@ def test_grad_matches_dense_oracle(rng, k, s):
   assert not np.asarray(gx[n:]).any()  # padded rows get no gradient
 
 
-def test_transposed_conv_grad_matches_dense_oracle(rng):
+def test_transposed_conv_grad_matches_dense_oracle(rng, impl):
   x = random_tensor(rng, n_grid=G, density=0.3, channels=3)
   y = js.ops.conv3d(x, jnp.ones((2, 2, 2, 3, 4), jnp.float32), stride=2)
   cy, fy = valid_part(y)
@@ -69,7 +69,7 @@ def test_transposed_conv_grad_matches_dense_oracle(rng):
 
 
 @pytest.mark.parametrize("k, s", [(3, 1), (2, 2)])
-def test_jvp_matches_dense_oracle(rng, k, s):
+def test_jvp_matches_dense_oracle(rng, impl, k, s):
   x, w, _, sparse_loss, dense_loss = _setup(rng, k, s)
   tx = jnp.where(x.valid_mask[:, None], rng.standard_normal(x.feats.shape).astype(np.float32), 0.0)
   tw = jnp.asarray(rng.standard_normal(w.shape).astype(np.float32))
@@ -80,7 +80,7 @@ def test_jvp_matches_dense_oracle(rng, k, s):
 
 
 @pytest.mark.parametrize("k, s", [(3, 1), (2, 2)])
-def test_hessian_vector_products_match_dense_oracle(rng, k, s):
+def test_hessian_vector_products_match_dense_oracle(rng, impl, k, s):
   x, w, _, sparse_loss, dense_loss = _setup(rng, k, s)
   vx = jnp.where(x.valid_mask[:, None], rng.standard_normal(x.feats.shape).astype(np.float32), 0.0)
   vw = jnp.asarray(rng.standard_normal(w.shape).astype(np.float32))
@@ -140,7 +140,7 @@ def test_input_gradient_is_a_gather_over_the_transposed_map(rng):
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_low_precision_gradients(rng, dtype):
+def test_low_precision_gradients(rng, impl, dtype):
   x = random_tensor(rng, channels=8)
   w = jnp.asarray(rng.standard_normal((3, 3, 3, 8, 8)).astype(np.float32) / 8)
   f = lambda feats, w: jnp.sum(js.ops.conv3d(x.replace(feats=feats), w).feats.astype(jnp.float32) ** 2)

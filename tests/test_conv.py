@@ -29,7 +29,7 @@ def assert_close(got, want, dtype, reduction):
 
 
 @pytest.mark.parametrize("k, s, d", list(itertools.product([1, 2, 3, 5], [1, 2, 3], [1, 2])))
-def test_conv3d_matches_dense_oracle(rng, k, s, d):
+def test_conv3d_matches_dense_oracle(rng, impl, k, s, d):
   x = random_tensor(rng, n_grid=G, density=0.25, channels=3, batch=2)
   w = jnp.asarray(rng.standard_normal((k, k, k, 3, 4)).astype(np.float32))
   y = js.ops.conv3d(x, w, stride=s, dilation=d)
@@ -48,7 +48,7 @@ def test_conv3d_matches_dense_oracle(rng, k, s, d):
 
 @pytest.mark.parametrize("ks, dil", [((3, 2, 1), (1, 2, 3)), ((4, 4, 4), (1, 1, 1)), ((7, 7, 7), (1, 1, 1)),
                                      ((6, 3, 5), (3, 1, 2))])
-def test_conv3d_matches_numpy_brute_force(rng, ks, dil):
+def test_conv3d_matches_numpy_brute_force(rng, impl, ks, dil):
   x = random_tensor(rng, n_grid=10, density=0.2, channels=5, batch=3, offset=(-20, 7, -3))
   w = jnp.asarray(rng.standard_normal((*ks, 5, 6)).astype(np.float32))
   y = js.ops.conv3d(x, w, dilation=dil)
@@ -73,7 +73,7 @@ def test_strided_conv_on_strided_tensor_matches_numpy(rng):
 
 
 @pytest.mark.parametrize("k, s", [(2, 2), (3, 2), (2, 3), (3, 3), (1, 2), (5, 2)])
-def test_conv_transpose3d_is_the_dense_adjoint(rng, k, s):
+def test_conv_transpose3d_is_the_dense_adjoint(rng, impl, k, s):
   x = random_tensor(rng, n_grid=G, density=0.3, channels=3, batch=2)
   w_down = jnp.asarray(rng.standard_normal((k, k, k, 3, 4)).astype(np.float32))
   y = js.ops.conv3d(x, w_down, stride=s)
@@ -94,7 +94,7 @@ def test_conv_transpose3d_is_the_dense_adjoint(rng, k, s):
   np.testing.assert_array_equal(z3.feats, z.feats)
 
 
-def test_transposed_conv_is_adjoint_by_inner_products(rng):
+def test_transposed_conv_is_adjoint_by_inner_products(rng, impl):
   x = random_tensor(rng, n_grid=10, density=0.3, channels=3)
   w = jnp.asarray(rng.standard_normal((2, 2, 2, 3, 5)).astype(np.float32))
   y = js.ops.conv3d(x, w, stride=2)
@@ -112,7 +112,7 @@ def test_transposed_conv_is_adjoint_by_inner_products(rng):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
-def test_feature_dtypes_accumulate_in_float32(rng, dtype):
+def test_feature_dtypes_accumulate_in_float32(rng, impl, dtype):
   x = random_tensor(rng, n_grid=10, density=0.3, channels=16, dtype=np.float32)
   w = rng.standard_normal((3, 3, 3, 16, 8)).astype(np.float32) / 8
   xd = x.replace(feats=x.feats.astype(dtype))
@@ -133,7 +133,7 @@ def test_bias_only_on_valid_rows(rng):
   assert not np.asarray(y.feats[n:]).any()
 
 
-def test_empty_tensor_gives_empty_outputs():
+def test_empty_tensor_gives_empty_outputs(impl):
   x = js.SparseTensor.from_coords(np.zeros((0, 4), int), np.zeros((0, 3), np.float32), capacity=8)
   w = jnp.ones((3, 3, 3, 3, 2), jnp.float32)
   for y in (js.ops.conv3d(x, w), js.ops.conv3d(x, w, stride=2)):

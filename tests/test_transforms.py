@@ -34,7 +34,7 @@ def test_jit_equals_eager(rng):
   np.testing.assert_array_equal(eager.coords, jitted.coords)
 
 
-def test_forward_and_backward_are_bitwise_deterministic(rng):
+def test_forward_and_backward_are_bitwise_deterministic(rng, impl):
   x = random_tensor(rng, n_grid=14, density=0.3, channels=8)
   ws = _weights(rng, 8)
   grad = jax.jit(jax.grad(_loss, argnums=(0, 2)))
@@ -61,7 +61,7 @@ def _pair(rng, capacity=300):
   return xs
 
 
-def test_vmap_over_stacked_tensors(rng):
+def test_vmap_over_stacked_tensors(rng, impl):
   xs = _pair(rng)
   ws = _weights(rng)
   stacked = _stack(xs)
@@ -73,7 +73,7 @@ def test_vmap_over_stacked_tensors(rng):
     np.testing.assert_allclose(g[i], jax.grad(_loss)(x.feats, x, ws), rtol=0, atol=1e-6)
 
 
-def test_pmap_over_devices(rng):
+def test_pmap_over_devices(rng, impl):
   n = jax.local_device_count()
   assert n >= 2, "conftest should provide several CPU devices"
   xs = _pair(rng) * (n // 2)
@@ -83,7 +83,7 @@ def test_pmap_over_devices(rng):
     np.testing.assert_allclose(out[i], _net(x, *ws).feats, rtol=0, atol=1e-6)
 
 
-def test_checkpoint_gives_the_same_gradient(rng):
+def test_checkpoint_gives_the_same_gradient(rng, impl):
   x = random_tensor(rng)
   ws = _weights(rng)
   g1 = jax.grad(_loss)(x.feats, x, ws)

@@ -13,8 +13,9 @@ from jsparse3d._sparse_tensor import SparseTensor
 from jsparse3d.ops import _conv_primitive
 from jsparse3d.ops import _hash
 from jsparse3d.ops import _kernel_map
+from jsparse3d.ops import _native
 
-IMPLEMENTATIONS = ("xla",)
+IMPLEMENTATIONS = ("xla", "native")
 
 
 def _key(kind: str, kernel_size, stride=None, dilation=(1, 1, 1)) -> str:
@@ -91,14 +92,27 @@ def _check_weight(x: SparseTensor, weight, c_in_axis: int, what: str):
         f"{what} takes one SparseTensor with feats [N, C], got feats {x.feats.shape}. Use jax.vmap for a stack.")
 
 
-def _check_implementation(implementation):
+def _resolve_implementation(implementation, dtype) -> str:
+  """``None`` picks the native kernels on the CPU backend when they build (float32 and narrower), else XLA."""
   if implementation not in (None,) + IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None (the default), got {implementation!r}.")
+  wide = jnp.dtype(dtype) == jnp.float64
+  if implementation is None:
+    cpu = jax.default_backend() == "cpu"
+    return "native" if cpu and not wide and _native.available() else "xla"
+  if implementation == "native":
+    if jax.default_backend() != "cpu":
+      raise ValueError(f"implementation='native' runs on the CPU backend only (the default backend is "
+                       f"{jax.default_backend()!r}). Use implementation='xla' or None.")
+    if wide:
+      raise ValueError("implementation='native' computes in float32; use implementation='xla' for float64.")
+    _native.require()
+  return implementation
 
 
-def _apply(x_feats, weight, kmap, bias, y: SparseTensor) -> SparseTensor:
+def _apply(x_feats, weight, kmap, bias, y: SparseTensor, implementation) -> SparseTensor:
   w = weight.reshape(math.prod(weight.shape[:3]), weight.shape[3], weight.shape[4])
-  out = _conv_primitive.conv(x_feats, w, kmap)
+  out = _conv_primitive.conv(x_feats, w, kmap, implementation=_resolve_implementation(implementation, w.dtype))
   if bias is not None:
     if getattr(bias, "shape", None) != (weight.shape[4],):
       raise ValueError(f"bias must have shape ({weight.shape[4]},), got {getattr(bias, 'shape', bias)}.")
@@ -120,7 +134,9 @@ def conv3d(x: SparseTensor, weight: jax.Array, *, stride=1, dilation=1, bias: ja
     weight: ``[kx, ky, kz, C_in, C_out]``, same dtype as ``x.feats``; kernel sizes 1..7.
     stride: 1..4 per axis. dilation: 1..3 per axis.
     bias: optional ``[C_out]``, added on valid rows.
-    implementation: ``"xla"`` (default on every backend for now).
+    implementation: ``"native"`` (CPU kernels called through XLA's FFI, float32 arithmetic, all intra-op
+      threads), ``"xla"`` (pure XLA, any backend and float64), or None: native on the CPU backend when its
+      kernels build (float32, bfloat16, float16), else XLA. Both are deterministic.
   Returns:
     SparseTensor with ``C_out`` channels; its cache holds the kernel map for the next layer of the same shape.
 
@@ -129,10 +145,10 @@ def conv3d(x: SparseTensor, weight: jax.Array, *, stride=1, dilation=1, bias: ja
     >>> y = conv3d(x, w)               # submanifold
     >>> z = conv3d(y, w2, stride=2)    # downsample; conv_transpose3d(z, ...) returns to y's coordinates
   """
-  _check_implementation(implementation)
   _check_weight(x, weight, 3, "conv3d")
+  _resolve_implementation(implementation, x.feats.dtype)
   kmap, y = kernel_map(x, weight.shape[:3], stride=stride, dilation=dilation)
-  return _apply(x.feats, weight, kmap, bias, y)
+  return _apply(x.feats, weight, kmap, bias, y, implementation)
 
 
 def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, target: SparseTensor | None = None,
@@ -152,14 +168,14 @@ def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, target: Sp
   Returns:
     SparseTensor on the finer coordinates, with the finer tensor's cache.
   """
-  _check_implementation(implementation)
   _check_weight(x, weight, 3, "conv_transpose3d")
+  _resolve_implementation(implementation, x.feats.dtype)
   ks = tuple(int(k) for k in weight.shape[:3])
   st = _coords.as_triple(stride, "stride")
   _coords.check_conv_geometry(ks, st, (1, 1, 1))
   if st == (1, 1, 1):
     kmap, x = kernel_map(x, ks)
-    return _apply(x.feats, weight, kmap.T, bias, x)
+    return _apply(x.feats, weight, kmap.T, bias, x, implementation)
   fine_stride = tuple(a // b for a, b in zip(x.stride, st))
   if any(a % b for a, b in zip(x.stride, st)):
     raise ValueError(f"conv_transpose3d stride {st} does not divide the tensor stride {x.stride}.")
@@ -191,4 +207,4 @@ def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, target: Sp
     kmap = _kernel_map.strided_map(fine.coords, fine.num_valid, index, x.coords, x.num_valid, None, ks, st,
                                    (1, 1, 1), fine.stride)
   y = SparseTensor.from_geometry(fine, jnp.zeros((fine.coords.shape[0], 0), x.feats.dtype), errors=x.errors)
-  return _apply(x.feats, weight, kmap.T, bias, y)
+  return _apply(x.feats, weight, kmap.T, bias, y, implementation)

@@ -12,6 +12,11 @@ The XLA lowering runs a loop over the map's offset-homogeneous blocks with a dyn
 pairs cost work. It gathers a block's rows, multiplies them by that offset's weight slice (accumulating in
 float32, or float64 for float64 inputs), and adds the result into the destination rows. Within a block the
 destination rows are distinct, and blocks run in a fixed order, so every result is bitwise reproducible.
+
+The native lowering (``implementation="native"``, CPU only, float32 arithmetic) calls the kernels of
+``_cpu_kernels.cc`` through XLA's FFI instead; they compute the same sums on all intra-op threads, also in an
+order fixed by the map. Both primitives carry the implementation as a parameter, so gradients, forward mode and
+batching use the same one as the call they come from.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad
@@ -44,13 +50,15 @@ def map_params(kmap: KernelMap) -> dict:
               mirrored=kmap.mirrored)
 
 
-def conv(x, w, kmap: KernelMap, *, wt: bool = False):
+def conv(x, w, kmap: KernelMap, *, wt: bool = False, implementation: str = "xla"):
   """``[num_dst, C_out]`` = sum over the pairs of ``x[src] @ w[o]`` (``w[o].T`` if ``wt``).
 
   Args:
     x: ``[num_src, C_in]`` features. w: ``[K, C_in, C_out]`` (``[K, C_out, C_in]`` if ``wt``), same dtype.
+    implementation: ``"xla"`` or ``"native"`` (CPU, float32 arithmetic; resolved by the caller).
   """
-  return conv_p.bind(x, w, *map_operands(kmap), num_dst=kmap.num_dst, wt=wt, **map_params(kmap))
+  return conv_p.bind(x, w, *map_operands(kmap), num_dst=kmap.num_dst, wt=wt, implementation=implementation,
+                     **map_params(kmap))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -91,8 +99,14 @@ def _dot(a, b, a_axis, b_axis, batch=False):
   return lax.dot_general(a, b, dims, preferred_element_type=_acc_dtype(a, b))
 
 
-def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, *, num_dst, wt, block_size,
+def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, *, num_dst, wt, implementation, block_size,
                blocks_per_step, center, mirrored):
+  if implementation == "native":
+    w = jnp.swapaxes(w, 1, 2) if wt else w
+    out = jax.ffi.ffi_call("jsparse3d_conv", jax.ShapeDtypeStruct((num_dst, w.shape[2]), jnp.float32))(
+        x.astype(jnp.float32), w.astype(jnp.float32), src, dst, block_offset, num_blocks, center_mask,
+        **_native_attrs(block_size, center, mirrored))
+    return out.astype(x.dtype)
   k = w.shape[0]
   c_out = w.shape[1] if wt else w.shape[2]
   w_in_axis = 2 if wt else 1  # the C_in axis of w
@@ -113,8 +127,14 @@ def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, *, num_dst
   return out.astype(x.dtype)
 
 
-def _wgrad_impl(a, b, src, dst, block_offset, num_blocks, center_mask, *, num_offsets, out_dtype, block_size,
-                blocks_per_step, center, mirrored):
+def _wgrad_impl(a, b, src, dst, block_offset, num_blocks, center_mask, *, num_offsets, out_dtype, implementation,
+                block_size, blocks_per_step, center, mirrored):
+  if implementation == "native":
+    shape = jax.ShapeDtypeStruct((num_offsets, a.shape[1], b.shape[1]), jnp.float32)
+    grad = jax.ffi.ffi_call("jsparse3d_wgrad", shape)(
+        a.astype(jnp.float32), b.astype(jnp.float32), src, dst, block_offset, num_blocks, center_mask,
+        **_native_attrs(block_size, center, mirrored))
+    return grad.astype(out_dtype)
   grad = jnp.zeros((num_offsets, a.shape[1], b.shape[1]), _acc_dtype(a, b))
   if center >= 0:
     bm = jnp.where(center_mask[:, None], b, jnp.zeros((), b.dtype))
@@ -132,7 +152,11 @@ def _wgrad_impl(a, b, src, dst, block_offset, num_blocks, center_mask, *, num_of
   return grad.astype(out_dtype)
 
 
-_MAP_PARAMS = ("block_size", "blocks_per_step", "center", "mirrored")
+def _native_attrs(block_size, center, mirrored):
+  return dict(block_size=np.int64(block_size), center=np.int64(center), mirrored=np.int64(mirrored))
+
+
+_MAP_PARAMS = ("implementation", "block_size", "blocks_per_step", "center", "mirrored")
 _conv_jit = jax.jit(_conv_impl, static_argnames=("num_dst", "wt") + _MAP_PARAMS)
 _wgrad_jit = jax.jit(_wgrad_impl, static_argnames=("num_offsets", "out_dtype") + _MAP_PARAMS)
 

@@ -1,0 +1,439 @@
+// CPU kernels for the two sparse-convolution primitives, called by XLA through its FFI.
+//
+// They take the kernel map exactly as the XLA lowering does (pairs compacted into offset-homogeneous blocks,
+// optionally mirrored, with the centre offset as identity pairs) and compute the same sums, float32 throughout:
+//
+//   JsparseConv:  out[d] += x[s] @ w[o]                       out: [num_dst, C_out]
+//   JsparseWgrad: grad[o] += a[s]^T b[d]                      grad: [K, C_a, C_b]
+//
+// Determinism. Every output element is summed in an order fixed by the map alone, never by the number of
+// threads or by which thread ran what:
+// - conv: the work is split by destination row ranges; each range scans the blocks in order, so every row
+//   receives its centre term, then its pairs in block order (a pair and its mirror in pair order).
+// - wgrad: the pairs are cut into chunks that depend only on the map (runs of blocks of one offset, at most
+//   kChunkPairs pairs); each chunk sums into its own partial, and the partials of an offset are added in chunk
+//   order.
+// Threads come from XLA's intra-op pool. The calling thread works too and waits only for chunks that another
+// thread has already claimed, so the call cannot deadlock when the pool is busy.
+
+#include <algorithm>
+#include <cmath>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#ifdef __FMA__
+#include <immintrin.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+// Operand types (aliases also keep the commas of template arguments out of the FFI binding macros).
+using Matrix = ffi::Buffer<ffi::F32, 2>;  // [rows, channels]
+using Stack = ffi::Buffer<ffi::F32, 3>;   // [K, C_in, C_out]
+using Rows = ffi::Buffer<ffi::S32, 1>;    // pair rows or block offsets
+using Count = ffi::Buffer<ffi::S32, 0>;   // blocks in use
+using Mask = ffi::Buffer<ffi::PRED, 1>;   // centre rows
+
+namespace {
+
+typedef float v8 __attribute__((vector_size(32)));
+
+inline v8 load8(const float* p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof(v)); }
+
+inline v8 splat8(float a) { return v8{a, a, a, a, a, a, a, a}; }
+
+// c + a * b, rounded the same way wherever it is used: a fused multiply-add where the CPU has one. The file is
+// compiled with -ffp-contract=off, so the compiler never fuses some products and not others (which would make
+// a row's result depend on which code path, and so on which thread's share, it went through).
+inline v8 madd8(v8 a, v8 b, v8 c) {
+#ifdef __FMA__
+  return _mm256_fmadd_ps(a, b, c);
+#else
+  return c + a * b;
+#endif
+}
+
+inline float madd(float a, float b, float c) {
+#ifdef __FMA__
+  return std::fma(a, b, c);
+#else
+  return c + a * b;
+#endif
+}
+
+// out_q[0:n] += x_q[0:m] @ w[0:m, 0:n] for P rows at once (w's rows n apart). Each weight vector loaded is used
+// for all P rows, and the P x 2 accumulators are independent chains.
+// N > 0 fixes n at compile time (twice as fast at 16 channels); N = 0 takes it at run time.
+template <int P, int64_t N>
+void rows_times_matrix(const float* const* x, const float* w, float* const* out, int64_t m, int64_t n_) {
+  const int64_t n = N ? N : n_;
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    v8 acc[P][2];
+    for (int q = 0; q < P; ++q) {
+      acc[q][0] = load8(out[q] + j);
+      acc[q][1] = load8(out[q] + j + 8);
+    }
+    for (int64_t i = 0; i < m; ++i) {
+      const v8 w0 = load8(w + i * n + j), w1 = load8(w + i * n + j + 8);
+      for (int q = 0; q < P; ++q) {
+        const v8 xi = splat8(x[q][i]);
+        acc[q][0] = madd8(xi, w0, acc[q][0]);
+        acc[q][1] = madd8(xi, w1, acc[q][1]);
+      }
+    }
+    for (int q = 0; q < P; ++q) {
+      store8(out[q] + j, acc[q][0]);
+      store8(out[q] + j + 8, acc[q][1]);
+    }
+  }
+  for (; j + 8 <= n; j += 8) {
+    v8 acc[P];
+    for (int q = 0; q < P; ++q) acc[q] = load8(out[q] + j);
+    for (int64_t i = 0; i < m; ++i) {
+      const v8 w0 = load8(w + i * n + j);
+      for (int q = 0; q < P; ++q) acc[q] = madd8(splat8(x[q][i]), w0, acc[q]);
+    }
+    for (int q = 0; q < P; ++q) store8(out[q] + j, acc[q]);
+  }
+  for (; j < n; ++j)
+    for (int q = 0; q < P; ++q) {
+      float acc = out[q][j];
+      for (int64_t i = 0; i < m; ++i) acc = madd(x[q][i], w[i * n + j], acc);
+      out[q][j] = acc;
+    }
+}
+
+// out[d_q] += x[s_q] @ w for the q < count rows listed, four at a time.
+template <int64_t N>
+void gather_gemm_scatter_n(const float* x, const int32_t* s, const int32_t* d, int64_t count, const float* w,
+                           float* out, int64_t m, int64_t n) {
+  int64_t q = 0;
+  for (; q + 4 <= count; q += 4) {
+    const float* xr[4] = {x + s[q] * m, x + s[q + 1] * m, x + s[q + 2] * m, x + s[q + 3] * m};
+    float* orr[4] = {out + d[q] * n, out + d[q + 1] * n, out + d[q + 2] * n, out + d[q + 3] * n};
+    rows_times_matrix<4, N>(xr, w, orr, m, n);
+  }
+  for (; q < count; ++q) {
+    const float* xr[1] = {x + s[q] * m};
+    float* orr[1] = {out + d[q] * n};
+    rows_times_matrix<1, N>(xr, w, orr, m, n);
+  }
+}
+
+void gather_gemm_scatter(const float* x, const int32_t* s, const int32_t* d, int64_t count, const float* w,
+                         float* out, int64_t m, int64_t n) {
+  switch (n) {  // the channel counts of the common models
+    case 8: return gather_gemm_scatter_n<8>(x, s, d, count, w, out, m, n);
+    case 16: return gather_gemm_scatter_n<16>(x, s, d, count, w, out, m, n);
+    case 24: return gather_gemm_scatter_n<24>(x, s, d, count, w, out, m, n);
+    case 32: return gather_gemm_scatter_n<32>(x, s, d, count, w, out, m, n);
+    case 48: return gather_gemm_scatter_n<48>(x, s, d, count, w, out, m, n);
+    case 64: return gather_gemm_scatter_n<64>(x, s, d, count, w, out, m, n);
+    case 96: return gather_gemm_scatter_n<96>(x, s, d, count, w, out, m, n);
+    case 128: return gather_gemm_scatter_n<128>(x, s, d, count, w, out, m, n);
+    default: return gather_gemm_scatter_n<0>(x, s, d, count, w, out, m, n);
+  }
+}
+
+// g[0:m, 0:n] += sum over the pairs p of a[s_p, 0:m]^T b[d_p, 0:n] (g rows `n` apart). Register tiles of
+// 4 x 16 stay in registers across all the pairs.
+void outer_products(const float* a, int64_t lda, const float* b, int64_t ldb, const int32_t* s, const int32_t* d,
+                    int64_t num_pairs, float* g, int64_t m, int64_t n) {
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4) {
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+      v8 acc[8];
+      for (int r = 0; r < 4; ++r) {
+        acc[2 * r] = load8(g + (i + r) * n + j);
+        acc[2 * r + 1] = load8(g + (i + r) * n + j + 8);
+      }
+      for (int64_t p = 0; p < num_pairs; ++p) {
+        const float* ar = a + s[p] * lda + i;
+        const float* br = b + d[p] * ldb + j;
+        v8 b0 = load8(br), b1 = load8(br + 8);
+        for (int r = 0; r < 4; ++r) {
+          v8 ar_r = splat8(ar[r]);
+          acc[2 * r] = madd8(ar_r, b0, acc[2 * r]);
+          acc[2 * r + 1] = madd8(ar_r, b1, acc[2 * r + 1]);
+        }
+      }
+      for (int r = 0; r < 4; ++r) {
+        store8(g + (i + r) * n + j, acc[2 * r]);
+        store8(g + (i + r) * n + j + 8, acc[2 * r + 1]);
+      }
+    }
+    for (; j < n; ++j) {
+      float acc[4] = {g[i * n + j], g[(i + 1) * n + j], g[(i + 2) * n + j], g[(i + 3) * n + j]};
+      for (int64_t p = 0; p < num_pairs; ++p) {
+        float bv = b[d[p] * ldb + j];
+        for (int r = 0; r < 4; ++r) acc[r] = madd(a[s[p] * lda + i + r], bv, acc[r]);
+      }
+      for (int r = 0; r < 4; ++r) g[(i + r) * n + j] = acc[r];
+    }
+  }
+  for (; i < m; ++i) {
+    for (int64_t p = 0; p < num_pairs; ++p) {
+      float av = a[s[p] * lda + i];
+      const float* br = b + d[p] * ldb;
+      for (int64_t j = 0; j < n; ++j) g[i * n + j] = madd(av, br[j], g[i * n + j]);
+    }
+  }
+}
+
+// Runs fn(0) .. fn(n - 1) on the calling thread and up to `workers - 1` tasks of XLA's intra-op pool; returns
+// when all have finished.
+class ParallelFor {
+ public:
+  static void Run(ffi::ThreadPool& pool, int64_t n, int64_t workers, std::function<void(int64_t)> fn) {
+    const int64_t helpers = std::min<int64_t>(workers, n) - 1;
+    if (helpers <= 0) {
+      for (int64_t i = 0; i < n; ++i) fn(i);
+      return;
+    }
+    auto state = std::make_shared<State>(n, std::move(fn));
+    for (int64_t h = 0; h < helpers; ++h) pool.Schedule([state] { state->Work(); });
+    state->Work();
+    std::unique_lock<std::mutex> lock(state->mu);
+    state->cv.wait(lock, [&] { return state->done == state->n; });
+  }
+
+ private:
+  struct State {
+    State(int64_t n, std::function<void(int64_t)> fn) : n(n), fn(std::move(fn)) {}
+    // Claims items until none is left. A helper that starts after the call returned claims nothing.
+    void Work() {
+      for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) {
+        fn(i);
+        std::lock_guard<std::mutex> lock(mu);
+        if (++done == n) cv.notify_all();
+      }
+    }
+    const int64_t n;
+    std::function<void(int64_t)> fn;
+    std::atomic<int64_t> next{0};
+    int64_t done = 0;  // guarded by mu
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+};
+
+// The map operands shared by both kernels.
+struct Map {
+  const int32_t* src;
+  const int32_t* dst;
+  const int32_t* block_offset;
+  int64_t num_blocks;
+  int64_t block_size;
+  const bool* center_mask;
+  int64_t center;
+  bool mirrored;
+};
+
+ffi::Error CheckMap(const Map& map, int64_t num_pairs_cap, int64_t num_block_cap, int64_t num_offsets) {
+  if (map.block_size <= 0 || num_block_cap * map.block_size > num_pairs_cap)
+    return ffi::Error::InvalidArgument("jsparse3d: block_size does not match the pair arrays");
+  if (map.num_blocks < 0 || map.num_blocks > num_block_cap)
+    return ffi::Error::InvalidArgument("jsparse3d: num_blocks exceeds the block arrays");
+  for (int64_t b = 0; b < map.num_blocks; ++b)
+    if (map.block_offset[b] < 0 || map.block_offset[b] >= num_offsets)
+      return ffi::Error::InvalidArgument("jsparse3d: a block offset is outside the kernel");
+  return ffi::Error::Success();
+}
+
+constexpr int64_t kRowsPerItem = 2048;  // conv: destination rows per work item (at least)
+
+// Parts a conv call is split into: XLA's intra-op thread count, or JSPARSE3D_NATIVE_THREADS if set. The
+// result does not depend on it (tests check this by varying it).
+int64_t NumParts(ffi::ThreadPool& pool) {
+  if (const char* env = std::getenv("JSPARSE3D_NATIVE_THREADS")) {
+    const long n = std::strtol(env, nullptr, 10);
+    if (n > 0) return n;
+  }
+  return std::max<int64_t>(pool.num_threads(), 1);
+}
+constexpr int64_t kChunkPairs = 8192;   // wgrad: pairs per chunk (at most)
+
+struct ConvArgs {
+  Map map;
+  const float* x;   // [num_src, c_in]
+  const float* w;   // [k, c_in, c_out]
+  float* out;       // [num_dst, c_out]
+  int64_t num_src, num_dst, k, c_in, c_out;
+};
+
+// Computes the output rows [lo, hi): the centre term, then the pairs block by block.
+void ConvRows(const ConvArgs args, const int64_t lo, const int64_t hi) {
+  const Map map = args.map;
+  const int64_t c_in = args.c_in, c_out = args.c_out, wsize = c_in * c_out;
+  std::fill(args.out + lo * c_out, args.out + hi * c_out, 0.0f);
+  std::vector<int32_t> rows;
+  if (map.center >= 0) {
+    rows.reserve(static_cast<size_t>(hi - lo));
+    for (int64_t r = lo; r < hi; ++r)
+      if (map.center_mask[r]) rows.push_back(static_cast<int32_t>(r));
+    gather_gemm_scatter(args.x, rows.data(), rows.data(), static_cast<int64_t>(rows.size()),
+                        args.w + map.center * wsize, args.out, c_in, c_out);
+  }
+  // This range's pairs of one block: (src, dst) and, if mirrored, (dst, src) as the second half.
+  const int64_t bs = map.block_size;
+  rows.resize(static_cast<size_t>(4 * bs));
+  int32_t *fs = rows.data(), *fd = fs + bs, *ms = fd + bs, *md = ms + bs;
+  for (int64_t b = 0; b < map.num_blocks; ++b) {
+    const int64_t o = map.block_offset[b];
+    int64_t nf = 0, nm = 0;
+    for (int64_t p = b * bs, end = p + bs; p < end; ++p) {
+      const int32_t sp = map.src[p], dp = map.dst[p];
+      if (sp < 0 || dp < 0 || sp >= args.num_src || dp >= args.num_dst) continue;  // padding pairs
+      if (dp >= lo && dp < hi) fs[nf] = sp, fd[nf++] = dp;
+      if (map.mirrored && sp >= lo && sp < hi) ms[nm] = dp, md[nm++] = sp;
+    }
+    gather_gemm_scatter(args.x, fs, fd, nf, args.w + o * wsize, args.out, c_in, c_out);
+    gather_gemm_scatter(args.x, ms, md, nm, args.w + (args.k - 1 - o) * wsize, args.out, c_in, c_out);
+  }
+}
+
+ffi::Error ConvImpl(ffi::ThreadPool pool, Matrix x, Stack w, Rows src, Rows dst, Rows block_offset, Count num_blocks,
+                    Mask center_mask, ffi::Result<Matrix> out, int64_t block_size, int64_t center,
+                    int64_t mirrored) {
+  ConvArgs args{{src.typed_data(), dst.typed_data(), block_offset.typed_data(), num_blocks.typed_data()[0],
+                 block_size, center_mask.typed_data(), center, mirrored != 0},
+                x.typed_data(), w.typed_data(), out->typed_data(),
+                static_cast<int64_t>(x.dimensions()[0]), static_cast<int64_t>(out->dimensions()[0]),
+                static_cast<int64_t>(w.dimensions()[0]), static_cast<int64_t>(x.dimensions()[1]),
+                static_cast<int64_t>(w.dimensions()[2])};
+  if (w.dimensions()[1] != args.c_in || out->dimensions()[1] != args.c_out)
+    return ffi::Error::InvalidArgument("jsparse3d conv: operand shapes disagree");
+  if (center >= 0 && (args.num_src != args.num_dst || center_mask.dimensions()[0] != args.num_dst || center >= args.k))
+    return ffi::Error::InvalidArgument("jsparse3d conv: a centre offset needs num_src == num_dst rows");
+  if (ffi::Error e = CheckMap(args.map, src.dimensions()[0], block_offset.dimensions()[0], args.k); e.failure())
+    return e;
+  const int64_t items = std::max<int64_t>(1, std::min<int64_t>(NumParts(pool), args.num_dst / kRowsPerItem));
+  ParallelFor::Run(pool, items, items, [args, items](int64_t item) {
+    ConvRows(args, args.num_dst * item / items, args.num_dst * (item + 1) / items);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error WgradImpl(ffi::ThreadPool pool, Matrix a, Matrix b,
+                     Rows src, Rows dst, Rows block_offset,
+                     Count num_blocks, Mask center_mask,
+                     ffi::Result<Stack> grad, int64_t block_size, int64_t center, int64_t mirrored) {
+  const int64_t num_src = a.dimensions()[0], c_a = a.dimensions()[1];
+  const int64_t num_dst = b.dimensions()[0], c_b = b.dimensions()[1];
+  const int64_t k = grad->dimensions()[0];
+  if (grad->dimensions()[1] != c_a || grad->dimensions()[2] != c_b)
+    return ffi::Error::InvalidArgument("jsparse3d wgrad: operand shapes disagree");
+  if (center >= 0 && (num_src != num_dst || center_mask.dimensions()[0] != num_dst || center >= k))
+    return ffi::Error::InvalidArgument("jsparse3d wgrad: a centre offset needs num_src == num_dst rows");
+  Map map{src.typed_data(), dst.typed_data(), block_offset.typed_data(), num_blocks.typed_data()[0], block_size,
+          center_mask.typed_data(), center, mirrored != 0};
+  if (ffi::Error e = CheckMap(map, src.dimensions()[0], block_offset.dimensions()[0], k); e.failure()) return e;
+
+  // Chunks: runs of consecutive blocks with one offset, cut every kChunkPairs pairs; centre rows likewise.
+  struct Chunk {
+    int64_t offset, begin, end;  // pair range; for the centre chunk, a row range
+  };
+  std::vector<Chunk> chunks;
+  const int64_t blocks_per_chunk = std::max<int64_t>(1, kChunkPairs / block_size);
+  for (int64_t bl = 0; bl < map.num_blocks;) {
+    int64_t e = bl + 1;
+    while (e < map.num_blocks && e - bl < blocks_per_chunk && map.block_offset[e] == map.block_offset[bl]) ++e;
+    chunks.push_back({map.block_offset[bl], bl * block_size, e * block_size});
+    bl = e;
+  }
+  const int64_t num_pair_chunks = static_cast<int64_t>(chunks.size());
+  if (center >= 0)
+    for (int64_t r = 0; r < num_dst; r += kChunkPairs) chunks.push_back({center, r, std::min(r + kChunkPairs, num_dst)});
+  const int64_t num_chunks = static_cast<int64_t>(chunks.size());
+  const int64_t gsize = c_a * c_b;
+  const int64_t parts = map.mirrored ? 2 : 1;
+  std::vector<float> partial(static_cast<size_t>(num_chunks * parts * gsize), 0.0f);
+
+  const float* ad = a.typed_data();
+  const float* bd = b.typed_data();
+  ParallelFor::Run(pool, num_chunks, NumParts(pool), [&](int64_t c) {
+    const Chunk& ch = chunks[c];
+    float* g = partial.data() + c * parts * gsize;
+    std::vector<int32_t> s, d;
+    s.reserve(static_cast<size_t>(ch.end - ch.begin));
+    d.reserve(static_cast<size_t>(ch.end - ch.begin));
+    if (c >= num_pair_chunks) {
+      for (int64_t r = ch.begin; r < ch.end; ++r)
+        if (map.center_mask[r]) s.push_back(static_cast<int32_t>(r));
+      outer_products(ad, c_a, bd, c_b, s.data(), s.data(), static_cast<int64_t>(s.size()), g, c_a, c_b);
+      return;
+    }
+    for (int64_t p = ch.begin; p < ch.end; ++p) {
+      const int32_t sp = map.src[p], dp = map.dst[p];
+      if (sp < 0 || dp < 0 || sp >= num_src || dp >= num_dst) continue;
+      s.push_back(sp);
+      d.push_back(dp);
+    }
+    const int64_t n = static_cast<int64_t>(s.size());
+    outer_products(ad, c_a, bd, c_b, s.data(), d.data(), n, g, c_a, c_b);
+    if (map.mirrored) outer_products(ad, c_a, bd, c_b, d.data(), s.data(), n, g + gsize, c_a, c_b);
+  });
+
+  // Sum the partials of each offset in chunk order.
+  float* gd = grad->typed_data();
+  std::fill(gd, gd + k * gsize, 0.0f);
+  for (int64_t c = 0; c < num_chunks; ++c) {
+    const float* g = partial.data() + c * parts * gsize;
+    float* t = gd + chunks[c].offset * gsize;
+    for (int64_t e = 0; e < gsize; ++e) t[e] += g[e];
+    if (map.mirrored && c < num_pair_chunks) {
+      float* tm = gd + (k - 1 - chunks[c].offset) * gsize;
+      for (int64_t e = 0; e < gsize; ++e) tm[e] += g[gsize + e];
+    }
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JsparseConv, ConvImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<Matrix>()
+                                  .Arg<Stack>()
+                                  .Arg<Rows>()
+                                  .Arg<Rows>()
+                                  .Arg<Rows>()
+                                  .Arg<Count>()
+                                  .Arg<Mask>()
+                                  .Ret<Matrix>()
+                                  .Attr<int64_t>("block_size")
+                                  .Attr<int64_t>("center")
+                                  .Attr<int64_t>("mirrored"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JsparseWgrad, WgradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<Matrix>()
+                                  .Arg<Matrix>()
+                                  .Arg<Rows>()
+                                  .Arg<Rows>()
+                                  .Arg<Rows>()
+                                  .Arg<Count>()
+                                  .Arg<Mask>()
+                                  .Ret<Stack>()
+                                  .Attr<int64_t>("block_size")
+                                  .Attr<int64_t>("center")
+                                  .Attr<int64_t>("mirrored"));

@@ -1,0 +1,126 @@
+"""The native CPU kernels (``_cpu_kernels.cc``): built on first use, cached, and registered with XLA's FFI.
+
+XLA:CPU runs the pure-jnp convolution loop on one core, and at 16 channels that loop is bound by per-block
+dispatch rather than arithmetic. The two kernels in ``_cpu_kernels.cc`` compute the same sums with vector
+registers on all of XLA's intra-op threads, in an order fixed by the kernel map (so results do not depend on
+the thread count). Nothing is compiled at install time: the first convolution on a CPU compiles the file with the
+system C++ compiler against the FFI headers that ship with jaxlib, into a per-user cache keyed by the source, the
+headers, the compiler and this CPU's instruction set. Without a compiler the XLA path is used (with one warning).
+
+Environment:
+  JSPARSE3D_NATIVE=0         never build or use the native kernels.
+  JSPARSE3D_CACHE_DIR=path   where built libraries go (default ``$XDG_CACHE_HOME/jsparse3d`` or ``~/.cache``).
+  CXX=compiler               the C++ compiler (default ``c++``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import jax
+
+SOURCE = Path(__file__).with_name("_cpu_kernels.cc")
+TARGETS = {"jsparse3d_conv": "JsparseConv", "jsparse3d_wgrad": "JsparseWgrad"}
+
+
+def _cpu_signature() -> str:
+  """What the compiled code may assume about this CPU (``-march=native`` is only reused where it matches)."""
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith(("flags", "Features")):
+        return line
+  except OSError:
+    pass
+  return platform.machine() + platform.processor()
+
+
+def _compile_command(compiler: str, out: Path) -> list[str]:
+  arch = ["-march=native"] if platform.machine() in ("x86_64", "AMD64") else []
+  return [compiler, "-O3", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", *arch,
+          f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(out)]
+
+
+def _cache_dir() -> Path:
+  if "JSPARSE3D_CACHE_DIR" in os.environ:
+    return Path(os.environ["JSPARSE3D_CACHE_DIR"])
+  base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+  return Path(base) / "jsparse3d"
+
+
+def build() -> Path:
+  """Compiles the kernels (or finds them in the cache) and returns the shared library's path.
+
+  Raises:
+    RuntimeError: no compiler, or the compile failed (the message holds the compiler's output).
+  """
+  compiler = os.environ.get("CXX", "c++")
+  if shutil.which(compiler) is None:
+    raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (install g++ or clang, or set CXX)")
+  version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+  headers = Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api"
+  digest = hashlib.sha256()
+  for part in (SOURCE.read_bytes(), *(p.read_bytes() for p in sorted(headers.glob("*.h"))),
+               version.encode(), _cpu_signature().encode(), " ".join(_compile_command(compiler, Path())).encode()):
+    digest.update(part)
+  cache = _cache_dir()
+  lib = cache / f"cpu_kernels-{digest.hexdigest()[:20]}.so"
+  if lib.exists():
+    return lib
+  cache.mkdir(parents=True, exist_ok=True)
+  # Compile to a private name, then rename: concurrent processes never see a half-written library.
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+  os.close(fd)
+  try:
+    proc = subprocess.run(_compile_command(compiler, Path(tmp)), capture_output=True, text=True)
+    if proc.returncode != 0:
+      raise RuntimeError(f"compiling {SOURCE.name} failed:\n{proc.stderr[-4000:]}")
+    os.replace(tmp, lib)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  return lib
+
+
+@functools.cache
+def _load() -> tuple[bool, str]:
+  if os.environ.get("JSPARSE3D_NATIVE", "1") == "0":
+    return False, "disabled by JSPARSE3D_NATIVE=0"
+  try:
+    lib = ctypes.cdll.LoadLibrary(str(build()))
+  except (RuntimeError, OSError, AttributeError) as e:
+    return False, str(e)
+  for target, symbol in TARGETS.items():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+  return True, ""
+
+
+def available() -> bool:
+  """Whether the native CPU kernels are built and registered (building them on the first call)."""
+  ok, why = _load()
+  if not ok and why != "disabled by JSPARSE3D_NATIVE=0":
+    _warn_once(why)
+  return ok
+
+
+def require() -> None:
+  """Builds and registers the kernels, or raises a RuntimeError that says why and what to do."""
+  ok, why = _load()
+  if not ok:
+    raise RuntimeError(
+        f"the native CPU kernels are unavailable: {why}. Use implementation='xla' (pure XLA, always available), "
+        "or install a C++17 compiler.")
+
+
+@functools.cache
+def _warn_once(why: str) -> None:
+  warnings.warn(f"jsparse3d: native CPU kernels unavailable ({why.splitlines()[0]}); using the slower XLA path. "
+                "Set JSPARSE3D_NATIVE=0 to silence this.", RuntimeWarning, stacklevel=3)

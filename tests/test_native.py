@@ -1,0 +1,133 @@
+"""The native CPU kernels: chosen by default on CPU, exact against oracles for any channel count, independent of
+the thread count, and replaced by the XLA path (with a warning) where no compiler is available."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jsparse3d as js
+from jsparse3d.ops import _native
+from oracles import dense_sparse_conv, np_conv, random_tensor, valid_part
+
+
+def _implementations(fn, *args):
+  return {e.params["implementation"] for e in jax.make_jaxpr(fn)(*args).jaxpr.eqns
+          if e.primitive.name.startswith("jsparse3d_sparse_conv")}
+
+
+def test_default_is_native_on_cpu_and_xla_for_float64(rng):
+  x = random_tensor(rng, channels=2)
+  w = jnp.ones((3, 3, 3, 2, 2), jnp.float32)
+  fwd_bwd = lambda f, w: jax.grad(lambda f, w: js.ops.conv3d(x.replace(feats=f), w).feats.sum(), (0, 1))(f, w)
+  assert _implementations(fwd_bwd, x.feats, w) == {"native"}
+  assert _implementations(lambda f: js.ops.conv3d(x.replace(feats=f), w, implementation="xla").feats,
+                          x.feats) == {"xla"}
+  with jax.enable_x64(True):
+    x64 = x.replace(feats=x.feats.astype(jnp.float64))
+    assert _implementations(lambda f: js.ops.conv3d(x64.replace(feats=f), w.astype(jnp.float64)).feats,
+                            x64.feats) == {"xla"}
+    with pytest.raises(ValueError, match="float64"):
+      js.ops.conv3d(x64, w.astype(jnp.float64), implementation="native")
+
+
+@pytest.mark.parametrize("c_in, c_out", [(1, 1), (5, 13), (16, 16), (20, 24), (33, 130), (64, 8), (7, 96)])
+def test_any_channel_count_matches_numpy(rng, c_in, c_out):
+  x = random_tensor(rng, n_grid=9, density=0.3, channels=c_in, batch=2)
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, c_in, c_out)).astype(np.float32) / np.sqrt(c_in))
+  cin, fin = valid_part(x)
+  got = valid_part(js.ops.conv3d(x, w, implementation="native"))[1]
+  want = np_conv(cin, fin, w, cin, dilation=(1, 1, 1))
+  assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+  # Strided and transposed (the pairs are not mirrored, there is no centre).
+  w2 = jnp.asarray(rng.standard_normal((2, 2, 2, c_in, c_out)).astype(np.float32))
+  y = js.ops.conv3d(x, w2, stride=2, implementation="native")
+  cy, gy = valid_part(y)
+  want = np_conv(cin, fin, w2, cy, dilation=(1, 1, 1))
+  assert np.abs(gy - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+  z = js.ops.conv_transpose3d(y, jnp.swapaxes(w2, 3, 4), implementation="native")
+  zx = js.ops.conv_transpose3d(y, jnp.swapaxes(w2, 3, 4), implementation="xla")
+  assert np.abs(np.asarray(z.feats) - np.asarray(zx.feats)).max() <= 1e-5 * max(1.0, np.abs(zx.feats).max())
+
+
+@pytest.mark.parametrize("c_in, c_out", [(5, 13), (16, 16), (33, 40)])
+def test_gradients_for_any_channel_count_match_the_dense_oracle(rng, c_in, c_out):
+  x = random_tensor(rng, n_grid=8, density=0.3, channels=c_in)
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, c_in, c_out)).astype(np.float32) / np.sqrt(c_in))
+  cin, _ = valid_part(x)
+  n = len(cin)
+  probe = jnp.asarray(rng.standard_normal((n, c_out)).astype(np.float32))
+  sparse = lambda f, w: jnp.vdot(js.ops.conv3d(x.replace(feats=f), w, implementation="native").feats[:n], probe)
+  dense = lambda f, w: jnp.vdot(dense_sparse_conv(cin, f[:n], w, cin, stride=(1,) * 3, dilation=(1,) * 3,
+                                                  shape=(8,) * 3, batch=1), probe)
+  for got, want in zip(jax.grad(sparse, (0, 1))(x.feats, w), jax.grad(dense, (0, 1))(x.feats, w)):
+    got, want = np.asarray(got), np.asarray(want)
+    assert np.abs(got - want).max() <= 2e-5 * max(1.0, np.abs(want).max())
+
+
+def _big_tensor(rng, channels=8):
+  """~16k rows: enough for the conv kernel to split its rows into several parts."""
+  coords = np.unique(rng.integers(0, 40, (20000, 3)), axis=0)
+  coords = np.concatenate([np.zeros((len(coords), 1), int), coords], axis=1)
+  return js.SparseTensor.from_coords(coords, rng.standard_normal((len(coords), channels)).astype(np.float32))
+
+
+def test_results_do_not_depend_on_the_number_of_threads(rng, monkeypatch):
+  x = _big_tensor(rng)
+  assert int(x.num_valid) > 7 * 2048
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, 8, 8)).astype(np.float32) / 8)
+  w2 = jnp.asarray(rng.standard_normal((2, 2, 2, 8, 8)).astype(np.float32) / 8)
+
+  def loss(f, w, w2):
+    h = js.ops.relu(js.ops.conv3d(x.replace(feats=f), w, implementation="native"))
+    h = js.ops.conv3d(h, w2, stride=2, implementation="native")
+    return jnp.sum(jnp.tanh(h.feats) ** 2)
+
+  results = []
+  for threads in ("1", "2", "3", "7"):
+    monkeypatch.setenv("JSPARSE3D_NATIVE_THREADS", threads)
+    results.append(jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(x.feats, w, w2))  # a fresh compile each time
+  for other in results[1:]:
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(other)):
+      np.testing.assert_array_equal(a, b)
+  # And the same sums as the XLA path, to float32 rounding.
+  want = jax.value_and_grad(lambda f, w, w2: loss(f, w, w2))(x.feats, w, w2)
+  for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(want)):
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 1e-4 * max(1.0, np.abs(np.asarray(b)).max())
+
+
+def test_build_is_cached():
+  first = _native.build()
+  mtime = first.stat().st_mtime_ns
+  assert _native.build() == first and first.stat().st_mtime_ns == mtime
+
+
+def test_without_a_compiler_the_xla_path_is_used(tmp_path):
+  script = textwrap.dedent("""
+      import warnings
+      import jax.numpy as jnp
+      import numpy as np
+      import jsparse3d as js
+      x = js.SparseTensor.from_coords(np.array([[0, 0, 0, 0], [0, 1, 0, 0]]), np.ones((2, 2), np.float32))
+      w = jnp.ones((3, 3, 3, 2, 2), jnp.float32)
+      with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = js.ops.conv3d(x, w)
+      assert np.asarray(y.feats)[:2].tolist() == [[4.0, 4.0], [4.0, 4.0]], y.feats
+      assert any("native CPU kernels unavailable" in str(c.message) for c in caught), caught
+      try:
+        js.ops.conv3d(x, w, implementation="native")
+      except RuntimeError as e:
+        assert "no C++ compiler" in str(e) and "implementation='xla'" in str(e), e
+      else:
+        raise AssertionError("implementation='native' should raise without a compiler")
+      print("ok")
+  """)
+  env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), JSPARSE3D_CACHE_DIR=str(tmp_path / "cache"))
+  proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+  assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
