@@ -15,12 +15,15 @@ import jsparse3d as js
 from jsparse3d.ops import _native
 from oracles import dense_sparse_conv, np_conv, random_tensor, valid_part
 
+needs_native = pytest.mark.skipif(not _native.available(), reason="the native CPU kernels did not build here")
+
 
 def _implementations(fn, *args):
   return {e.params["implementation"] for e in jax.make_jaxpr(fn)(*args).jaxpr.eqns
           if e.primitive.name.startswith("jsparse3d_sparse_conv")}
 
 
+@needs_native
 def test_default_is_native_on_cpu_and_xla_for_float64(rng):
   x = random_tensor(rng, channels=2)
   w = jnp.ones((3, 3, 3, 2, 2), jnp.float32)
@@ -36,6 +39,7 @@ def test_default_is_native_on_cpu_and_xla_for_float64(rng):
       js.ops.conv3d(x64, w.astype(jnp.float64), implementation="native")
 
 
+@needs_native
 @pytest.mark.parametrize("c_in, c_out", [(1, 1), (5, 13), (16, 16), (20, 24), (33, 130), (64, 8), (7, 96)])
 def test_any_channel_count_matches_numpy(rng, c_in, c_out):
   x = random_tensor(rng, n_grid=9, density=0.3, channels=c_in, batch=2)
@@ -55,6 +59,7 @@ def test_any_channel_count_matches_numpy(rng, c_in, c_out):
   assert np.abs(np.asarray(z.feats) - np.asarray(zx.feats)).max() <= 1e-5 * max(1.0, np.abs(zx.feats).max())
 
 
+@needs_native
 @pytest.mark.parametrize("c_in, c_out", [(5, 13), (16, 16), (33, 40)])
 def test_gradients_for_any_channel_count_match_the_dense_oracle(rng, c_in, c_out):
   x = random_tensor(rng, n_grid=8, density=0.3, channels=c_in)
@@ -77,6 +82,7 @@ def _big_tensor(rng, channels=8):
   return js.SparseTensor.from_coords(coords, rng.standard_normal((len(coords), channels)).astype(np.float32))
 
 
+@needs_native
 def test_results_do_not_depend_on_the_number_of_threads(rng, monkeypatch):
   x = _big_tensor(rng)
   assert int(x.num_valid) > 7 * 2048
@@ -101,6 +107,7 @@ def test_results_do_not_depend_on_the_number_of_threads(rng, monkeypatch):
     assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 1e-4 * max(1.0, np.abs(np.asarray(b)).max())
 
 
+@needs_native
 def test_build_is_cached():
   first = _native.build()
   mtime = first.stat().st_mtime_ns
