@@ -1,0 +1,211 @@
+"""Batching: events -> one padded SparseTensor per batch, capacity from a few buckets, and a deterministic,
+restartable, shardable loader with background prefetch.
+
+A batch's capacity is the smallest bucket that holds all its voxels, so a training run compiles one program per
+bucket in use, not one per batch. Buckets never truncate: a batch larger than the largest bucket gets the next
+power of two (logged as a warning, since it compiles a new shape).
+
+Order: epoch ``e`` visits the events in ``permutation(seed, e)``; global batch ``b`` of the epoch is the slice
+``[b * B * P, (b + 1) * B * P)`` of it (``B`` events per process, ``P`` processes), and process ``p`` takes the
+``p``-th ``B`` of them. Step ``s`` is batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``, so a loader
+built with ``start_step=s`` continues exactly where one stopped after ``s`` steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from jsparse3d._sparse_tensor import SparseTensor
+
+log = logging.getLogger("jsparse3d.data")
+
+DEFAULT_BUCKETS = tuple(sorted({int(m * 2 ** k) for k in range(10, 24) for m in (1, 1.5)}))
+
+
+def bucket_capacity(num_rows: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> int:
+  """The smallest bucket >= ``num_rows``; beyond the largest, the next power of two (with a warning)."""
+  buckets = sorted(int(b) for b in buckets)
+  if not buckets or buckets[0] <= 0:
+    raise ValueError(f"buckets must be positive capacities, got {buckets}.")
+  i = int(np.searchsorted(buckets, num_rows))
+  if i < len(buckets):
+    return buckets[i]
+  capacity = 1 << int(np.ceil(np.log2(max(num_rows, 1))))
+  log.warning("batch of %d voxels exceeds the largest bucket %d: using capacity %d (a new shape to compile)",
+              num_rows, buckets[-1], capacity)
+  return capacity
+
+
+def _features(event: dict, keys: Sequence[str]) -> np.ndarray:
+  cols = []
+  for key in keys:
+    if key not in event:
+      raise KeyError(f"event has no {key!r} to use as a feature; it has {sorted(event)}.")
+    v = np.asarray(event[key], np.float32)
+    cols.append(v[:, None] if v.ndim == 1 else v)
+  return np.concatenate(cols, axis=1) if cols else np.zeros((len(event["coords"]), 0), np.float32)
+
+
+def collate(events: Sequence[dict], *, features: Sequence[str] = ("energy",), labels: str | None = "labels",
+            buckets: Sequence[int] = DEFAULT_BUCKETS, capacity: int | None = None, ignore_label: int = -1):
+  """Events -> ``(SparseTensor, labels)``: one tensor with batch index = position in ``events``.
+
+  Args:
+    events: dicts with ``coords`` int[N, 3] (unique within an event) and the ``features`` / ``labels`` keys.
+    features: keys whose arrays ([N] or [N, C]) become the feature columns, in order.
+    labels: key of the per-voxel class ids, or None.
+    buckets: capacities to choose from (ignored if ``capacity`` is given).
+    capacity: a fixed capacity (must hold the batch).
+    ignore_label: label of the padded rows.
+  Returns:
+    ``(x, y)``: ``x`` a SparseTensor with rows sorted by (batch, x, y, z); ``y`` int32[capacity] labels aligned
+    with ``x``'s rows (``ignore_label`` on padding), or None.
+  """
+  coords, feats, labs = [], [], []
+  for b, ev in enumerate(events):
+    c = np.asarray(ev["coords"])
+    if c.ndim != 2 or c.shape[1] != 3:
+      raise ValueError(f"event {b}: coords must be [N, 3] (x, y, z), got {c.shape}.")
+    order = np.lexsort((c[:, 2], c[:, 1], c[:, 0]))
+    coords.append(np.concatenate([np.full((len(c), 1), b, np.int64), c[order]], axis=1))
+    feats.append(_features(ev, features)[order])
+    if labels is not None:
+      lab = np.asarray(ev[labels])
+      if lab.shape != (len(c),):
+        raise ValueError(f"event {b}: {labels!r} must have one label per voxel ({len(c)}), got {lab.shape}.")
+      labs.append(lab[order].astype(np.int32))
+  coords = np.concatenate(coords) if coords else np.zeros((0, 4), np.int64)
+  feats = np.concatenate(feats) if feats else np.zeros((0, len(features)), np.float32)
+  n = len(coords)
+  if capacity is None:
+    capacity = bucket_capacity(n, buckets)
+    log.debug("batch of %d events, %d voxels -> bucket %d", len(events), n, capacity)
+  elif capacity < n:
+    raise ValueError(f"capacity {capacity} cannot hold the batch's {n} voxels; no voxel is ever dropped.")
+  x = SparseTensor.from_coords(coords, feats, capacity=capacity, duplicates="error")
+  if labels is None:
+    return x, None
+  y = np.full(capacity, ignore_label, np.int32)
+  y[:n] = np.concatenate(labs) if labs else np.zeros(0, np.int32)
+  return x, y
+
+
+class Loader:
+  """Batches of a dataset (anything with ``len`` and ``[i]`` returning event dicts), in a deterministic order.
+
+  Iterating yields ``(x, y)`` as :func:`collate` returns them, or with ``devices > 1`` a pytree whose leaves have
+  a leading device axis (each device's share collated to the same capacity, ready for ``jax.pmap``).
+
+  Args:
+    dataset: the events. batch_size: events per process per step (split evenly over ``devices``).
+    seed: the order's seed. shuffle: permute each epoch (else dataset order).
+    start_step: the first step to produce (exact resume). num_steps: stop after this many steps (None: forever).
+    process_index, process_count: this process's share of each global batch.
+    devices: local devices to split the batch over.
+    prefetch: batches prepared ahead on a background thread (0: none).
+    transform: optional ``fn(event, rng) -> event`` applied per event (augmentation), with an rng seeded by
+      (seed, epoch, event index), so augmented batches are reproducible too.
+    collate_kwargs: passed to :func:`collate`.
+  """
+
+  def __init__(self, dataset, batch_size: int, *, seed: int = 0, shuffle: bool = True, start_step: int = 0,
+               num_steps: int | None = None, process_index: int = 0, process_count: int = 1, devices: int = 1,
+               prefetch: int = 2, transform: Callable | None = None, **collate_kwargs):
+    if batch_size < 1 or batch_size % devices:
+      raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of devices ({devices}).")
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index must be in 0..{process_count - 1}, got {process_index}.")
+    global_batch = batch_size * process_count
+    if len(dataset) < global_batch:
+      raise ValueError(f"the dataset has {len(dataset)} events, fewer than one global batch ({global_batch}).")
+    self.dataset, self.batch_size, self.seed, self.shuffle = dataset, batch_size, seed, shuffle
+    self.start_step, self.num_steps = start_step, num_steps
+    self.process_index, self.process_count, self.devices = process_index, process_count, devices
+    self.prefetch, self.transform, self.collate_kwargs = prefetch, transform, collate_kwargs
+    self.steps_per_epoch = len(dataset) // global_batch  # the incomplete last global batch is dropped
+
+  def indices(self, step: int) -> np.ndarray:
+    """Dataset indices of this process's events at ``step``."""
+    epoch, b = divmod(step, self.steps_per_epoch)
+    n = len(self.dataset)
+    order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+    start = (b * self.process_count + self.process_index) * self.batch_size
+    return order[start:start + self.batch_size]
+
+  def batch(self, step: int):
+    """The batch of ``step`` (what iteration yields at that step)."""
+    epoch = step // self.steps_per_epoch
+    events = []
+    for i in self.indices(step):
+      ev = self.dataset[int(i)]
+      if self.transform is not None:
+        ev = self.transform(ev, np.random.default_rng([self.seed, epoch, int(i)]))
+      events.append(ev)
+    if self.devices == 1:
+      return collate(events, **self.collate_kwargs)
+    per = self.batch_size // self.devices
+    shares = [events[d * per:(d + 1) * per] for d in range(self.devices)]
+    kwargs = dict(self.collate_kwargs)
+    if "capacity" not in kwargs:  # one capacity for all devices, so the shares stack
+      largest = max(sum(len(ev["coords"]) for ev in share) for share in shares)
+      kwargs["capacity"] = bucket_capacity(largest, kwargs.pop("buckets", DEFAULT_BUCKETS))
+    else:
+      kwargs.pop("buckets", None)
+    import jax
+    parts = [collate(share, **kwargs) for share in shares]
+    return jax.tree.map(lambda *leaves: np.stack([np.asarray(v) for v in leaves]), *parts)
+
+  def __iter__(self) -> Iterator:
+    stop = None if self.num_steps is None else self.start_step + self.num_steps
+    steps = iter(range(self.start_step, stop)) if stop is not None else _count(self.start_step)
+    if self.prefetch <= 0:
+      for s in steps:
+        yield self.batch(s)
+      return
+    yield from _prefetched(self.batch, steps, self.prefetch)
+
+
+def _count(start):
+  while True:
+    yield start
+    start += 1
+
+
+def _prefetched(make, steps, depth):
+  """Runs ``make(step)`` on a background thread, ``depth`` ahead; errors re-raise in the consumer."""
+  q: queue.Queue = queue.Queue(maxsize=depth)
+  done = object()
+  stop = threading.Event()
+
+  def work():
+    try:
+      for s in steps:
+        if stop.is_set():
+          return
+        q.put((s, make(s)))
+      q.put((None, done))
+    except BaseException as e:  # handed to the consumer
+      q.put((None, e))
+
+  t = threading.Thread(target=work, daemon=True)
+  t.start()
+  try:
+    while True:
+      _, item = q.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+    while t.is_alive():  # unblock a producer waiting on a full queue
+      try:
+        q.get_nowait()
+      except queue.Empty:
+        t.join(timeout=0.01)
