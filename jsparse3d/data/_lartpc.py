@@ -243,7 +243,8 @@ class _Event:
         share = self.rng.uniform(0.05, 0.95)
         for part in (share, 1 - share):
           cos_theta = np.cos(min(1.0, M_E / (part * energy)) * self.rng.random())
-          self.electrons.append((pos, _deflect(self.rng, direction, cos_theta), part * energy, SHOWER, LESCATTER))
+          self.electrons.append((pos, _deflect(self.rng, direction, cos_theta), part * energy, SHOWER,
+                                compton_kind))
         return
       recoil = energy * self.rng.uniform(0.15, 0.75)
       self.electrons.append((pos, _deflect(self.rng, direction, self.rng.uniform(0.3, 1.0)), recoil, compton_kind,
