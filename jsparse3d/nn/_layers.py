@@ -1,0 +1,140 @@
+"""Flax NNX layers on SparseTensors: convolutions, masked batch norm, linear maps and dropout on features.
+
+Every layer keeps padded rows exactly zero, takes ``rngs`` keyword-only, and separates the parameter dtype
+(``param_dtype``, float32 by default) from the compute dtype (``dtype``; None computes in the input's dtype).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jsparse3d import _coords
+from jsparse3d import ops
+from jsparse3d._sparse_tensor import SparseTensor
+from jsparse3d.nn import _macs
+
+
+def _zero_padding(x: SparseTensor, feats) -> SparseTensor:
+  return x.replace(feats=jnp.where(x.valid_mask[:, None], feats, jnp.zeros((), feats.dtype)))
+
+
+def _kernel_init(fan_in: int):
+  """He-normal for ReLU networks, with the fan-in of a sparse kernel (all offsets x input channels)."""
+  std = math.sqrt(2.0 / max(fan_in, 1))
+  return lambda key, shape, dtype: jax.random.normal(key, shape, dtype) * std
+
+
+class SparseConv3d(nnx.Module):
+  """Sparse 3D convolution (submanifold at stride 1, strided otherwise); see :func:`jsparse3d.ops.conv3d`.
+
+  Args:
+    in_features, out_features: channels. kernel_size: int or 3 ints (1..7).
+    stride: 1..4. dilation: 1..3. use_bias: add a bias on valid rows.
+    dtype: compute dtype (None: the input's). param_dtype: parameter dtype. implementation: as in conv3d.
+  Attributes:
+    kernel: ``[kx, ky, kz, in_features, out_features]``. bias: ``[out_features]`` or None.
+  """
+
+  def __init__(self, in_features: int, out_features: int, kernel_size, *, stride=1, dilation=1,
+               use_bias: bool = False, dtype=None, param_dtype=jnp.float32, implementation: str | None = None,
+               rngs: nnx.Rngs):
+    ks = _coords.as_triple(kernel_size, "kernel_size")
+    self.stride, self.dilation = stride, dilation
+    self.dtype, self.implementation = dtype, implementation
+    shape = (*ks, in_features, out_features)
+    self.kernel = nnx.Param(_kernel_init(math.prod(ks) * in_features)(rngs.params(), shape, param_dtype))
+    self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
+
+  def __call__(self, x: SparseTensor) -> SparseTensor:
+    dtype = self.dtype or x.feats.dtype
+    bias = None if self.bias is None else self.bias[...].astype(dtype)
+    if _macs.counting():
+      kmap, _ = ops.kernel_map(x, self.kernel.shape[:3], stride=self.stride, dilation=self.dilation)
+      _macs.record("sparse_conv", int(kmap.num_pairs) * self.kernel.shape[3] * self.kernel.shape[4])
+    return ops.conv3d(x.replace(feats=x.feats.astype(dtype)), self.kernel[...].astype(dtype), stride=self.stride,
+                      dilation=self.dilation, bias=bias, implementation=self.implementation)
+
+
+class SparseConvTranspose3d(nnx.Module):
+  """Transposed sparse convolution back to a finer tensor; see :func:`jsparse3d.ops.conv_transpose3d`.
+
+  ``__call__(x, target=None)``: ``target`` is optional when ``x`` comes from a strided op (its parent is cached).
+  Attributes: kernel ``[kx, ky, kz, in_features (coarse), out_features (fine)]``, bias or None.
+  """
+
+  def __init__(self, in_features: int, out_features: int, kernel_size, *, stride=2, use_bias: bool = False,
+               dtype=None, param_dtype=jnp.float32, implementation: str | None = None, rngs: nnx.Rngs):
+    ks = _coords.as_triple(kernel_size, "kernel_size")
+    self.stride, self.dtype, self.implementation = stride, dtype, implementation
+    shape = (*ks, in_features, out_features)
+    self.kernel = nnx.Param(_kernel_init(math.prod(ks) * in_features)(rngs.params(), shape, param_dtype))
+    self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
+
+  def __call__(self, x: SparseTensor, target: SparseTensor | None = None) -> SparseTensor:
+    dtype = self.dtype or x.feats.dtype
+    bias = None if self.bias is None else self.bias[...].astype(dtype)
+    if _macs.counting():  # the pairs of the strided map this transposes
+      fine = target if target is not None else SparseTensor.from_geometry(
+          x.cache["parent"], jnp.zeros((x.cache["parent"].coords.shape[0], 0), x.feats.dtype))
+      kmap, _ = ops.kernel_map(fine, self.kernel.shape[:3], stride=self.stride)
+      _macs.record("sparse_conv", int(kmap.num_pairs) * self.kernel.shape[3] * self.kernel.shape[4])
+    return ops.conv_transpose3d(x.replace(feats=x.feats.astype(dtype)), self.kernel[...].astype(dtype),
+                                stride=self.stride, target=target, bias=bias, implementation=self.implementation)
+
+
+class BatchNorm(nnx.Module):
+  """Batch normalization over valid rows only (padded rows neither enter the statistics nor leave zeros).
+
+  Works on a SparseTensor (its valid rows) or on a ``[N, C]`` array with ``mask`` (``bool[N]``). Training mode
+  updates the running averages (PyTorch's momentum 0.1 is ``momentum=0.9`` here); ``use_running_average=True``
+  (or :func:`flax.nnx.Module.eval`) normalizes with them.
+  """
+
+  def __init__(self, num_features: int, *, momentum: float = 0.9, epsilon: float = 1e-5, dtype=None,
+               param_dtype=jnp.float32, axis_name: str | None = None, rngs: nnx.Rngs):
+    self.norm = nnx.BatchNorm(num_features, momentum=momentum, epsilon=epsilon, dtype=dtype,
+                              param_dtype=param_dtype, axis_name=axis_name, rngs=rngs)
+
+  def __call__(self, x, *, mask=None, use_running_average: bool | None = None):
+    if isinstance(x, SparseTensor):
+      out = self.norm(x.feats, use_running_average, mask=x.valid_mask[:, None])
+      return _zero_padding(x, out.astype(x.feats.dtype))
+    if mask is None:
+      raise ValueError("BatchNorm on a plain array needs mask= (bool [N], True on valid rows); pass a SparseTensor "
+                       "to use its valid rows.")
+    out = self.norm(x, use_running_average, mask=mask[:, None])
+    return jnp.where(mask[:, None], out, jnp.zeros((), out.dtype)).astype(x.dtype)
+
+
+class Linear(nnx.Module):
+  """A dense layer on the features of each row (a 1x1x1 convolution without the kernel map)."""
+
+  def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True, dtype=None,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.linear = nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                             kernel_init=_kernel_init(in_features), rngs=rngs)
+
+  def __call__(self, x, *, mask=None):
+    if _macs.counting():
+      rows = int(x.num_valid) if isinstance(x, SparseTensor) else int(x.shape[0] if mask is None else mask.sum())
+      _macs.record("linear", rows * self.linear.in_features * self.linear.out_features)
+    if isinstance(x, SparseTensor):
+      return _zero_padding(x, self.linear(x.feats))
+    out = self.linear(x)
+    return out if mask is None else jnp.where(mask[:, None], out, jnp.zeros((), out.dtype))
+
+
+class Dropout(nnx.Module):
+  """Dropout on features (padded rows stay zero). Deterministic in eval mode."""
+
+  def __init__(self, rate: float, *, rngs: nnx.Rngs | None = None):
+    self.dropout = nnx.Dropout(rate, rngs=rngs)
+
+  def __call__(self, x, *, deterministic: bool | None = None):
+    if isinstance(x, SparseTensor):
+      return x.replace(feats=self.dropout(x.feats, deterministic=deterministic))
+    return self.dropout(x, deterministic=deterministic)

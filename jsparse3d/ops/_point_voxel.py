@@ -1,0 +1,180 @@
+"""Point <-> voxel operations: sparse (SPVConv) and dense (PVConv), all differentiable in the features.
+
+Points are padded arrays like tensors: ``xyz float[P, 3]`` in finest-voxel units, ``batch int32[P]`` (-1 on padded
+rows), ``feats [P, C]`` (zero on padded rows).
+
+Sparse (CONVENTIONS, "Points and voxels"):
+- :func:`voxelize`: a point's voxel is ``floor(xyz)``; the features of the points in a voxel are averaged.
+- :func:`point_to_voxel`: the same average, into the rows of an existing tensor at its stride (points whose voxel
+  the tensor does not hold contribute to no row).
+- :func:`voxel_to_point`: trilinear: a voxel's value sits at its lattice point (coordinates / stride); the 8 corners
+  around ``xyz / stride`` are ``floor + {0, 1}^3``; missing corners get weight 0 and the rest are renormalised.
+
+Dense (PVCNN): :func:`avg_voxelize_dense` and :func:`trilinear_devoxelize_dense` on ``[B, N, ...]`` point sets
+and ``[B, r, r, r, C]`` grids.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jsparse3d._sparse_tensor import SparseTensor
+from jsparse3d.ops import _conv
+from jsparse3d.ops import _hash
+from jsparse3d.ops import _kernel_map
+
+_CORNERS = np.array(list(itertools.product((0, 1), repeat=3)), np.int32)  # [8, 3]
+
+
+def _check_points(xyz, batch, feats=None):
+  if getattr(xyz, "ndim", None) != 2 or xyz.shape[1] != 3:
+    raise ValueError(f"xyz must be float [P, 3] (x, y, z in voxel units), got {getattr(xyz, 'shape', xyz)}.")
+  if getattr(batch, "shape", None) != xyz.shape[:1]:
+    raise ValueError(f"batch must be int [P] with P = {xyz.shape[0]}, got {getattr(batch, 'shape', batch)}.")
+  if feats is not None and (feats.ndim != 2 or feats.shape[0] != xyz.shape[0]):
+    raise ValueError(f"feats must be [P, C] with P = {xyz.shape[0]}, got {feats.shape}.")
+
+
+def _scatter_mean(feats, rows, num_rows):
+  """Mean of ``feats`` per row id in ``[0, num_rows)``; ids outside are ignored."""
+  ids = jnp.where((rows >= 0) & (rows < num_rows), rows, num_rows)
+  total = jax.ops.segment_sum(feats.astype(jnp.float32), ids, num_segments=num_rows + 1)[:num_rows]
+  count = jax.ops.segment_sum(jnp.ones(ids.shape, jnp.float32), ids, num_segments=num_rows + 1)[:num_rows]
+  return (total / jnp.maximum(count, 1.0)[:, None]).astype(feats.dtype)
+
+
+def voxelize(xyz, batch, feats, *, capacity: int | None = None):
+  """Points -> a SparseTensor of the voxels they occupy (``floor(xyz)``), features averaged per voxel.
+
+  Args:
+    xyz: float [P, 3] in voxel units. batch: int32 [P], -1 for padded points. feats: [P, C].
+    capacity: rows of the result (default P; a voxel set never exceeds its point count).
+  Returns:
+    ``(x, point_row)``: the tensor (voxel rows in order of first occurrence) and ``int32[P]`` each point's row
+    (-1 for padded points).
+  """
+  _check_points(xyz, batch, feats)
+  p = xyz.shape[0]
+  capacity = p if capacity is None else capacity
+  if capacity < p:
+    raise ValueError(f"capacity {capacity} is smaller than the {p} point rows; P points can occupy P voxels.")
+  valid = batch >= 0
+  cells = jnp.floor(jax.lax.stop_gradient(xyz)).astype(jnp.int32)
+  coords = jnp.where(valid[:, None], jnp.concatenate([batch[:, None].astype(jnp.int32), cells], axis=1), -1)
+  # Valid points first (a stable partition), so that they form the prefix downsample_coords expects.
+  num_valid = jnp.sum(valid, dtype=jnp.int32)
+  rank = jax.lax.associative_scan(jnp.add, valid.astype(jnp.int32)) - 1
+  dest = jnp.where(valid, rank, num_valid + jnp.arange(p, dtype=jnp.int32) - rank - 1)
+  out_coords, out_nv, out_index, out_row = _kernel_map.downsample_coords(
+      jnp.zeros_like(coords).at[dest].set(coords, unique_indices=True), num_valid, (1, 1, 1))
+  point_row = out_row[dest]
+  pad = jnp.array([-1, 0, 0, 0], jnp.int32)
+  out_coords = jnp.concatenate([out_coords, jnp.broadcast_to(pad, (capacity - p, 4))], axis=0)
+  mean = _scatter_mean(feats, point_row, capacity)
+  x = SparseTensor(out_coords, mean, out_nv, out_index.errors, {} if capacity != p else {"index": out_index},
+                   (1, 1, 1))
+  return x, point_row
+
+
+def _point_voxel_coords(xyz, batch, stride):
+  s = jnp.asarray(stride, jnp.float32)
+  cells = jnp.floor(jax.lax.stop_gradient(xyz) / s).astype(jnp.int32) * jnp.asarray(stride, jnp.int32)
+  return jnp.concatenate([batch[:, None].astype(jnp.int32), cells], axis=1)
+
+
+def point_to_voxel(x: SparseTensor, xyz, batch, feats) -> SparseTensor:
+  """Averages point features into the rows of ``x`` (at ``x``'s stride); rows with no point get zeros.
+
+  Returns ``x`` with the averaged features (and ``x``'s geometry and cache).
+  """
+  _check_points(xyz, batch, feats)
+  index, x = _conv.ensure_index(x)
+  rows = _hash.query_index(index, _point_voxel_coords(xyz, batch, x.stride))
+  rows = jnp.where(batch >= 0, rows, -1)
+  return x.replace(feats=_scatter_mean(feats, rows, x.capacity))
+
+
+def voxel_to_point(x: SparseTensor, xyz, batch) -> jax.Array:
+  """``[P, C]``: trilinear interpolation of ``x``'s features at the points (zero for padded points and points
+  with no voxel among their 8 corners)."""
+  _check_points(xyz, batch)
+  index, x = _conv.ensure_index(x)
+  s = jnp.asarray(x.stride, jnp.float32)
+  p = jax.lax.stop_gradient(xyz) / s
+  base = jnp.floor(p)
+  frac = p - base
+  corners = base.astype(jnp.int32)[:, None, :] + _CORNERS[None]  # [P, 8, 3] in stride units
+  coords = jnp.concatenate([jnp.broadcast_to(batch[:, None, None].astype(jnp.int32), corners.shape[:2] + (1,)),
+                            corners * jnp.asarray(x.stride, jnp.int32)], axis=2)
+  rows = _hash.query_index(index, coords)  # [P, 8]
+  present = (rows >= 0) & (batch >= 0)[:, None]
+  w = jnp.prod(jnp.where(_CORNERS[None] == 1, frac[:, None, :], 1.0 - frac[:, None, :]), axis=2)
+  w = jnp.where(present, w, 0.0)
+  w = w / jnp.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+  vals = x.feats.at[jnp.where(present, rows, _kernel_map.SENTINEL)].get(mode="fill", fill_value=0)
+  return jnp.einsum("pk,pkc->pc", w.astype(vals.dtype), vals)
+
+
+# -- dense (PVCNN) ------------------------------------------------------------------------------------------
+
+
+def avg_voxelize_dense(feats, vox, resolution: int):
+  """Average point features into dense grids.
+
+  Args:
+    feats: [B, N, C]. vox: int32 [B, N, 3] voxel indices in ``[0, resolution)``. resolution: static grid edge.
+  Returns:
+    [B, r, r, r, C]: the mean of the points in each voxel (zero where there is none).
+  """
+  b, n, c = feats.shape
+  r = int(resolution)
+  flat = (vox[..., 0] * r + vox[..., 1]) * r + vox[..., 2] + (jnp.arange(b, dtype=jnp.int32) * r ** 3)[:, None]
+  grid = _scatter_mean(feats.reshape(b * n, c), flat.reshape(-1), b * r ** 3)
+  return grid.reshape(b, r, r, r, c)
+
+
+def trilinear_devoxelize_dense(grid, coords):
+  """Trilinear interpolation of dense grids at float voxel coordinates.
+
+  Args:
+    grid: [B, r, r, r, C]. coords: float [B, N, 3] in ``[0, r - 1]`` (voxel centres at integers).
+  Returns:
+    [B, N, C].
+  """
+  b, r = grid.shape[0], grid.shape[1]
+  c = jax.lax.stop_gradient(coords)
+  lo = jnp.clip(jnp.floor(c), 0, r - 1).astype(jnp.int32)
+  frac = c - lo
+  hi = jnp.minimum(lo + 1, r - 1)
+  out = 0.0
+  bidx = jnp.arange(b)[:, None]
+  for corner in _CORNERS:
+    idx = jnp.where(corner[None, None] == 1, hi, lo)
+    w = jnp.prod(jnp.where(corner[None, None] == 1, frac, 1.0 - frac), axis=-1)
+    out = out + w[..., None].astype(grid.dtype) * grid[bidx, idx[..., 0], idx[..., 1], idx[..., 2]]
+  return out
+
+
+def normalize_dense_coords(xyz, resolution: int, *, normalize: bool = True, eps: float = 0.0):
+  """PVCNN's voxelization coordinates: centre each point set, scale into the unit cube, times ``resolution``.
+
+  Args:
+    xyz: float [B, N, 3]. normalize: scale by twice the largest distance from the centre (else assume coordinates
+      in [-1, 1]). eps: added to that scale.
+  Returns:
+    ``(float [B, N, 3] in [0, r - 1], int32 [B, N, 3] rounded voxel indices)``.
+  """
+  c = jax.lax.stop_gradient(xyz)
+  c = c - c.mean(axis=1, keepdims=True)
+  if normalize:
+    radius = jnp.linalg.norm(c, axis=2, keepdims=True).max(axis=1, keepdims=True)
+    c = c / (radius * 2.0 + eps) + 0.5
+  else:
+    c = (c + 1.0) / 2.0
+  c = jnp.clip(c * resolution, 0, resolution - 1)
+  return c, jnp.round(c).astype(jnp.int32)
+
