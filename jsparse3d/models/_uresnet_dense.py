@@ -7,6 +7,8 @@ Train it with the loss restricted to non-empty voxels (see :func:`nonempty_mask`
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -34,8 +36,8 @@ class _Conv(nnx.Module):
   def __call__(self, x):
     y = self.conv(x)
     # A transposed conv does its MACs per input voxel; an ordinary one per output voxel.
-    voxels = (x if self.transposed else y).shape[:4]
-    _macs.record("dense_conv", int(jnp.prod(jnp.asarray(voxels))) * self.k ** 3 * self.cin * self.cout)
+    voxels = math.prod((x if self.transposed else y).shape[:4])
+    _macs.record("dense_conv", voxels * self.k ** 3 * self.cin * self.cout)
     return y
 
 

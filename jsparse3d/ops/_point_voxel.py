@@ -81,8 +81,8 @@ def voxelize(xyz, batch, feats, *, capacity: int | None = None):
 
 
 def _point_voxel_coords(xyz, batch, stride):
-  s = jnp.asarray(stride, jnp.float32)
-  cells = jnp.floor(jax.lax.stop_gradient(xyz) / s).astype(jnp.int32) * jnp.asarray(stride, jnp.int32)
+  s = jnp.asarray(stride, jnp.float32)[None, :]
+  cells = jnp.floor(jax.lax.stop_gradient(xyz) / s).astype(jnp.int32) * jnp.asarray(stride, jnp.int32)[None, :]
   return jnp.concatenate([batch[:, None].astype(jnp.int32), cells], axis=1)
 
 
@@ -103,13 +103,13 @@ def voxel_to_point(x: SparseTensor, xyz, batch) -> jax.Array:
   with no voxel among their 8 corners)."""
   _check_points(xyz, batch)
   index, x = _conv.ensure_index(x)
-  s = jnp.asarray(x.stride, jnp.float32)
+  s = jnp.asarray(x.stride, jnp.float32)[None, :]
   p = jax.lax.stop_gradient(xyz) / s
   base = jnp.floor(p)
   frac = p - base
   corners = base.astype(jnp.int32)[:, None, :] + _CORNERS[None]  # [P, 8, 3] in stride units
   coords = jnp.concatenate([jnp.broadcast_to(batch[:, None, None].astype(jnp.int32), corners.shape[:2] + (1,)),
-                            corners * jnp.asarray(x.stride, jnp.int32)], axis=2)
+                            corners * jnp.asarray(x.stride, jnp.int32)[None, None, :]], axis=2)
   rows = _hash.query_index(index, coords)  # [P, 8]
   present = (rows >= 0) & (batch >= 0)[:, None]
   w = jnp.prod(jnp.where(_CORNERS[None] == 1, frac[:, None, :], 1.0 - frac[:, None, :]), axis=2)
@@ -148,7 +148,7 @@ def trilinear_devoxelize_dense(grid, coords):
   b, r = grid.shape[0], grid.shape[1]
   c = jax.lax.stop_gradient(coords)
   lo = jnp.clip(jnp.floor(c), 0, r - 1).astype(jnp.int32)
-  frac = c - lo
+  frac = c - lo.astype(c.dtype)
   hi = jnp.minimum(lo + 1, r - 1)
   out = 0.0
   bidx = jnp.arange(b)[:, None]

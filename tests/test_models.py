@@ -1,0 +1,218 @@
+"""Layers and models: exact parameter counts, masked batch norm, padding and translation invariance, training."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import jsparse3d as js
+from jsparse3d import data
+from jsparse3d import models
+
+
+def _params(model) -> int:
+  return sum(v.size for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.parametrize("make, count", [
+    (lambda r: models.UResNet(rngs=r), 2_741_477),
+    (lambda r: models.UResNet(filters=32, rngs=r), 10_956_229),
+    (lambda r: models.DenseUResNet(rngs=r), 2_741_477),
+    (lambda r: models.MinkUNet(cr=1.0, rngs=r), 21_723_315),
+    (lambda r: models.MinkUNet(cr=0.64, rngs=r), 8_771_298),
+    (lambda r: models.MinkUNet(cr=0.5, rngs=r), 5_435_235),
+    (lambda r: models.SPVCNN(cr=1.0, rngs=r), 21_778_003),
+    (lambda r: models.SPVCNN(cr=0.64, rngs=r), 8_793_617),
+    (lambda r: models.SPVCNN(cr=0.5, rngs=r), 5_449_267),
+    (lambda r: models.PVCNN("shapenet_part", rngs=r), 4_200_434),
+    (lambda r: models.PVCNN("s3dis", rngs=r), 2_572_493),
+])
+def test_parameter_counts_match_the_published_models(make, count):
+  assert _params(nnx.eval_shape(lambda: make(nnx.Rngs(0)))) == count  # shapes only: no weights are drawn
+
+
+def test_masked_batch_norm_uses_valid_rows_only(rng):
+  x = js.SparseTensor.from_coords(rng.integers(0, 20, (50, 3)), rng.standard_normal((50, 4)).astype(np.float32) * 3,
+                                  capacity=64, duplicates="mean")
+  bn = js.nn.BatchNorm(4, momentum=0.9, rngs=nnx.Rngs(0))
+  y = bn(x)
+  n = int(x.num_valid)
+  f = np.asarray(x.feats, np.float64)[:n]
+  mean, var = f.mean(axis=0), f.var(axis=0)
+  np.testing.assert_allclose(np.asarray(y.feats)[:n], (f - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-4)
+  assert not np.asarray(y.feats)[n:].any()
+  np.testing.assert_allclose(np.asarray(bn.norm.mean[...]), 0.1 * mean, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(bn.norm.var[...]), 0.9 + 0.1 * var, rtol=1e-4)
+  bn.eval()
+  z = bn(x)
+  np.testing.assert_allclose(np.asarray(z.feats)[:n], (f - 0.1 * mean) / np.sqrt(0.9 + 0.1 * var + 1e-5), rtol=1e-4,
+                             atol=1e-4)
+  with pytest.raises(ValueError, match="mask"):
+    bn(x.feats)
+
+
+def _lartpc_batch(seeds=(0, 1), size=64):
+  events = [data.synthetic_lartpc_event(s, size=size) for s in seeds]
+  return data.collate(events)
+
+
+def _small_uresnet(**kw):
+  return models.UResNet(filters=4, depth=3, reps=1, rngs=nnx.Rngs(0), **kw)
+
+
+def _with_garbage_padding(x, rng):
+  noise = rng.standard_normal(x.feats.shape).astype(np.float32)
+  return x.replace(feats=jnp.where(x.valid_mask[:, None], x.feats, noise))
+
+
+def test_uresnet_shapes_padding_and_translation(rng):
+  x, _ = _lartpc_batch()
+  model = _small_uresnet()
+  fwd = nnx.jit(lambda m, x: m(x).feats)
+  out = fwd(model, x)
+  n = int(x.num_valid)
+  assert out.shape == (x.capacity, 5) and np.isfinite(np.asarray(out)).all() and not np.asarray(out)[n:].any()
+  # Padded rows never influence valid outputs, in training mode (batch statistics) too.
+  np.testing.assert_array_equal(np.asarray(fwd(model, _with_garbage_padding(x, rng)))[:n], np.asarray(out)[:n])
+  # Translation by a multiple of the deepest stride (4) gives the same logits voxel for voxel.
+  shifted = js.SparseTensor.from_coords(np.asarray(x.coords)[:n] + np.array([0, 4 * 7, -4 * 3, 4 * 11]),
+                                        np.asarray(x.feats)[:n], capacity=x.capacity)
+  np.testing.assert_allclose(np.asarray(fwd(model, shifted))[:n], np.asarray(out)[:n], rtol=1e-6, atol=1e-6)
+
+
+def _train_steps(model, loss_fn, *args, steps=3, lr=1e-2):
+  opt = nnx.Optimizer(model, optax.adam(lr), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, opt, *args):
+    loss, grads = nnx.value_and_grad(loss_fn)(model, *args)
+    opt.update(model, grads)
+    return loss
+
+  with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes Python floats and int32 counts
+    losses = [float(step(model, opt, *args)) for _ in range(steps)]
+  model.eval()
+  final = float(nnx.jit(loss_fn)(model, *args))
+  return losses, final
+
+
+def _voxel_loss(model, x, y):
+  logits = model(x).feats.astype(jnp.float32)
+  valid = y >= 0
+  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.maximum(y, 0)[:, None], axis=1)[:, 0]
+  return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(valid.sum(), 1).astype(jnp.float32)
+
+
+def test_uresnet_trains_in_float32_and_bfloat16():
+  x, y = _lartpc_batch()
+  y = jnp.asarray(y)
+  for dtype in (jnp.float32, jnp.bfloat16):
+    model = _small_uresnet(dtype=dtype)
+    xd = x.replace(feats=x.feats.astype(dtype))
+    losses, _ = _train_steps(model, _voxel_loss, xd, y, steps=4)
+    assert losses[-1] < losses[0], (dtype, losses)
+
+
+def test_count_macs_counts_real_pairs():
+  x, _ = _lartpc_batch()
+  conv = js.nn.SparseConv3d(1, 8, 3, rngs=nnx.Rngs(0))
+  kmap, _ = js.ops.kernel_map(x, 3)
+  assert js.nn.count_macs(conv, x)["total"] == int(kmap.num_pairs) * 8
+  model = _small_uresnet()
+  model.eval()
+  macs = js.nn.count_macs(model, x)
+  assert macs["by_kind"]["sparse_conv"] > 0 and macs["by_kind"]["linear"] > 0
+  # Doubling the data (the same events twice) doubles the MACs: they follow real pairs, not capacity.
+  x2, _ = data.collate([data.synthetic_lartpc_event(s, size=64) for s in (0, 1, 0, 1)])
+  assert js.nn.count_macs(model, x2)["total"] == 2 * macs["total"]
+
+
+def _lidar_points(rng, p=600, pad=40):
+  xyz = np.concatenate([rng.uniform(0, 40, (p, 2)), rng.uniform(0, 6, (p, 1))], axis=1).astype(np.float32)
+  feats = np.concatenate([xyz / 40, rng.uniform(0, 1, (p, 1))], axis=1).astype(np.float32)
+  labels = (xyz[:, 2] > 3).astype(np.int32) + 2 * (xyz[:, 0] > 20)
+  batch = np.zeros(p, np.int32)
+  pad_xyz = np.zeros((pad, 3), np.float32)
+  return (jnp.asarray(np.r_[xyz, pad_xyz]), jnp.asarray(np.r_[batch, -np.ones(pad, np.int32)]),
+          jnp.asarray(np.r_[feats, np.zeros((pad, 4), np.float32)]), jnp.asarray(np.r_[labels, -np.ones(pad, int)]))
+
+
+def test_minkunet_and_spvcnn_run_train_and_ignore_padding(rng):
+  xyz, batch, feats, labels = _lidar_points(rng)
+  x, row = js.ops.voxelize(xyz, batch, feats)
+  vox_labels = jnp.full((x.capacity,), -1, jnp.int32).at[jnp.where(row >= 0, row, x.capacity)].set(
+      labels, mode="drop")
+  mink = models.MinkUNet(num_classes=4, cr=0.25, rngs=nnx.Rngs(0))
+  out = nnx.jit(lambda m, x: m(x).feats)(mink, x)
+  assert out.shape == (x.capacity, 4)
+  losses, _ = _train_steps(mink, _voxel_loss, x, vox_labels, steps=3)
+  assert losses[-1] < losses[0], losses
+
+  spv = models.SPVCNN(num_classes=4, cr=0.25, rngs=nnx.Rngs(1))
+  spv.eval()  # deterministic (dropout off) for the padding check
+  fwd = nnx.jit(lambda m, *a: m(*a))
+  logits = fwd(spv, xyz, batch, feats)
+  assert logits.shape == (len(xyz), 4) and not np.asarray(logits)[batch < 0].any()
+  garbage = jnp.where((batch >= 0)[:, None], feats, 7.0)
+  np.testing.assert_array_equal(np.asarray(fwd(spv, xyz, batch, garbage))[batch >= 0],
+                                np.asarray(logits)[batch >= 0])
+  spv.train()
+
+  def point_loss(model, xyz, batch, feats, labels):
+    logits = model(xyz, batch, feats)
+    valid = labels >= 0
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.maximum(labels, 0)[:, None], axis=1)[:, 0]
+    return jnp.sum(jnp.where(valid, nll, 0.0)) / valid.sum().astype(jnp.float32)
+
+  losses, _ = _train_steps(spv, point_loss, xyz, batch, feats, labels, steps=3)
+  assert losses[-1] < losses[0], losses
+
+
+def test_minkunet_translation_equivariance(rng):
+  xyz, batch, feats, _ = _lidar_points(rng, p=400, pad=0)
+  x, _ = js.ops.voxelize(xyz, batch, feats)
+  mink = models.MinkUNet(num_classes=3, cr=0.25, rngs=nnx.Rngs(0))
+  mink.eval()
+  fwd = nnx.jit(lambda m, x: m(x).feats)
+  shift = np.array([0, 16 * 3, -16 * 5, 16 * 2])  # deepest stride 16
+  n = int(x.num_valid)
+  moved = js.SparseTensor.from_coords(np.asarray(x.coords)[:n] + shift, np.asarray(x.feats)[:n], capacity=x.capacity)
+  a, b = np.asarray(fwd(mink, x))[:n], np.asarray(fwd(mink, moved))[:n]
+  order_a = np.lexsort(np.asarray(x.coords)[:n].T[::-1])
+  np.testing.assert_allclose(b, a[order_a], rtol=1e-5, atol=1e-5)
+
+
+def test_pvcnn_and_dense_uresnet_run_and_train(rng):
+  pts = jnp.asarray(rng.uniform(-1, 1, (2, 64, 6)).astype(np.float32))
+  labels = jnp.asarray((np.asarray(pts)[..., 0] > 0).astype(np.int32))
+  one_hot = jax.nn.one_hot(jnp.array([3, 5]), 16)
+  model = models.PVCNN("shapenet_part", width=0.125, num_classes=2, rngs=nnx.Rngs(0))
+  out = nnx.jit(lambda m, p, o: m(p, o))(model, pts, one_hot)
+  assert out.shape == (2, 64, 2)
+
+  def loss(m, p, o, y):
+    return optax.softmax_cross_entropy_with_integer_labels(m(p, o), y).mean()
+
+  losses, _ = _train_steps(model, loss, pts, one_hot, labels, steps=4)
+  assert losses[-1] < losses[0], losses
+  s3dis = models.PVCNN("s3dis", width=0.125, rngs=nnx.Rngs(0))
+  assert nnx.jit(lambda m, p: m(p))(s3dis, jnp.asarray(rng.uniform(-1, 1, (2, 32, 9)).astype(np.float32))).shape == (
+      2, 32, 13)
+
+  x, y = _lartpc_batch(seeds=(0,), size=32)
+  grid = js.ops.to_dense(x, spatial_shape=(32, 32, 32), batch_size=1)
+  dense_labels = js.ops.to_dense(x.replace(feats=jnp.asarray(y, jnp.float32)[:, None] + 1.0),
+                                 spatial_shape=(32, 32, 32), batch_size=1)[..., 0].astype(jnp.int32) - 1
+  net = models.DenseUResNet(filters=4, depth=3, reps=1, rngs=nnx.Rngs(0))
+
+  def dense_loss(m, g, lab):
+    mask = models.nonempty_mask(g)
+    nll = optax.softmax_cross_entropy_with_integer_labels(m(g), jnp.maximum(lab, 0))
+    return jnp.sum(jnp.where(mask, nll, 0.0)) / mask.sum().astype(jnp.float32)
+
+  losses, _ = _train_steps(net, dense_loss, grid, dense_labels, steps=3)
+  assert losses[-1] < losses[0], losses
+  with pytest.raises(ValueError, match="divisible"):
+    net(jnp.zeros((1, 30, 32, 32, 1)))
