@@ -216,3 +216,23 @@ def test_pvcnn_and_dense_uresnet_run_and_train(rng):
   assert losses[-1] < losses[0], losses
   with pytest.raises(ValueError, match="divisible"):
     net(jnp.zeros((1, 30, 32, 32, 1)))
+
+
+def test_every_model_runs_forward_and_backward_in_bfloat16(rng):
+  bf16 = dict(dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  xyz, batch, feats, _ = _lidar_points(rng, p=300, pad=10)
+  x, _ = js.ops.voxelize(xyz, batch, feats.astype(jnp.bfloat16))
+  pts = jnp.asarray(rng.uniform(-1, 1, (1, 32, 9)).astype(np.float32)).astype(jnp.bfloat16)
+  grid = jnp.zeros((1, 8, 8, 8, 1), jnp.bfloat16).at[0, 2:5, 3, 4, 0].set(1.0)
+  cases = [
+      (models.MinkUNet(num_classes=3, cr=0.25, **bf16), lambda m: m(x).feats),
+      (models.SPVCNN(num_classes=3, cr=0.25, **bf16), lambda m: m(xyz, batch, feats.astype(jnp.bfloat16))),
+      (models.PVCNN("s3dis", width=0.125, **bf16), lambda m: m(pts)),
+      (models.DenseUResNet(filters=4, depth=2, reps=1, **bf16), lambda m: m(grid)),
+  ]
+  for model, call in cases:
+    out = nnx.jit(call)(model)
+    assert out.dtype == jnp.bfloat16 and np.isfinite(np.asarray(out, np.float32)).all(), type(model).__name__
+    grads = nnx.jit(nnx.grad(lambda m: jnp.sum(call(m).astype(jnp.float32) ** 2)))(model)
+    leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
+    assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in leaves), type(model).__name__

@@ -1,7 +1,7 @@
 """Flax NNX layers on SparseTensors (padded rows stay zero; ``rngs`` keyword-only; ``dtype`` / ``param_dtype``).
 
-Parameter-free pieces are the functions of :mod:`jsparse3d.ops` (``relu``, ``leaky_relu``, ``cat``,
-``global_avg_pool``, ``voxelize``, ``point_to_voxel``, ``voxel_to_point``, ...).
+Parameter-free pieces are functions, re-exported here from :mod:`jsparse3d.ops`: activations that keep padded
+rows zero, skip concatenation, global pooling and the point-voxel operations.
 """
 
 from jsparse3d.nn._layers import BatchNorm as BatchNorm
@@ -10,3 +10,15 @@ from jsparse3d.nn._layers import Linear as Linear
 from jsparse3d.nn._layers import SparseConv3d as SparseConv3d
 from jsparse3d.nn._layers import SparseConvTranspose3d as SparseConvTranspose3d
 from jsparse3d.nn._macs import count_macs as count_macs
+from jsparse3d.ops import cat as cat
+from jsparse3d.ops import gelu as gelu
+from jsparse3d.ops import global_avg_pool as global_avg_pool
+from jsparse3d.ops import global_max_pool as global_max_pool
+from jsparse3d.ops import leaky_relu as leaky_relu
+from jsparse3d.ops import point_to_voxel as point_to_voxel
+from jsparse3d.ops import relu as relu
+from jsparse3d.ops import sigmoid as sigmoid
+from jsparse3d.ops import silu as silu
+from jsparse3d.ops import tanh as tanh
+from jsparse3d.ops import voxel_to_point as voxel_to_point
+from jsparse3d.ops import voxelize as voxelize

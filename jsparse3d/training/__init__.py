@@ -1,0 +1,9 @@
+"""Training pieces (no CLI, no file I/O): losses, metrics and jitted / pmapped step builders."""
+
+from jsparse3d.training._losses import class_weights_inverse_frequency as class_weights_inverse_frequency
+from jsparse3d.training._losses import segmentation_loss as segmentation_loss
+from jsparse3d.training._metrics import ConfusionMatrix as ConfusionMatrix
+from jsparse3d.training._metrics import confusion_matrix as confusion_matrix
+from jsparse3d.training._steps import make_eval_step as make_eval_step
+from jsparse3d.training._steps import make_train_step as make_train_step
+from jsparse3d.training._steps import sparse_logits as sparse_logits
