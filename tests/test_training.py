@@ -63,6 +63,7 @@ def _params(state):
   return jax.tree.leaves(nnx.to_pure_dict(state))
 
 
+@pytest.mark.slow  # minutes on 2 cores; run with -m slow
 def test_kill_and_resume_gives_bitwise_identical_parameters(tmp_path):
   cfg = _smoke(steps=6, eval_every=6, checkpoint_every=6)
   full = train_lib.train(cfg, tmp_path / "full", progress=False)

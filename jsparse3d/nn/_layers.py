@@ -101,13 +101,19 @@ class BatchNorm(nnx.Module):
 
   def __call__(self, x, *, mask=None, use_running_average: bool | None = None):
     if isinstance(x, SparseTensor):
-      out = self.norm(x.feats, use_running_average, mask=x.valid_mask[:, None])
+      out = self._norm(x.feats, use_running_average, x.valid_mask[:, None])
       return _zero_padding(x, out.astype(x.feats.dtype))
     if mask is None:
       raise ValueError("BatchNorm on a plain array needs mask= (bool [N], True on valid rows); pass a SparseTensor "
                        "to use its valid rows.")
-    out = self.norm(x, use_running_average, mask=mask[:, None])
+    out = self._norm(x, use_running_average, mask[:, None])
     return jnp.where(mask[:, None], out, jnp.zeros((), out.dtype)).astype(x.dtype)
+
+
+  def _norm(self, x, use_running_average, mask):
+    # flax's BatchNorm promotes bfloat16 inputs with float32 implicitly, which strict promotion refuses.
+    with jax.numpy_dtype_promotion("standard"):
+      return self.norm(x, use_running_average, mask=mask)
 
 
 class Linear(nnx.Module):
