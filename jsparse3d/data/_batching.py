@@ -18,6 +18,7 @@ import queue
 import threading
 from typing import Callable, Iterator, Sequence
 
+import jax
 import numpy as np
 
 from jsparse3d._sparse_tensor import SparseTensor
@@ -156,7 +157,6 @@ class Loader:
       kwargs["capacity"] = bucket_capacity(largest, kwargs.pop("buckets", DEFAULT_BUCKETS))
     else:
       kwargs.pop("buckets", None)
-    import jax
     parts = [collate(share, **kwargs) for share in shares]
     return jax.tree.map(lambda *leaves: np.stack([np.asarray(v) for v in leaves]), *parts)
 

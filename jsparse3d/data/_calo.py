@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jsparse3d.data._deposits import merge_deposits
+
 NOISE, HADRONIC, EM, MIP = range(4)
 CLASS_NAMES = ("noise", "hadronic", "EM", "MIP")
 _C_CM_PER_NS = 29.98
@@ -103,13 +105,11 @@ def synthetic_calo_event(seed, *, num_layers: int = 50, half_width: float = 40.0
   inside = np.all((cells >= 0) & (cells < [width, width, num_layers]), axis=1)
   cells, e, t, lab = cells[inside], e[inside], t[inside], lab[inside]
   key = (cells[:, 2] * width + cells[:, 0]) * width + cells[:, 1]
-  uniq, inv = np.unique(key, return_inverse=True)
-  energy = np.bincount(inv, weights=e, minlength=len(uniq))
-  by_class = np.bincount(inv * 4 + lab, weights=e, minlength=len(uniq) * 4).reshape(-1, 4)
+  uniq, energy, label, inv = merge_deposits(key, e, lab, len(CLASS_NAMES))
   first = np.full(len(uniq), np.inf)
   np.minimum.at(first, inv, t)
   signal = energy >= 0.5  # the zero-suppression threshold, in MIPs
-  uniq, energy, first, label = uniq[signal], energy[signal], first[signal], by_class.argmax(axis=1)[signal]
+  uniq, energy, first, label = uniq[signal], energy[signal], first[signal], label[signal]
   # Noise: cells not hit, energies from the tail of a unit Gaussian above the threshold.
   n_noise = rng.binomial(max(1, int(len(uniq) / (1 - noise_fraction))), noise_fraction)
   noise_key = np.setdiff1d(rng.integers(0, width * width * num_layers, 2 * n_noise + 8), uniq)[:n_noise]

@@ -29,6 +29,7 @@ import math
 import numpy as np
 
 from jsparse3d.data import _schemes
+from jsparse3d.data._deposits import merge_deposits
 from jsparse3d.data._schemes import DELTA, HIP, LESCATTER, MICHEL, MIP, NUM_KINDS, SHOWER
 
 PITCH_CM = 0.3
@@ -266,10 +267,7 @@ class _Event:
     keep = np.all((v >= 0) & (v < self.size), axis=1) & (energy > 0)
     v, energy, kind = v[keep], energy[keep], kind[keep]
     key = (v[:, 0] * self.size + v[:, 1]) * self.size + v[:, 2]
-    uniq, inv = np.unique(key, return_inverse=True)
-    total = np.bincount(inv, weights=energy, minlength=len(uniq))
-    by_kind = np.bincount(inv * NUM_KINDS + kind, weights=energy, minlength=len(uniq) * NUM_KINDS)
-    kinds = by_kind.reshape(-1, NUM_KINDS).argmax(axis=1)
+    uniq, total, kinds, _ = merge_deposits(key, energy, kind, NUM_KINDS)
     keep = total >= THRESHOLD
     uniq, total, kinds = uniq[keep], total[keep], kinds[keep]
     coords = np.stack([uniq // (self.size * self.size), uniq // self.size % self.size, uniq % self.size], axis=1)

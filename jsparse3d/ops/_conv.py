@@ -110,9 +110,10 @@ def _resolve_implementation(implementation, dtype) -> str:
   return implementation
 
 
-def _apply(x_feats, weight, kmap, bias, y: SparseTensor, implementation) -> SparseTensor:
+def _apply(x_feats, weight, kmap, bias, y: SparseTensor, implementation: str) -> SparseTensor:
+  """``implementation``: already resolved by :func:`_resolve_implementation`."""
   w = weight.reshape(math.prod(weight.shape[:3]), weight.shape[3], weight.shape[4])
-  out = _conv_primitive.conv(x_feats, w, kmap, implementation=_resolve_implementation(implementation, w.dtype))
+  out = _conv_primitive.conv(x_feats, w, kmap, implementation=implementation)
   if bias is not None:
     if getattr(bias, "shape", None) != (weight.shape[4],):
       raise ValueError(f"bias must have shape ({weight.shape[4]},), got {getattr(bias, 'shape', bias)}.")
@@ -146,7 +147,7 @@ def conv3d(x: SparseTensor, weight: jax.Array, *, stride=1, dilation=1, bias: ja
     >>> z = conv3d(y, w2, stride=2)    # downsample; conv_transpose3d(z, ...) returns to y's coordinates
   """
   _check_weight(x, weight, 3, "conv3d")
-  _resolve_implementation(implementation, x.feats.dtype)
+  implementation = _resolve_implementation(implementation, x.feats.dtype)
   kmap, y = kernel_map(x, weight.shape[:3], stride=stride, dilation=dilation)
   return _apply(x.feats, weight, kmap, bias, y, implementation)
 
@@ -169,7 +170,7 @@ def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, target: Sp
     SparseTensor on the finer coordinates, with the finer tensor's cache.
   """
   _check_weight(x, weight, 3, "conv_transpose3d")
-  _resolve_implementation(implementation, x.feats.dtype)
+  implementation = _resolve_implementation(implementation, x.feats.dtype)
   ks = tuple(int(k) for k in weight.shape[:3])
   st = _coords.as_triple(stride, "stride")
   _coords.check_conv_geometry(ks, st, (1, 1, 1))
