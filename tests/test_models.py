@@ -53,6 +53,30 @@ def test_masked_batch_norm_uses_valid_rows_only(rng):
     bn(x.feats)
 
 
+def test_synced_batch_norm_pools_valid_rows_across_devices(rng):
+  """Devices holding 3, 11, 0 and 7 valid rows normalise with the statistics of all 21 rows together."""
+  counts, capacity = (3, 11, 0, 7), 16
+  feats = rng.standard_normal((4, capacity, 2)).astype(np.float32) * 2 + 1
+  mask = np.arange(capacity)[None, :] < np.array(counts)[:, None]
+  rows = feats[mask].astype(np.float64)
+  mean, var = rows.mean(axis=0), rows.var(axis=0)
+  bn = js.nn.sync_batch_norm(js.nn.BatchNorm(2, rngs=nnx.Rngs(0)), "d")
+  graphdef, state = nnx.split(bn)
+
+  def run(state, f, m):
+    bn = nnx.merge(graphdef, state)
+    y = bn(f, mask=m)
+    return y, nnx.state(bn)
+
+  y, new_state = jax.pmap(run, axis_name="d", in_axes=(None, 0, 0))(state, feats, mask)
+  want = np.where(mask[..., None], (feats - mean) / np.sqrt(var + 1e-5), 0.0)
+  assert np.max(np.abs(np.asarray(y) - want)) < 1e-4
+  for d in range(4):  # every device updates the running averages identically
+    np.testing.assert_allclose(np.asarray(new_state["norm"]["mean"][...][d]), 0.1 * mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(new_state["norm"]["var"][...][d]), 0.9 + 0.1 * var, rtol=1e-5)
+  assert js.nn.sync_batch_norm(bn, None).norm.axis_name is None
+
+
 def _lartpc_batch(seeds=(0, 1), size=64):
   events = [data.synthetic_lartpc_event(s, size=size) for s in seeds]
   return data.collate(events)

@@ -1,19 +1,55 @@
-"""``python -m train --config uresnet_lartpc [--workdir DIR] [--set key=value ...]``: train, resuming by default."""
+"""``python -m train --config uresnet_lartpc [--workdir DIR] [--set key=value ...] [--devices N]``: train, resuming
+by default.
+
+Multi-host: start one process per host with the same ``--coordinator_address host:port`` and ``--num_processes``,
+each with its ``--process_id``; they join through ``jax.distributed.initialize`` and split every global batch.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
-def main(argv=None):
-  ap = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+def _parser():
+  ap = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--config", default="uresnet_lartpc")
   ap.add_argument("--workdir", default=None, help="default: runs/<config>")
   ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+  ap.add_argument("--devices", type=int, default=1,
+                  help="local devices to pmap over (on CPU, this many host devices are created)")
   ap.add_argument("--no-resume", action="store_true", help="start from scratch even if the workdir has checkpoints")
   ap.add_argument("--no-progress", action="store_true")
+  ap.add_argument("--coordinator_address", default=None, help="host:port of process 0, for multi-host training")
+  ap.add_argument("--num_processes", type=int, default=None)
+  ap.add_argument("--process_id", type=int, default=None)
+  return ap
+
+
+def _init_distributed(ap, args):
+  given = [args.coordinator_address is not None, args.num_processes is not None, args.process_id is not None]
+  if not any(given):
+    return
+  if not all(given):
+    ap.error("multi-host training needs all of --coordinator_address, --num_processes and --process_id.")
+  if not 0 <= args.process_id < args.num_processes:
+    ap.error(f"--process_id must be in 0..{args.num_processes - 1}, got {args.process_id}.")
+  import jax
+  jax.distributed.initialize(args.coordinator_address, num_processes=args.num_processes,
+                             process_id=args.process_id)
+
+
+def main(argv=None):
+  ap = _parser()
   args = ap.parse_args(argv)
+  if args.devices < 1:
+    ap.error(f"--devices must be positive, got {args.devices}.")
+  if args.devices > 1 and "jax" not in sys.modules:  # on CPU, create the host devices before jax starts
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={args.devices}").strip()
+  _init_distributed(ap, args)
 
   from train import configs
   from train import train_lib
@@ -23,7 +59,12 @@ def main(argv=None):
     ap.error(str(e))
   workdir = args.workdir or f"runs/{cfg['name']}"
   print(f"config {cfg['name']}: {cfg['steps']} steps of {cfg['batch_size']} events, workdir {workdir}", flush=True)
-  result = train_lib.train(cfg, workdir, resume=not args.no_resume, progress=not args.no_progress)
+  try:
+    result = train_lib.train(cfg, workdir, resume=not args.no_resume, progress=not args.no_progress,
+                             devices=args.devices)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   ev = result["eval"]
   if ev is not None:
     print(f"final: step {result['step']}, held-out non-zero accuracy {ev['nonzero_accuracy']:.2%}, "

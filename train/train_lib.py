@@ -1,8 +1,13 @@
 """The training loop: data, model, optimizer, jitted or pmapped steps, orbax checkpoints, exact resume, metrics.
 
-Resume is the default: the latest checkpoint in ``<workdir>/checkpoints`` restores the model, the optimizer and
-the step, and the data loader restarts at that step, so an interrupted run ends with the same parameters as an
-uninterrupted one. SIGTERM and SIGINT save a checkpoint before exiting.
+Resume is the default: the latest checkpoint in ``<workdir>/checkpoints`` restores the model, the optimizer (with
+its step) and the model's RNG streams, and the data loader restarts at that step, so an interrupted run ends with
+the same parameters as an uninterrupted one. SIGTERM and SIGINT save a checkpoint before exiting.
+
+``batch_size`` is the global batch: with ``devices`` local devices and ``jax.process_count()`` processes, each
+device takes ``batch_size / (devices * processes)`` events of it, batch norms are synchronised over all devices,
+and the step equals one device holding the whole batch (to float rounding). Process 0 writes the metrics
+(``metrics.jsonl``, TensorBoard files under ``tensorboard/``, ``confusion.png``); all processes checkpoint.
 """
 
 from __future__ import annotations
@@ -22,35 +27,30 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jsparse3d import data
-from jsparse3d import models
+from jsparse3d import nn
 from jsparse3d import training
+from train import tasks
+
+AXIS = "devices"
 
 
-def build_model(cfg, *, rngs):
-  spec = dict(cfg["model"])
-  kind = spec.pop("kind")
-  if kind != "UResNet":
-    raise ValueError(f"config {cfg['name']!r}: model kind {kind!r} is not trainable here yet; use 'UResNet'.")
-  return models.UResNet(**spec, rngs=rngs)
+def build_schedule(cfg):
+  o = cfg["optimizer"]
+  peak, steps = o["learning_rate"], cfg["steps"]
+  warmup = min(o["warmup_steps"], steps // 2)
+  if o["decay"] == "constant":
+    return optax.warmup_constant_schedule(0.0, peak, warmup) if warmup else optax.constant_schedule(peak)
+  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(steps, warmup + 1), peak * o["final_fraction"])
 
 
 def build_optimizer(cfg):
-  o = cfg["optimizer"]
-  if o["kind"] != "adam":
-    raise ValueError(f"config {cfg['name']!r}: optimizer kind {o['kind']!r} is not supported; use 'adam'.")
-  warmup = min(o["warmup_steps"], cfg["steps"] // 2)
-  schedule = optax.warmup_cosine_decay_schedule(0.0, o["learning_rate"], warmup, max(cfg["steps"], warmup + 1),
-                                                o["learning_rate"] * o["final_fraction"])
-  return optax.adam(schedule)
-
-
-def build_datasets(cfg):
-  d = cfg["data"]
-  if d["kind"] != "synthetic_lartpc":
-    raise ValueError(f"config {cfg['name']!r}: data kind {d['kind']!r} is not supported; use 'synthetic_lartpc'.")
-  kw = dict(size=d["size"], scheme=d["scheme"])
-  return (data.SyntheticLArTPC(d["train_events"], seed=d["train_seed"], **kw),
-          data.SyntheticLArTPC(d["eval_events"], seed=d["eval_seed"], **kw))
+  """Adam (AdamW with weight decay) or SGD with momentum, on the config's warmup + cosine / constant schedule."""
+  o, schedule = cfg["optimizer"], build_schedule(cfg)
+  if o["kind"] == "adam":
+    return optax.adamw(schedule, weight_decay=o["weight_decay"]) if o["weight_decay"] else optax.adam(schedule)
+  sgd = optax.sgd(schedule, momentum=o["momentum"] or None, nesterov=o["nesterov"])
+  # PyTorch's SGD weight decay: added to the gradient before the momentum.
+  return optax.chain(optax.add_decayed_weights(o["weight_decay"]), sgd) if o["weight_decay"] else sgd
 
 
 def _fingerprint(state) -> str:
@@ -93,28 +93,106 @@ def _check_workdir(workdir) -> Path:
   return workdir
 
 
-def evaluate(eval_step, state, dataset, cfg):
+class _Layout:
+  """How the global batch splits over processes and local devices."""
+
+  def __init__(self, cfg, devices: int):
+    self.devices, self.processes, self.process = devices, jax.process_count(), jax.process_index()
+    if devices < 1:
+      raise ValueError(f"devices must be positive, got {devices}.")
+    local = jax.local_devices()
+    if devices > len(local):
+      raise ValueError(f"--devices {devices} asks for more than the {len(local)} local {local[0].platform} devices; "
+                       "on CPU, python -m train sets XLA_FLAGS=--xla_force_host_platform_device_count for you, other "
+                       "code must set it before importing jax.")
+    shards = devices * self.processes
+    if cfg["batch_size"] % shards:
+      raise ValueError(f"config {cfg['name']!r}: batch_size {cfg['batch_size']} must be a multiple of devices x "
+                       f"processes = {shards}.")
+    self.per_process = cfg["batch_size"] // self.processes
+    self.per_device = self.per_process // devices
+    self.pmap = shards > 1
+
+  def loader(self, dataset, task, **kw):
+    """Batches of this process: with pmap, each leaf has a leading axis of the local devices."""
+    loader = data.Loader(dataset, self.per_process, process_index=self.process, process_count=self.processes,
+                         devices=self.devices, transform=task.transform, collate_fn=task.collate_fn,
+                         **task.collate_kwargs, **kw)
+    if self.pmap and self.devices == 1:  # one local device of several processes: the Loader adds no axis
+      return (jax.tree.map(lambda v: np.asarray(v)[None], batch) for batch in loader)
+    return loader
+
+  def replicate(self, tree):
+    if not self.pmap:
+      return tree
+    return jax.tree.map(lambda v: jnp.stack([v] * self.devices), tree)  # pmap shards the leading axis
+
+  def first(self, tree):
+    return jax.tree.map(lambda v: v[0], tree) if self.pmap else tree
+
+
+def _to_saveable(tree):
+  """Host numpy copies (what every process can write), with PRNG keys as their raw key data."""
+  def leaf(v):
+    if jax.dtypes.issubdtype(getattr(v, "dtype", None), jax.dtypes.prng_key):
+      v = jax.random.key_data(v)
+    return np.asarray(v)
+  return jax.tree.map(leaf, tree)
+
+
+def _from_saved(saved, like):
+  def leaf(v, ref):
+    if jax.dtypes.issubdtype(getattr(ref, "dtype", None), jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(jnp.asarray(v), impl=jax.random.key_impl(ref))
+    return jnp.asarray(v)
+  return jax.tree.map(leaf, saved, like)
+
+
+def evaluate(eval_step, state, dataset, task, layout, cfg):
   cm = training.ConfusionMatrix(cfg["model"]["num_classes"])
   losses = []
-  loader = data.Loader(dataset, cfg["batch_size"], shuffle=False, num_steps=len(dataset) // cfg["batch_size"],
-                       prefetch=0)
-  for x, y in loader:
-    loss, counts = eval_step(state, x, jnp.asarray(y))
-    losses.append(float(loss))
-    cm.add(counts)
+  steps = len(dataset) // cfg["batch_size"]
+  if steps < 1:
+    raise ValueError(f"config {cfg['name']!r}: the eval split has {len(dataset)} events, fewer than one batch of "
+                     f"{cfg['batch_size']}.")
+  for x, y in layout.loader(dataset, task, shuffle=False, num_steps=steps, prefetch=0):
+    loss, counts = eval_step(state, x, y)
+    losses.append(float(np.asarray(loss).reshape(-1)[0]))
+    cm.add(np.asarray(counts)[0] if layout.pmap else counts)
   return float(np.mean(losses)), cm
 
 
-def _record(path: Path, split, step, loss, cm, **extra):
-  rec = dict(split=split, step=int(step), loss=float(loss), nonzero_accuracy=cm.nonzero_accuracy(),
-             per_class_accuracy=cm.per_class_accuracy(), miou=cm.miou(), **extra)
-  with path.open("a") as f:
-    f.write(json.dumps(rec) + "\n")
-  return rec
+class _Writer:
+  """metrics.jsonl and TensorBoard scalars, written by process 0 only."""
+
+  def __init__(self, workdir: Path, names, active: bool):
+    self.path, self.names, self.active = workdir / "metrics.jsonl", names, active
+    self.tb = None
+    if active:
+      from tensorboardX import SummaryWriter
+      self.tb = SummaryWriter(str(workdir / "tensorboard"), flush_secs=30)
+
+  def record(self, split, step, loss, cm, **extra):
+    rec = dict(split=split, step=int(step), loss=float(loss), nonzero_accuracy=cm.nonzero_accuracy(),
+               per_class_accuracy=cm.per_class_accuracy(), miou=cm.miou(), **extra)
+    if not self.active:
+      return rec
+    with self.path.open("a") as f:
+      f.write(json.dumps(rec) + "\n")
+    for key in ("loss", "nonzero_accuracy", "miou", *extra):
+      if rec[key] is not None:
+        self.tb.add_scalar(f"{split}/{key}", rec[key], step)
+    for name, acc in zip(self.names, rec["per_class_accuracy"]):
+      if acc is not None:
+        self.tb.add_scalar(f"{split}/accuracy/{name}", acc, step)
+    return rec
+
+  def close(self):
+    if self.tb is not None:
+      self.tb.close()
 
 
-def _class_table(cfg, cm) -> str:
-  names = data.class_names(cfg["data"]["scheme"])
+def _class_table(names, cm) -> str:
   rows = [f"  {n:<12} {a:7.2%}" if a is not None else f"  {n:<12}     n/a"
           for n, a in zip(names, cm.per_class_accuracy())]
   return "\n".join(rows)
@@ -142,17 +220,24 @@ def save_confusion_png(path: Path, cm, names):
   plt.close(fig)
 
 
-def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, stop_after: int | None = None) -> dict:
-  """Runs (or resumes) training; returns the final evaluation record.
+def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, devices: int = 1,
+          stop_after: int | None = None) -> dict:
+  """Runs (or resumes) training; returns the final step, the state (host copy) and the last evaluation record.
 
   Args:
-    cfg: from :func:`train.configs.get_config`. workdir: checkpoints, metrics.jsonl and the confusion PNG go here.
+    cfg: from :func:`train.configs.get_config`. workdir: checkpoints, metrics and figures go here.
     resume: restore the latest checkpoint in the workdir (default).
-    progress: show a progress bar.
+    progress: show a progress bar (process 0).
+    devices: local devices to pmap over (1: jit on the default device).
     stop_after: stop (saving a checkpoint, as on SIGTERM) after this many steps of this run; for tests.
   """
   workdir = _check_workdir(workdir)
-  model = build_model(cfg, rngs=nnx.Rngs(cfg["seed"]))
+  layout = _Layout(cfg, devices)
+  task = tasks.build_task(cfg)
+  tasks.check_classes(cfg, task)
+  model = tasks.build_model(cfg, rngs=nnx.Rngs(cfg["seed"]))
+  if layout.pmap:
+    nn.sync_batch_norm(model, AXIS)
   optimizer = nnx.Optimizer(model, build_optimizer(cfg), wrt=nnx.Param)
   graphdef, state = nnx.split((model, optimizer))
   model.eval()
@@ -168,54 +253,59 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, sto
     if meta.get("fingerprint") != fingerprint:
       raise ValueError(f"the checkpoint at {workdir / 'checkpoints'} (step {step}) is from another model or config "
                        f"({meta.get('config')!r}); use a fresh --workdir or the config that wrote it.")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
+    like = nnx.to_pure_dict(state)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_saveable(like))
     restored = ckpt.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
-    nnx.replace_by_pure_dict(state, restored)
+    nnx.replace_by_pure_dict(state, _from_saved(restored, like))
     start = step
-  num_classes = cfg["model"]["num_classes"]
-  kw = dict(num_classes=num_classes, num_events=cfg["batch_size"])
+  kw = dict(num_classes=cfg["model"]["num_classes"], num_events=layout.per_device, forward=task.forward,
+            axis_name=AXIS if layout.pmap else None)
   train_step = training.make_train_step(graphdef, class_weights=cfg["class_weights"], **kw)
   eval_step = training.make_eval_step(eval_graphdef, **kw)
-  train_set, eval_set = build_datasets(cfg)
-  metrics_path = workdir / "metrics.jsonl"
+  state = layout.replicate(state)
+  writer = _Writer(workdir, task.class_names, active=layout.process == 0)
+  schedule = build_schedule(cfg)
 
   def save(step):
+    host = nnx.to_pure_dict(layout.first(state))
     ckpt.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(nnx.to_pure_dict(state)),
+        state=ocp.args.StandardSave(_to_saveable(host)),
         meta=ocp.args.JsonSave(dict(fingerprint=fingerprint, config=cfg["name"], step=int(step)))), force=True)
     ckpt.wait_until_finished()
 
-  loader = data.Loader(train_set, cfg["batch_size"], seed=cfg["seed"], start_step=start,
-                       num_steps=cfg["steps"] - start, prefetch=2)
+  loader = layout.loader(task.train_set, task, seed=cfg["seed"], start_step=start, num_steps=cfg["steps"] - start,
+                         prefetch=2)
   bar = None
-  if progress:
+  if progress and layout.process == 0:
     from tqdm import tqdm
     bar = tqdm(total=cfg["steps"], initial=start, desc=cfg["name"], dynamic_ncols=True, file=sys.stdout)
-  window = training.ConfusionMatrix(num_classes)
+  window = training.ConfusionMatrix(cfg["model"]["num_classes"])
   window_loss, window_t0, window_events = [], time.perf_counter(), 0
   step = start
   last = None
   with _Stop() as stop:
     for x, y in loader:
-      state, loss, counts = train_step(state, x, jnp.asarray(y))
+      state, loss, counts = train_step(state, x, y)
       step += 1
-      window.add(counts)
-      window_loss.append(loss)
+      window.add(layout.first(counts))
+      window_loss.append(layout.first(loss))
       window_events += cfg["batch_size"]
       if step % cfg["log_every"] == 0 or step == cfg["steps"]:
         rate = window_events / (time.perf_counter() - window_t0)
-        rec = _record(metrics_path, "train", step, np.mean([float(v) for v in window_loss]), window,
-                      events_per_second=rate)
+        rec = writer.record("train", step, np.mean([float(v) for v in window_loss]), window, events_per_second=rate,
+                            learning_rate=float(schedule(step - 1)))
         if bar is not None:
           bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['nonzero_accuracy']:.3f}", ev_s=f"{rate:.1f}")
-        window = training.ConfusionMatrix(num_classes)
+        window = training.ConfusionMatrix(cfg["model"]["num_classes"])
         window_loss, window_t0, window_events = [], time.perf_counter(), 0
       if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
-        loss_e, cm = evaluate(eval_step, state, eval_set, cfg)
-        last = _record(metrics_path, "eval", step, loss_e, cm)
-        print(f"\neval at step {step}: loss {loss_e:.4f}, non-zero accuracy {cm.nonzero_accuracy():.2%}, "
-              f"mIoU {cm.miou():.3f}\n{_class_table(cfg, cm)}", flush=True)
-        save_confusion_png(workdir / "confusion.png", cm, data.class_names(cfg["data"]["scheme"]))
+        loss_e, cm = evaluate(eval_step, state, task.eval_set, task, layout, cfg)
+        last = writer.record("eval", step, loss_e, cm)
+        if layout.process == 0:
+          table = _class_table(task.class_names, cm) if len(task.class_names) <= 20 else ""
+          print(f"\neval at step {step}: loss {loss_e:.4f}, non-zero accuracy {cm.nonzero_accuracy():.2%}, "
+                f"mIoU {cm.miou():.3f}\n{table}", flush=True)
+          save_confusion_png(workdir / "confusion.png", cm, task.class_names)
       if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
         save(step)
       if bar is not None:
@@ -225,5 +315,6 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, sto
         break
   if bar is not None:
     bar.close()
+  writer.close()
   ckpt.close()
-  return dict(step=step, state=state, eval=last, stopped=stop.signal)
+  return dict(step=step, state=layout.first(state), eval=last, stopped=stop.signal)

@@ -96,10 +96,61 @@ def collate(events: Sequence[dict], *, features: Sequence[str] = ("energy",), la
   return x, y
 
 
+def collate_points(events: Sequence[dict], *, voxel_size: float, features: Sequence[str] = ("points",),
+                   labels: str | None = "labels", buckets: Sequence[int] = DEFAULT_BUCKETS,
+                   capacity: int | None = None, ignore_labels: Sequence[int] = (255,)):
+  """Point clouds -> ``((xyz, batch, feats), labels)`` for point-voxel models such as SPVCNN.
+
+  Args:
+    events: dicts with ``points`` float[P, >=3] (x, y, z first, in metres) and the ``features`` / ``labels`` keys.
+    voxel_size: metres per voxel; ``xyz`` is returned in voxel units (``points[:, :3] / voxel_size``).
+    features: keys whose arrays become the feature columns (default: every column of ``points``).
+    labels: key of the per-point class ids, or None. ignore_labels: ids that become -1 (not trained on).
+    buckets, capacity: point capacity, as in :func:`collate`.
+  Returns:
+    ``xyz`` float32[C, 3], ``batch`` int32[C] (-1 on padding), ``feats`` float32[C, F] and ``labels``
+    int32[C] (-1 on padding and ignored points), or None.
+  """
+  if voxel_size <= 0:
+    raise ValueError(f"voxel_size must be positive, got {voxel_size}.")
+  xyz, batch, feats, labs = [], [], [], []
+  for b, ev in enumerate(events):
+    pts = np.asarray(ev["points"], np.float32)
+    if pts.ndim != 2 or pts.shape[1] < 3:
+      raise ValueError(f"event {b}: points must be [P, >=3] with x, y, z first, got {pts.shape}.")
+    if not np.isfinite(pts[:, :3]).all():
+      raise ValueError(f"event {b}: points hold NaN or infinite coordinates; drop them first.")
+    xyz.append(pts[:, :3] / np.float32(voxel_size))
+    batch.append(np.full(len(pts), b, np.int32))
+    feats.append(_features(ev, features))
+    if labels is not None:
+      lab = np.asarray(ev[labels]).astype(np.int32)
+      if lab.shape != (len(pts),):
+        raise ValueError(f"event {b}: {labels!r} must have one label per point ({len(pts)}), got {lab.shape}.")
+      labs.append(np.where(np.isin(lab, list(ignore_labels)), -1, lab))
+  n = sum(len(v) for v in xyz)
+  if capacity is None:
+    capacity = bucket_capacity(n, buckets)
+  elif capacity < n:
+    raise ValueError(f"capacity {capacity} cannot hold the batch's {n} points; no point is ever dropped.")
+  pad = capacity - n
+  num_features = feats[0].shape[1] if feats else 0
+  out = (np.concatenate(xyz + [np.zeros((pad, 3), np.float32)]),
+         np.concatenate(batch + [np.full(pad, -1, np.int32)]),
+         np.concatenate(feats + [np.zeros((pad, num_features), np.float32)]))
+  if labels is None:
+    return out, None
+  return out, np.concatenate(labs + [np.full(pad, -1, np.int32)])
+
+
+def _rows(event: dict) -> int:
+  return len(event["coords"] if "coords" in event else event["points"])
+
+
 class Loader:
   """Batches of a dataset (anything with ``len`` and ``[i]`` returning event dicts), in a deterministic order.
 
-  Iterating yields ``(x, y)`` as :func:`collate` returns them, or with ``devices > 1`` a pytree whose leaves have
+  Iterating yields ``(x, y)`` as ``collate_fn`` returns them, or with ``devices > 1`` a pytree whose leaves have
   a leading device axis (each device's share collated to the same capacity, ready for ``jax.pmap``).
 
   Args:
@@ -111,12 +162,15 @@ class Loader:
     prefetch: batches prepared ahead on a background thread (0: none).
     transform: optional ``fn(event, rng) -> event`` applied per event (augmentation), with an rng seeded by
       (seed, epoch, event index), so augmented batches are reproducible too.
-    collate_kwargs: passed to :func:`collate`.
+    collate_fn: ``fn(events, capacity=None, **collate_kwargs) -> (x, y)``: :func:`collate` (voxel events with
+      ``coords``), :func:`collate_points` (point clouds with ``points``) or your own.
+    collate_kwargs: passed to ``collate_fn``.
   """
 
   def __init__(self, dataset, batch_size: int, *, seed: int = 0, shuffle: bool = True, start_step: int = 0,
                num_steps: int | None = None, process_index: int = 0, process_count: int = 1, devices: int = 1,
-               prefetch: int = 2, transform: Callable | None = None, **collate_kwargs):
+               prefetch: int = 2, transform: Callable | None = None, collate_fn: Callable = collate,
+               **collate_kwargs):
     if batch_size < 1 or batch_size % devices:
       raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of devices ({devices}).")
     if not 0 <= process_index < process_count:
@@ -127,7 +181,8 @@ class Loader:
     self.dataset, self.batch_size, self.seed, self.shuffle = dataset, batch_size, seed, shuffle
     self.start_step, self.num_steps = start_step, num_steps
     self.process_index, self.process_count, self.devices = process_index, process_count, devices
-    self.prefetch, self.transform, self.collate_kwargs = prefetch, transform, collate_kwargs
+    self.prefetch, self.transform = prefetch, transform
+    self.collate_fn, self.collate_kwargs = collate_fn, collate_kwargs
     self.steps_per_epoch = len(dataset) // global_batch  # the incomplete last global batch is dropped
 
   def indices(self, step: int) -> np.ndarray:
@@ -148,16 +203,16 @@ class Loader:
         ev = self.transform(ev, np.random.default_rng([self.seed, epoch, int(i)]))
       events.append(ev)
     if self.devices == 1:
-      return collate(events, **self.collate_kwargs)
+      return self.collate_fn(events, **self.collate_kwargs)
     per = self.batch_size // self.devices
     shares = [events[d * per:(d + 1) * per] for d in range(self.devices)]
     kwargs = dict(self.collate_kwargs)
     if "capacity" not in kwargs:  # one capacity for all devices, so the shares stack
-      largest = max(sum(len(ev["coords"]) for ev in share) for share in shares)
+      largest = max(sum(_rows(ev) for ev in share) for share in shares)
       kwargs["capacity"] = bucket_capacity(largest, kwargs.pop("buckets", DEFAULT_BUCKETS))
     else:
       kwargs.pop("buckets", None)
-    parts = [collate(share, **kwargs) for share in shares]
+    parts = [self.collate_fn(share, **kwargs) for share in shares]
     return jax.tree.map(lambda *leaves: np.stack([np.asarray(v) for v in leaves]), *parts)
 
   def __iter__(self) -> Iterator:

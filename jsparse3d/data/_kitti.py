@@ -103,6 +103,21 @@ def voxelize(points: np.ndarray, voxel_size: float = 0.05):
   return coords, inverse.reshape(-1).astype(np.int32)
 
 
+def scan_to_voxels(scan: dict, voxel_size: float = 0.05, *, ignore_labels=(IGNORE,)) -> dict:
+  """A scan -> a voxel event for sparse networks (MinkUNet): one row per occupied voxel.
+
+  Each voxel takes the features (x, y, z, remission) and label of the first of its points in scan order, as
+  SPVNAS's quantization does; ``ignore_labels`` become -1. Returns ``coords`` int32[M, 3], ``feats``
+  float32[M, 4], ``labels`` int32[M] and ``inverse`` int32[N] (each point's voxel row, for per-point predictions).
+  """
+  coords, inverse = voxelize(scan["points"], voxel_size)
+  first = np.full(len(coords), len(inverse), np.int64)
+  np.minimum.at(first, inverse, np.arange(len(inverse)))
+  labels = np.asarray(scan["labels"], np.int32)[first]
+  return {"coords": coords, "feats": np.asarray(scan["points"], np.float32)[first],
+          "labels": np.where(np.isin(labels, list(ignore_labels)), -1, labels).astype(np.int32), "inverse": inverse}
+
+
 class SemanticKittiDataset:
   """Scans of a SemanticKITTI split: ``root/sequences/<seq>/velodyne/<frame>.bin`` and ``labels/<frame>.label``.
 

@@ -9,6 +9,7 @@ from jsparse3d.nn._layers import Dropout as Dropout
 from jsparse3d.nn._layers import Linear as Linear
 from jsparse3d.nn._layers import SparseConv3d as SparseConv3d
 from jsparse3d.nn._layers import SparseConvTranspose3d as SparseConvTranspose3d
+from jsparse3d.nn._layers import sync_batch_norm as sync_batch_norm
 from jsparse3d.nn._macs import count_macs as count_macs
 from jsparse3d.ops import cat as cat
 from jsparse3d.ops import gelu as gelu

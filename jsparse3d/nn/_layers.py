@@ -92,28 +92,68 @@ class BatchNorm(nnx.Module):
   Works on a SparseTensor (its valid rows) or on a ``[N, C]`` array with ``mask`` (``bool[N]``). Training mode
   updates the running averages (PyTorch's momentum 0.1 is ``momentum=0.9`` here); ``use_running_average=True``
   (or :func:`flax.nnx.Module.eval`) normalizes with them.
+
+  With ``axis_name`` (under ``jax.pmap`` or ``shard_map``) the statistics are those of the valid rows of all
+  devices together: sums and counts are ``psum``-ed, so devices holding different numbers of voxels still agree
+  with one device holding the whole batch. Statistics are float32 whatever the input dtype; the variance is the
+  biased one (as PyTorch's normalisation and flax's running average use).
   """
 
   def __init__(self, num_features: int, *, momentum: float = 0.9, epsilon: float = 1e-5, dtype=None,
                param_dtype=jnp.float32, axis_name: str | None = None, rngs: nnx.Rngs):
+    # flax's module holds the parameters and running statistics (and the settings sync_batch_norm edits).
     self.norm = nnx.BatchNorm(num_features, momentum=momentum, epsilon=epsilon, dtype=dtype,
                               param_dtype=param_dtype, axis_name=axis_name, rngs=rngs)
 
   def __call__(self, x, *, mask=None, use_running_average: bool | None = None):
     if isinstance(x, SparseTensor):
-      out = self._norm(x.feats, use_running_average, x.valid_mask[:, None])
-      return _zero_padding(x, out.astype(x.feats.dtype))
+      return _zero_padding(x, self._norm(x.feats, x.valid_mask, use_running_average).astype(x.feats.dtype))
     if mask is None:
       raise ValueError("BatchNorm on a plain array needs mask= (bool [N], True on valid rows); pass a SparseTensor "
                        "to use its valid rows.")
-    out = self._norm(x, use_running_average, mask[:, None])
+    out = self._norm(x, mask, use_running_average)
     return jnp.where(mask[:, None], out, jnp.zeros((), out.dtype)).astype(x.dtype)
 
+  def _norm(self, x, mask, use_running_average):
+    bn = self.norm
+    if use_running_average is None:
+      use_running_average = bn.use_running_average
+    if use_running_average:
+      mean, var = bn.mean[...].astype(jnp.float32), bn.var[...].astype(jnp.float32)
+    else:
+      xf = jnp.where(mask[:, None], x.astype(jnp.float32), 0.0)
+      sums = jnp.stack([jnp.sum(xf, axis=0), jnp.sum(xf * xf, axis=0)])
+      count = jnp.sum(mask).astype(jnp.float32)
+      if bn.axis_name is not None:
+        sums, count = jax.lax.psum((sums, count), bn.axis_name)
+      count = jnp.maximum(count, 1.0)  # no valid rows: zero statistics, not NaN
+      mean = sums[0] / count
+      var = jnp.maximum(sums[1] / count - mean * mean, 0.0)
+      m = bn.momentum
+      bn.mean[...] = jax.lax.stop_gradient(m * bn.mean[...] + (1 - m) * mean.astype(bn.mean.dtype))
+      bn.var[...] = jax.lax.stop_gradient(m * bn.var[...] + (1 - m) * var.astype(bn.var.dtype))
+    scale = jax.lax.rsqrt(var + bn.epsilon)
+    if bn.scale is not None:
+      scale = scale * bn.scale[...].astype(jnp.float32)
+    shift = -mean * scale
+    if bn.bias is not None:
+      shift = shift + bn.bias[...].astype(jnp.float32)
+    dtype = bn.dtype or x.dtype
+    return (x.astype(jnp.float32) * scale[None, :] + shift[None, :]).astype(dtype)
 
-  def _norm(self, x, use_running_average, mask):
-    # flax's BatchNorm promotes bfloat16 inputs with float32 implicitly, which strict promotion refuses.
-    with jax.numpy_dtype_promotion("standard"):
-      return self.norm(x, use_running_average, mask=mask)
+
+def sync_batch_norm(module: nnx.Module, axis_name: str | None) -> nnx.Module:
+  """Sets ``axis_name`` on every batch norm in ``module`` (in place; returns it), for data-parallel training.
+
+  The analogue of PyTorch's ``SyncBatchNorm.convert_sync_batchnorm``: call it before ``nnx.split`` and run the
+  model under ``jax.pmap(..., axis_name=axis_name)``; ``None`` makes the statistics per-device again. Sparse
+  batch norms then sum over the valid rows of all devices; flax's dense ``nnx.BatchNorm`` (PVCNN, the dense
+  U-ResNet) averages the per-device means, which is the same thing there since every device holds equal counts.
+  """
+  for _, m in nnx.iter_modules(module):
+    if isinstance(m, nnx.BatchNorm):
+      m.axis_name = axis_name
+  return module
 
 
 class Linear(nnx.Module):

@@ -1,9 +1,11 @@
 """Train and eval step builders for a Flax NNX model and an optax optimizer, jitted or pmapped.
 
 The steps are pure functions of ``state = nnx.state((model, optimizer))``: they merge it with a graph definition,
-run, and return the new state, so the same code runs under ``jax.jit`` (one device) and ``jax.pmap`` (gradients
-averaged with ``lax.pmean``; build the model's BatchNorms with the same ``axis_name`` to synchronise their
-statistics across devices).
+run, and return the new state, so the same code runs under ``jax.jit`` (one device) and ``jax.pmap``. Under pmap
+each device's loss is its share of the global batch's loss, so summing losses and gradients over devices gives
+exactly the loss and gradient of one device holding the whole batch; call
+:func:`jsparse3d.nn.sync_batch_norm` with the same ``axis_name`` before ``nnx.split`` so that batch norms use the
+statistics of the global batch too.
 """
 
 from __future__ import annotations
@@ -11,41 +13,54 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
-from jsparse3d.training._losses import segmentation_loss
+from jsparse3d.training._losses import segmentation_loss_terms
 from jsparse3d.training._metrics import confusion_matrix
 
 
 def sparse_logits(model, x):
-  """The default forward: per-voxel logits of a model that maps a SparseTensor to a SparseTensor."""
-  return model(x).feats
+  """The default forward: per-voxel logits of a model that maps a SparseTensor to a SparseTensor, and the event
+  index of each voxel."""
+  return model(x).feats, x.coords[:, 0]
+
+
+def _loss(logits, labels, events, num_events, class_weights, axis_name):
+  """The batch loss, or under pmap this device's share of the global batch's loss."""
+  total, present = segmentation_loss_terms(logits, labels, events, num_events, class_weights=class_weights,
+                                           axis_name=axis_name)
+  if axis_name is not None:
+    present = jax.lax.psum(present, axis_name)
+  return total / jnp.maximum(present, 1.0)
 
 
 def make_train_step(graphdef, *, num_classes: int, num_events: int, class_weights=None,
                     forward: Callable = sparse_logits, axis_name: str | None = None):
-  """``step(state, x, labels) -> (state, loss, confusion int32[K, K])``.
+  """``step(state, x, labels) -> (state, loss, confusion int32[K, K])``; ``labels`` are flattened to the rows of
+  the logits (so ``[B, N]`` labels of fixed-size clouds work as well as ``[N]``).
 
   Args:
     graphdef: from ``nnx.split((model, optimizer))`` with the model in training mode.
     num_classes, num_events: static (events per device batch). class_weights: as in :func:`segmentation_loss`.
-    forward: ``forward(model, x) -> logits [N, K]``; events are read from ``x.coords[:, 0]``.
+    forward: ``forward(model, x) -> (logits [N, K], events int [N])``, the event index of each row.
     axis_name: None for ``jax.jit``; a name for ``jax.pmap`` (the step is then pmapped over it).
   """
 
   def step(state, x, labels):
+    labels = labels.reshape(-1)
     model, optimizer = nnx.merge(graphdef, state)
 
     def loss_fn(model):
-      logits = forward(model, x)
-      loss = segmentation_loss(logits, labels, x.coords[:, 0], num_events, class_weights=class_weights)
+      logits, events = forward(model, x)
+      loss = _loss(logits, labels, events, num_events, class_weights, axis_name)
       return loss, logits
 
     (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     cm = confusion_matrix(logits, labels, num_classes)
     if axis_name is not None:
-      grads = jax.lax.pmean(grads, axis_name)
-      loss = jax.lax.pmean(loss, axis_name)
+      grads = jax.lax.psum(grads, axis_name)
+      loss = jax.lax.psum(loss, axis_name)
       cm = jax.lax.psum(cm, axis_name)
     with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats with int32 step counts
       optimizer.update(model, grads)
@@ -64,12 +79,13 @@ def make_eval_step(graphdef, *, num_classes: int, num_events: int, forward: Call
   """
 
   def step(state, x, labels):
+    labels = labels.reshape(-1)
     model, _ = nnx.merge(graphdef, state)
-    logits = forward(model, x)
-    loss = segmentation_loss(logits, labels, x.coords[:, 0], num_events)
+    logits, events = forward(model, x)
+    loss = _loss(logits, labels, events, num_events, None, axis_name)
     cm = confusion_matrix(logits, labels, num_classes)
     if axis_name is not None:
-      loss = jax.lax.pmean(loss, axis_name)
+      loss = jax.lax.psum(loss, axis_name)
       cm = jax.lax.psum(cm, axis_name)
     return loss, cm
 

@@ -1,0 +1,149 @@
+"""Point-cloud data: the synthetic LiDAR ray cast, synthetic part shapes, the ShapeNet-part reader, point batching."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jsparse3d import data
+from jsparse3d.data import _lidar
+from jsparse3d.data import _shapes
+from jsparse3d.data._kitti import CLASS_NAMES
+
+
+def _march(d, inside, t_max=60.0, step=1e-3):
+  """Brute force: the first distance along unit ray ``d`` where ``inside(points)`` holds (inf if none)."""
+  t = np.arange(step, t_max, step)
+  hit = inside(t[:, None] * d[None, :])
+  return t[np.argmax(hit)] if hit.any() else np.inf
+
+
+def test_ray_casts_match_marching_along_the_rays(rng):
+  d = rng.standard_normal((40, 3))
+  d /= np.linalg.norm(d, axis=1, keepdims=True)
+  box = (np.array([2.0, -1.0, -1.5]), np.array([4.0, 1.5, 0.5]), 0)
+  cyl = (1.0, 2.0, 0.7, -1.0, 2.0, 0)
+  sph = (np.array([-2.0, 1.0, 0.5]), 1.2, 0)
+  tb = _lidar._ray_boxes(d, [box])[:, 0]
+  tc = _lidar._ray_cylinders(d, [cyl])[:, 0]
+  ts = _lidar._ray_spheres(d, [sph])[:, 0]
+  assert np.isfinite(tb).sum() >= 2 and np.isfinite(tc).sum() >= 2 and np.isfinite(ts).sum() >= 2
+  for i in range(len(d)):
+    want_b = _march(d[i], lambda p: np.all((p >= box[0]) & (p <= box[1]), axis=1))
+    want_c = _march(d[i], lambda p: ((p[:, 0] - 1.0) ** 2 + (p[:, 1] - 2.0) ** 2 <= 0.49) & (p[:, 2] >= -1.0)
+                    & (p[:, 2] <= 2.0))
+    want_s = _march(d[i], lambda p: np.sum((p - sph[0]) ** 2, axis=1) <= 1.44)
+    for got, want in ((tb[i], want_b), (ts[i], want_s)):
+      assert (np.isinf(got) and np.isinf(want)) or abs(got - want) < 2e-3
+    # the cylinder cast sees the side surface only: a ray entering through a cap is a miss there
+    if np.isfinite(tc[i]):
+      assert abs(tc[i] - want_c) < 2e-3
+
+
+def test_synthetic_lidar_scan_looks_like_a_semantickitti_scan():
+  scan = data.synthetic_lidar_scan(3, beams=32, azimuths=256, max_range=40.0)
+  again = data.synthetic_lidar_scan(3, beams=32, azimuths=256, max_range=40.0)
+  np.testing.assert_array_equal(scan["points"], again["points"])
+  pts, labels = scan["points"], scan["labels"]
+  assert pts.dtype == np.float32 and pts.shape[1] == 4 and labels.shape == (len(pts),)
+  assert len(pts) <= 32 * 256
+  assert np.linalg.norm(pts[:, :3], axis=1).max() < 40.0 + 0.2
+  assert 0 <= pts[:, 3].min() and pts[:, 3].max() <= 1
+  assert set(np.unique(labels)) <= set(range(len(CLASS_NAMES)))
+  ground = np.isin(labels, [CLASS_NAMES.index(c) for c in ("road", "parking", "sidewalk", "terrain")])
+  assert np.abs(pts[ground, 2] + _lidar.SENSOR_HEIGHT).max() < 0.15  # range noise only
+  counts = np.bincount(labels, minlength=len(CLASS_NAMES))
+  for name in ("road", "sidewalk", "car", "building"):
+    assert counts[CLASS_NAMES.index(name)] > 0, name
+  assert not np.array_equal(pts, data.synthetic_lidar_scan(4, beams=32, azimuths=256, max_range=40.0)["points"])
+  with pytest.raises(ValueError, match="positive"):
+    data.synthetic_lidar_scan(0, beams=0)
+
+
+def test_scan_to_voxels_keeps_the_first_point_of_each_voxel(rng):
+  pts = np.concatenate([rng.uniform(-2, 2, (300, 3)), rng.uniform(0, 1, (300, 1))], axis=1).astype(np.float32)
+  labels = rng.integers(0, 19, 300).astype(np.int32)
+  labels[::7] = 255
+  ev = data.scan_to_voxels({"points": pts, "labels": labels}, voxel_size=0.5)
+  first = {}
+  for i, cell in enumerate(map(tuple, np.floor(pts[:, :3] / 0.5).astype(int))):
+    first.setdefault(cell, i)
+  assert len(ev["coords"]) == len(first)
+  for row, cell in enumerate(map(tuple, ev["coords"])):
+    i = first[cell]
+    np.testing.assert_array_equal(ev["feats"][row], pts[i])
+    assert ev["labels"][row] == (-1 if labels[i] == 255 else labels[i])
+  np.testing.assert_array_equal(ev["coords"][ev["inverse"]], np.floor(pts[:, :3] / 0.5).astype(np.int32))
+
+
+def test_collate_points_pads_and_ignores(rng):
+  events = [{"points": rng.standard_normal((n, 4)).astype(np.float32), "labels": rng.integers(0, 3, n)}
+            for n in (5, 9)]
+  events[1]["labels"][2] = 255
+  (xyz, batch, feats), labels = data.collate_points(events, voxel_size=0.5, capacity=16)
+  assert xyz.shape == (16, 3) and batch.shape == (16,) and feats.shape == (16, 4) and labels.shape == (16,)
+  np.testing.assert_allclose(xyz[:5], events[0]["points"][:, :3] / 0.5)
+  np.testing.assert_array_equal(feats[5:14], events[1]["points"])
+  np.testing.assert_array_equal(batch, [0] * 5 + [1] * 9 + [-1] * 2)
+  assert labels[5 + 2] == -1 and (labels[14:] == -1).all() and (xyz[14:] == 0).all()
+  with pytest.raises(ValueError, match="cannot hold"):
+    data.collate_points(events, voxel_size=0.5, capacity=8)
+  loader = data.Loader(events * 2, 2, devices=2, collate_fn=data.collate_points, voxel_size=0.5, prefetch=0,
+                       num_steps=1, shuffle=False)
+  (xyz2, batch2, _), labels2 = next(iter(loader))
+  assert xyz2.shape[0] == 2 and xyz2.shape[1] == batch2.shape[1] >= 9  # one capacity for both devices
+  np.testing.assert_array_equal(batch2[1, :9], 0)
+
+
+def test_synthetic_part_shapes_have_the_shapenet_layout():
+  assert _shapes.NUM_PARTS == 50 and len(_shapes.CATEGORIES) == 16
+  for seed in range(12):
+    ev = data.synthetic_part_shape(seed, num_points=512)
+    pts, labels, c = ev["points"], ev["labels"], ev["shape"]
+    assert pts.shape == (512, 6) and labels.shape == (512,)
+    assert np.linalg.norm(pts[:, :3], axis=1).max() == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(pts[:, :3].mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(pts[:, 3:], axis=1), 1, atol=1e-5)
+    lo = _shapes.PART_OFFSETS[c]
+    assert lo <= labels.min() and labels.max() < lo + _shapes.PARTS_PER_CATEGORY[c]
+  np.testing.assert_array_equal(data.synthetic_part_shape(5)["points"], data.synthetic_part_shape(5)["points"])
+  (points, one_hot), labels = data.collate_shapes([data.synthetic_part_shape(s, num_points=64) for s in range(3)])
+  assert points.shape == (3, 64, 6) and labels.shape == (3, 64) and one_hot.sum() == 3
+  with pytest.raises(ValueError, match="different point counts"):
+    data.collate_shapes([data.synthetic_part_shape(0, num_points=64), data.synthetic_part_shape(1, num_points=32)])
+
+
+def _write_release(root, rng):
+  (root / "train_test_split").mkdir(parents=True)
+  (root / "synsetoffset2category.txt").write_text("Bag\t02773838\nMug\t03797390\n")
+  entries = []
+  for synset, c in (("02773838", 1), ("03797390", 11)):
+    (root / synset).mkdir()
+    for m in range(2):
+      n = 40 + 30 * m
+      rows = np.concatenate([rng.standard_normal((n, 6)), _shapes.PART_OFFSETS[c] + rng.integers(0, 2, (n, 1))], 1)
+      np.savetxt(root / synset / f"model{m}.txt", rows)
+      entries.append(f"shape_data/{synset}/model{m}")
+  (root / "train_test_split" / "shuffled_train_file_list.json").write_text(json.dumps(entries))
+
+
+def test_shapenet_part_reader(tmp_path, rng):
+  _write_release(tmp_path, rng)
+  ds = data.ShapeNetPart(tmp_path, "train", num_points=50)
+  assert len(ds) == 4
+  ev = ds[2]
+  assert ev["shape"] == 11 and ev["points"].shape == (50, 6)
+  rows = np.loadtxt(tmp_path / "03797390" / "model0.txt")  # 40 rows: resampled with replacement to 50
+  picked = {tuple(np.round(r, 4)) for r in ev["points"]}
+  assert picked <= {tuple(np.round(r, 4)) for r in rows[:, :6].astype(np.float32)}
+  np.testing.assert_array_equal(ds[2]["points"], ev["points"])  # an index always gives the same points
+  assert set(np.unique(ds[0]["labels"])) <= {4, 5}
+  with pytest.raises(FileNotFoundError, match="val"):
+    data.ShapeNetPart(tmp_path, "val")
+  with pytest.raises(FileNotFoundError, match="synsetoffset2category"):
+    data.ShapeNetPart(tmp_path / "nowhere")
+  bad = np.loadtxt(tmp_path / "02773838" / "model0.txt")
+  bad[0, 6] = 30
+  np.savetxt(tmp_path / "02773838" / "model0.txt", bad)
+  with pytest.raises(ValueError, match="outside Bag's parts"):
+    ds[0]

@@ -1,0 +1,142 @@
+"""What a config's ``model`` and ``data`` sections build: the model, the datasets, how events become batches, and
+how a batch becomes per-row logits and event ids for the loss.
+
+Model kinds: UResNet, MinkUNet (voxel events), SPVCNN (point clouds), PVCNN (fixed-size part-segmentation clouds).
+Data kinds: synthetic_lartpc, larcv3 (PILArNet files), semantickitti, synthetic_lidar, shapenet_part,
+synthetic_shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Callable
+
+import jax.numpy as jnp
+import numpy as np
+
+from jsparse3d import data
+from jsparse3d import models
+from jsparse3d import training
+from jsparse3d.data import _kitti
+from jsparse3d.data import _shapes
+
+# model kind -> the data kinds it can train on
+_DATA_FOR = {
+    "UResNet": ("synthetic_lartpc", "larcv3"),
+    "MinkUNet": ("semantickitti", "synthetic_lidar"),
+    "SPVCNN": ("semantickitti", "synthetic_lidar"),
+    "PVCNN": ("shapenet_part", "synthetic_shapes"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """Everything model- and data-specific that the trainer needs."""
+  train_set: object
+  eval_set: object
+  class_names: tuple
+  collate_fn: Callable
+  collate_kwargs: dict
+  forward: Callable  # (model, x) -> (logits [N, K], events int [N])
+  transform: Callable | None = None  # per-event, applied by the loader
+
+
+def build_model(cfg, *, rngs):
+  spec = dict(cfg["model"])
+  kind = spec.pop("kind")
+  if kind not in _DATA_FOR:
+    raise ValueError(f"config {cfg['name']!r}: model.kind {kind!r} is not one of {sorted(_DATA_FOR)}.")
+  try:
+    return getattr(models, kind)(**spec, rngs=rngs)
+  except TypeError as e:
+    raise ValueError(f"config {cfg['name']!r}: the model section does not fit {kind} ({e}).") from None
+
+
+def _points_forward(model, x):
+  xyz, batch, feats = x
+  return model(xyz, batch, feats), batch
+
+
+def _shapes_forward(model, x):
+  points, one_hot = x
+  logits = model(points, one_hot)
+  b, n, k = logits.shape
+  return logits.reshape(b * n, k), jnp.repeat(jnp.arange(b, dtype=jnp.int32), n)
+
+
+def _voxels(scan, rng, *, voxel_size):
+  del rng
+  return _kitti.scan_to_voxels(scan, voxel_size)
+
+
+def _existing(cfg, key) -> Path:
+  value = cfg["data"].get(key)
+  if not value:
+    raise ValueError(f"config {cfg['name']!r}: data kind {cfg['data']['kind']!r} needs data.{key} (a path); set "
+                     f"it with --set data.{key}=PATH, or train on synthetic data with --set data.kind=...")
+  path = Path(value)
+  if not path.exists():
+    raise FileNotFoundError(f"config {cfg['name']!r}: data.{key} = {value} does not exist; point it at the data "
+                            f"with --set data.{key}=PATH (or use the synthetic data kind of this model).")
+  return path
+
+
+def build_task(cfg) -> Task:
+  """The datasets and batching of ``cfg`` (clear errors for mismatched kinds and missing paths)."""
+  d, kind, model = cfg["data"], cfg["data"]["kind"], cfg["model"]["kind"]
+  allowed = _DATA_FOR.get(model, ())
+  if kind not in allowed:
+    raise ValueError(f"config {cfg['name']!r}: model {model} trains on data kinds {list(allowed)}, not {kind!r}.")
+  syn = d.get("synthetic", {})
+  if kind == "synthetic_lartpc":
+    kw = dict(size=d["size"], scheme=d["scheme"])
+    sets = (data.SyntheticLArTPC(syn["train_events"], seed=syn["train_seed"], **kw),
+            data.SyntheticLArTPC(syn["eval_events"], seed=syn["eval_seed"], **kw))
+  elif kind == "larcv3":
+    kw = dict(sparse3d=d["sparse3d"], labels=d["labels"])
+    sets = (data.Larcv3Dataset(_existing(cfg, "train_path"), **kw),
+            data.Larcv3Dataset(_existing(cfg, "eval_path"), **kw))
+  elif kind == "semantickitti":
+    root = _existing(cfg, "root")
+    sets = (data.SemanticKittiDataset(root, "train", label_map="spvnas"),
+            data.SemanticKittiDataset(root, "val", label_map="spvnas"))
+  elif kind == "synthetic_lidar":
+    kw = dict(beams=syn["beams"], azimuths=syn["azimuths"])
+    sets = (data.SyntheticLidar(syn["train_events"], seed=syn["train_seed"], **kw),
+            data.SyntheticLidar(syn["eval_events"], seed=syn["eval_seed"], **kw))
+  elif kind == "shapenet_part":
+    root = _existing(cfg, "root")
+    sets = (data.ShapeNetPart(root, "train", num_points=d["num_points"]),
+            data.ShapeNetPart(root, "val", num_points=d["num_points"]))
+  else:  # synthetic_shapes
+    sets = (data.SyntheticShapeParts(syn["train_events"], seed=syn["train_seed"], num_points=d["num_points"]),
+            data.SyntheticShapeParts(syn["eval_events"], seed=syn["eval_seed"], num_points=d["num_points"]))
+
+  if model == "UResNet":
+    names = data.class_names(d["scheme"])
+    return Task(*sets, names, data.collate, dict(features=("energy",)), training.sparse_logits)
+  if model == "MinkUNet":
+    transform = functools.partial(_voxels, voxel_size=d["voxel_size"])
+    return Task(*sets, _kitti.CLASS_NAMES, data.collate, dict(features=("feats",)), training.sparse_logits,
+                transform)
+  if model == "SPVCNN":
+    return Task(*sets, _kitti.CLASS_NAMES, data.collate_points, dict(voxel_size=d["voxel_size"]), _points_forward)
+  names = tuple(f"{_shapes.CATEGORIES[c]}/{j}" for c, n in enumerate(_shapes.PARTS_PER_CATEGORY) for j in range(n))
+  return Task(*sets, names, data.collate_shapes, {}, _shapes_forward)
+
+
+def check_classes(cfg, task: Task) -> None:
+  if cfg["model"]["num_classes"] != len(task.class_names):
+    raise ValueError(f"config {cfg['name']!r}: model.num_classes is {cfg['model']['num_classes']} but the data has "
+                     f"{len(task.class_names)} classes.")
+
+
+def events_of(x) -> int:
+  """How many events a collated batch holds (for the events/s rate)."""
+  if isinstance(x, tuple) and len(x) == 3:  # points: (xyz, batch, feats)
+    return int(np.max(np.asarray(x[1]), initial=-1)) + 1
+  if isinstance(x, tuple):  # shapes
+    return int(np.asarray(x[0]).shape[0])
+  return int(x.batch_size)
