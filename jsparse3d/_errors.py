@@ -17,6 +17,7 @@ CAPACITY_OVERFLOW = 1
 OUT_OF_RANGE = 2
 DUPLICATE_COORDS = 4
 COORDS_MISMATCH = 8
+TABLE_FULL = 16
 
 _MESSAGES = {
     CAPACITY_OVERFLOW: (
@@ -31,6 +32,9 @@ _MESSAGES = {
     COORDS_MISMATCH: (
         "coordinate mismatch: tensors combined row by row (cat, add) do not hold the same coordinates. Combine "
         "only tensors that share coordinates, e.g. a skip connection and the transposed conv that returns to it."),
+    TABLE_FULL: (
+        "hash table full: a GPU hash-table insert or probe ran past its step limit, so some coordinates may be "
+        "missing from the index. This should not happen at the table's 2x load; please report it with the input."),
 }
 
 

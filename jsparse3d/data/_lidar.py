@@ -111,12 +111,14 @@ def _ray_boxes(d, boxes):
     return np.full((len(d), 0), np.inf)
   lo = np.stack([b[0] for b in boxes])  # [M, 3]
   hi = np.stack([b[1] for b in boxes])
-  with np.errstate(divide="ignore", invalid="ignore"):
-    inv = 1.0 / d  # [R, 3]
-    t0 = lo[None] * inv[:, None]
-    t1 = hi[None] * inv[:, None]
-  near = np.nanmax(np.minimum(t0, t1), axis=2)
-  far = np.nanmin(np.maximum(t0, t1), axis=2)
+  near = np.full((len(d), len(boxes)), -np.inf)
+  far = np.full((len(d), len(boxes)), np.inf)
+  for axis in range(3):  # slabs; a ray parallel to one gets a tiny direction instead of 0 (no NaN from 0 * inf)
+    da = d[:, axis]
+    inv = 1.0 / np.where(np.abs(da) < 1e-12, 1e-12, da)
+    t0, t1 = np.multiply.outer(inv, lo[:, axis]), np.multiply.outer(inv, hi[:, axis])
+    np.maximum(near, np.minimum(t0, t1), out=near)
+    np.minimum(far, np.maximum(t0, t1), out=far)
   return np.where((near <= far) & (near > 0), near, np.inf)
 
 

@@ -1,0 +1,36 @@
+"""The one place that pins how the kernels are compiled: the Pallas backend (Triton), its launch parameters and
+the supported jax range.
+
+Every ``pallas_call`` in this package passes :func:`compiler_params`, which selects Triton (without it jax 0.10
+lowers GPU kernels with Mosaic GPU) and gives warps and pipeline stages. On a CPU backend the kernels run in
+Pallas interpret mode (for tests); nothing here queries a GPU at import time.
+"""
+
+from __future__ import annotations
+
+import jax
+from jax.experimental.pallas import triton as pl_triton
+
+SUPPORTED_JAX = ((0, 10, 2), (0, 12, 0))  # [lowest, first unsupported): 0.10 here, 0.11 on the GPU image
+
+
+def check_jax_version(version: str = jax.__version__) -> None:
+  parts = tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+  lo, hi = SUPPORTED_JAX
+  if not lo <= parts < hi:
+    raise RuntimeError(f"pallas_kernels supports jax >= {'.'.join(map(str, lo))} and < {'.'.join(map(str, hi))}, "
+                       f"found {version}; install a jax in that range.")
+
+
+def compiler_params(num_warps: int, num_stages: int) -> pl_triton.CompilerParams:
+  """Triton launch parameters (their presence is what selects the Triton lowering)."""
+  return pl_triton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+
+
+def interpret(interpret: bool | None) -> bool:
+  """``None`` runs in interpret mode exactly when the default backend is the CPU."""
+  return jax.default_backend() == "cpu" if interpret is None else bool(interpret)
+
+
+def next_pow2(n: int, minimum: int = 1) -> int:
+  return max(minimum, 1 << (max(int(n), 1) - 1).bit_length())

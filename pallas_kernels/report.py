@@ -1,0 +1,124 @@
+"""``python -m pallas_kernels.report``: compile every kernel for sm_80 and sm_90 on this machine (no GPU needed)
+and print registers, spills, shared memory and a static roofline per kernel.
+
+Each kernel is built at its default block sizes and at one other configuration, on representative shapes
+(a 4,096-row tensor, a 3^3 kernel, 32 channels; 8,192 points for devoxelization). The roofline columns are per
+output row (per point for devoxelization, per inserted or queried row for the hash table) at the default block
+sizes, counting every byte a program moves to or from global memory once (no cache reuse) and the FLOPs its dots
+execute, including the zero rows of missing neighbours; ``AI`` is FLOPs per byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pallas_kernels import _aot
+from pallas_kernels.conv import api as conv_api
+from pallas_kernels.devoxelize import api as devox_api
+from pallas_kernels.hash import api as hash_api
+
+ROWS, K, CHANNELS, POINTS = 4096, 27, 32, 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  kernel: str  # what the report calls it
+  config: str  # block sizes, in words
+  default: bool
+  fn: object
+  args: tuple
+
+
+def _inputs(c_in=CHANNELS, c_out=CHANNELS, dtype=jnp.float32):
+  x = jax.ShapeDtypeStruct((ROWS, c_in), dtype)
+  w = jax.ShapeDtypeStruct((K, c_in, c_out), dtype)
+  dy = jax.ShapeDtypeStruct((ROWS, c_out), dtype)
+  nbr = jax.ShapeDtypeStruct((ROWS, K), jnp.int32)
+  return x, w, dy, nbr
+
+
+def cases() -> list[Case]:
+  x, w, dy, nbr = _inputs()
+  coords = jax.ShapeDtypeStruct((ROWS, 4), jnp.int32)
+  offsets = np.array([[i - 1, j - 1, k - 1] for i in range(3) for j in range(3) for k in range(3)], np.int32)
+  default_conv = conv_api.BlockSizes.for_channels(CHANNELS, CHANNELS)
+  other_conv = conv_api.BlockSizes(rows=64, out_channels=16, wgrad_splits=4, num_warps=4, num_stages=3)
+  out = []
+  for bs, is_default in ((default_conv, True), (other_conv, False)):
+    label = f"rows {bs.rows}, out ch {bs.out_channels}, warps {bs.num_warps}, stages {bs.num_stages}"
+    out.append(Case("sparse_conv_forward", label, is_default,
+                    lambda x, w, n, bs=bs: conv_api.conv_forward(x, w, n, block_sizes=bs, interpret=False),
+                    (x, w, nbr)))
+    out.append(Case("sparse_conv_wgrad", label + f", splits {bs.wgrad_splits}", is_default,
+                    lambda x, d, n, bs=bs: conv_api.conv_wgrad(x, d, n, block_sizes=bs, interpret=False),
+                    (x, dy, nbr)))
+  xb, wb, _, _ = _inputs(dtype=jnp.bfloat16)
+  out.append(Case("sparse_conv_forward", "bfloat16, defaults", False,
+                  lambda x, w, n: conv_api.conv_forward(x, w, n, interpret=False), (xb, wb, nbr)))
+  for bs, is_default in ((hash_api.BlockSizes(), True), (hash_api.BlockSizes(build_rows=64, query_rows=64,
+                                                                              num_warps=2), False)):
+    label = f"build rows {bs.build_rows}, query rows {bs.query_rows}, warps {bs.num_warps}"
+    out.append(Case("hash_build + hash_query", label, is_default,
+                    lambda c, bs=bs: hash_api.query_table(
+                        hash_api.build_table(c, ROWS, block_sizes=bs, interpret=False), c, offsets,
+                        block_sizes=bs, interpret=False)[0], (coords,)))
+  feats = jax.ShapeDtypeStruct((ROWS, CHANNELS), jnp.float32)
+  xyz = jax.ShapeDtypeStruct((POINTS, 3), jnp.float32)
+  batch = jax.ShapeDtypeStruct((POINTS,), jnp.int32)
+  for bs, is_default in ((devox_api.BlockSizes(), True), (devox_api.BlockSizes(points=16, voxels=32), False)):
+    label = f"points {bs.points}, voxels {bs.voxels}, warps {bs.num_warps}"
+
+    def grad(c, f, p, b, bs=bs):
+      table = hash_api.build_table(c, ROWS, interpret=False)
+      return jax.grad(lambda f: jnp.sum(devox_api.devoxelize(table, f, p, b, block_sizes=bs,
+                                                             interpret=False)[0]))(f)
+    out.append(Case("devoxelize (+ hash_build, hash_query)", label, is_default, grad, (coords, feats, xyz, batch)))
+  return out
+
+
+def roofline(dtype_bytes: int = 4) -> list[tuple[str, float, float]]:
+  """(kernel, FLOPs, bytes) per output row at the default block sizes, for the report's shapes."""
+  bs = conv_api.BlockSizes.for_channels(CHANNELS, CHANNELS)
+  c, d = CHANNELS, dtype_bytes
+  fwd_bytes = K * 4 + K * c * d + K * c * c * d / bs.rows + c * d  # table, gathered rows, weights per row, out
+  wgrad_bytes = K * 4 + K * c * d + K * c * d  # table, gathered rows, dy re-read per offset
+  probes = 1.5  # expected linear-probing steps per lookup at load 1/2 (hit)
+  build_bytes = 16 + 2 * probes * 4 + 16  # coords, atomics (read + write), own-key query
+  query_bytes = 16 + K * (probes * (4 + 8) + 4)  # coords, per offset: slots + stored keys, output
+  devox_bytes = 16 + 8 * (probes * 12 + c * d + 8) + c * d  # xyz + batch, 8 corners: probe, gather, residuals
+  return [("sparse_conv_forward", 2 * K * c * c, fwd_bytes), ("sparse_conv_wgrad", 2 * K * c * c, wgrad_bytes),
+          ("hash_build", 0, build_bytes), ("hash_query (27 offsets)", 0, query_bytes),
+          ("devoxelize_forward", 2 * 8 * c, devox_bytes),
+          ("devoxelize_backward (8 entries)", 2 * 8 * c, 8 * (8 + c * d) + c * d)]
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--archs", type=int, nargs="+", default=list(_aot.ARCHS))
+  args = ap.parse_args(argv)
+  print(f"jax {jax.__version__}; shapes: {ROWS} rows, K={K}, {CHANNELS} channels, {POINTS} points\n")
+  header = (f"| kernel | block sizes | sm | regs | spill st/ld (B) | stack (B) | smem (B) | MMA |\n"
+            f"|---|---|---|---|---|---|---|---|")
+  print(header)
+  failures = []
+  for case in cases():
+    for b in _aot.compile_function(case.fn, *case.args, archs=tuple(args.archs)):
+      mark = " (default)" if case.default else ""
+      print(f"| {b.name} | {case.config}{mark} | {b.arch} | {b.registers} | {b.spill_stores}/{b.spill_loads} | "
+            f"{b.stack} | {b.shared + b.shared_dynamic} | {'yes' if b.mma else 'no'} |", flush=True)
+      if case.default and (b.spill_stores or b.spill_loads):
+        failures.append(f"{b.name} sm_{b.arch}")
+  print("\n| kernel (per output row, defaults, float32) | FLOPs | bytes | AI (FLOP/B) |\n|---|---|---|---|")
+  for name, flops, nbytes in roofline():
+    print(f"| {name} | {flops:,.0f} | {nbytes:,.0f} | {flops / nbytes:.2f} |")
+  if failures:
+    raise SystemExit(f"register spills at default block sizes: {failures}")
+
+
+if __name__ == "__main__":
+  main()
