@@ -2,8 +2,9 @@
 the supported jax range.
 
 Every ``pallas_call`` in this package passes :func:`compiler_params`, which selects Triton (without it jax 0.10
-lowers GPU kernels with Mosaic GPU) and gives warps and pipeline stages. On a CPU backend the kernels run in
-Pallas interpret mode (for tests); nothing here queries a GPU at import time.
+lowers GPU kernels with Mosaic GPU) and gives warps and pipeline stages, and runs through :func:`run`, which
+uses Pallas interpret mode where the call is lowered for the CPU (tests) and Triton where it is lowered for a
+GPU. Nothing here queries a GPU at import time.
 """
 
 from __future__ import annotations
@@ -27,9 +28,16 @@ def compiler_params(num_warps: int, num_stages: int) -> pl_triton.CompilerParams
   return pl_triton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
 
 
-def interpret(interpret: bool | None) -> bool:
-  """``None`` runs in interpret mode exactly when the default backend is the CPU."""
-  return jax.default_backend() == "cpu" if interpret is None else bool(interpret)
+def run(make, *args, interpret: bool | None):
+  """Runs ``make(interpret)(*args)``, where ``make`` builds a ``pallas_call``.
+
+  ``interpret=None`` decides per lowering platform (``lax.platform_dependent``): interpret mode where the call is
+  lowered for the CPU, Triton elsewhere. So a CPU-only host runs the kernels in interpret mode and can still lower
+  the same function for CUDA (what the ahead-of-time compile does).
+  """
+  if interpret is not None:
+    return make(bool(interpret))(*args)
+  return jax.lax.platform_dependent(*args, cpu=make(True), default=make(False))
 
 
 def next_pow2(n: int, minimum: int = 1) -> int:

@@ -67,11 +67,13 @@ def cases() -> list[Case]:
                     lambda c, bs=bs: hash_api.query_table(
                         hash_api.build_table(c, ROWS, block_sizes=bs, interpret=False), c, offsets,
                         block_sizes=bs, interpret=False)[0], (coords,)))
-  feats = jax.ShapeDtypeStruct((ROWS, CHANNELS), jnp.float32)
   xyz = jax.ShapeDtypeStruct((POINTS, 3), jnp.float32)
   batch = jax.ShapeDtypeStruct((POINTS,), jnp.int32)
-  for bs, is_default in ((devox_api.BlockSizes(), True), (devox_api.BlockSizes(points=16, voxels=32), False)):
-    label = f"points {bs.points}, voxels {bs.voxels}, warps {bs.num_warps}"
+  for channels, bs, is_default in ((CHANNELS, devox_api.BlockSizes.for_channels(CHANNELS), True),
+                                   (128, devox_api.BlockSizes.for_channels(128), True),
+                                   (CHANNELS, devox_api.BlockSizes(points=16, voxels=32), False)):
+    label = f"{channels} ch: points {bs.points}, voxels {bs.voxels}, warps {bs.num_warps}"
+    feats = jax.ShapeDtypeStruct((ROWS, channels), jnp.float32)
 
     def grad(c, f, p, b, bs=bs):
       table = hash_api.build_table(c, ROWS, interpret=False)
@@ -102,8 +104,8 @@ def main(argv=None):
   ap.add_argument("--archs", type=int, nargs="+", default=list(_aot.ARCHS))
   args = ap.parse_args(argv)
   print(f"jax {jax.__version__}; shapes: {ROWS} rows, K={K}, {CHANNELS} channels, {POINTS} points\n")
-  header = (f"| kernel | block sizes | sm | regs | spill st/ld (B) | stack (B) | smem (B) | MMA |\n"
-            f"|---|---|---|---|---|---|---|---|")
+  header = ("| kernel | block sizes | sm | regs | spill st/ld (B) | stack (B) | smem (B) | MMA |\n"
+            "|---|---|---|---|---|---|---|---|")
   print(header)
   failures = []
   for case in cases():

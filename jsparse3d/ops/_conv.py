@@ -15,7 +15,7 @@ from jsparse3d.ops import _hash
 from jsparse3d.ops import _kernel_map
 from jsparse3d.ops import _native
 
-IMPLEMENTATIONS = ("xla", "native")
+IMPLEMENTATIONS = ("xla", "native", "pallas")
 
 
 def _key(kind: str, kernel_size, stride=None, dilation=(1, 1, 1)) -> str:
@@ -28,11 +28,16 @@ def _with_cache(x: SparseTensor, **entries) -> SparseTensor:
   return x.replace(cache={**x.cache, **entries})
 
 
-def ensure_index(x: SparseTensor) -> tuple[_hash.HashIndex, SparseTensor]:
-  """The hash index of ``x``'s coordinates, from its cache or built now (and cached on the returned tensor)."""
-  if "index" in x.cache:
-    return x.cache["index"], x
-  index = _hash.build_index(x.coords, x.num_valid)
+def ensure_index(x: SparseTensor, implementation: str | None = None):
+  """The hash index of ``x``'s coordinates, from its cache or built now (and cached on the returned tensor).
+
+  ``implementation`` (``"xla"`` or ``"pallas"``; None: any cached index, else the backend's default) asks for a
+  particular kind of index; a cached index of the other kind is replaced.
+  """
+  cached = x.cache.get("index")
+  if cached is not None and (implementation is None or _hash.implementation_of(cached) == implementation):
+    return cached, x
+  index = _hash.build_index(x.coords, x.num_valid, implementation=implementation)
   return index, _with_cache(x, index=index).replace(errors=x.errors | index.errors)
 
 
@@ -92,12 +97,19 @@ def _check_weight(x: SparseTensor, weight, c_in_axis: int, what: str):
         f"{what} takes one SparseTensor with feats [N, C], got feats {x.feats.shape}. Use jax.vmap for a stack.")
 
 
+def on_gpu() -> bool:
+  return jax.default_backend() in ("gpu", "cuda", "rocm")
+
+
 def _resolve_implementation(implementation, dtype) -> str:
-  """``None`` picks the native kernels on the CPU backend when they build (float32 and narrower), else XLA."""
+  """``None`` picks the Pallas kernels on a GPU backend and, on the CPU backend, the native kernels when they
+  build (float32 and narrower), else XLA."""
   if implementation not in (None,) + IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None (the default), got {implementation!r}.")
   wide = jnp.dtype(dtype) == jnp.float64
   if implementation is None:
+    if on_gpu() and not wide:
+      return "pallas"
     cpu = jax.default_backend() == "cpu"
     return "native" if cpu and not wide and _native.available() else "xla"
   if implementation == "native":
@@ -107,6 +119,9 @@ def _resolve_implementation(implementation, dtype) -> str:
     if wide:
       raise ValueError("implementation='native' computes in float32; use implementation='xla' for float64.")
     _native.require()
+  if implementation == "pallas" and wide:
+    raise ValueError("implementation='pallas' takes float32, bfloat16 or float16; use implementation='xla' for "
+                     "float64.")
   return implementation
 
 
@@ -136,8 +151,10 @@ def conv3d(x: SparseTensor, weight: jax.Array, *, stride=1, dilation=1, bias: ja
     stride: 1..4 per axis. dilation: 1..3 per axis.
     bias: optional ``[C_out]``, added on valid rows.
     implementation: ``"native"`` (CPU kernels called through XLA's FFI, float32 arithmetic, all intra-op
-      threads), ``"xla"`` (pure XLA, any backend and float64), or None: native on the CPU backend when its
-      kernels build (float32, bfloat16, float16), else XLA. Both are deterministic.
+      threads), ``"xla"`` (pure XLA, any backend and float64), ``"pallas"`` (the fused gather-GEMM GPU kernels
+      of :mod:`pallas_kernels.conv`; Pallas interpret mode on CPU, for tests), or None: Pallas on a GPU backend,
+      else native on the CPU backend when its kernels build (float32, bfloat16, float16), else XLA. All are
+      deterministic.
   Returns:
     SparseTensor with ``C_out`` channels; its cache holds the kernel map for the next layer of the same shape.
 

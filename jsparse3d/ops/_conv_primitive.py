@@ -15,8 +15,10 @@ destination rows are distinct, and blocks run in a fixed order, so every result 
 
 The native lowering (``implementation="native"``, CPU only, float32 arithmetic) calls the kernels of
 ``_cpu_kernels.cc`` through XLA's FFI instead; they compute the same sums on all intra-op threads, also in an
-order fixed by the map. Both primitives carry the implementation as a parameter, so gradients, forward mode and
-batching use the same one as the call they come from.
+order fixed by the map. The Pallas lowering (``implementation="pallas"``, the default on GPU) turns the map into
+its output-stationary neighbour table and runs the fused gather-GEMM kernels of :mod:`pallas_kernels.conv`.
+Both primitives carry the implementation as a parameter, so gradients, forward mode and batching use the same
+one as the call they come from.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from jax.interpreters import ad
 from jax.interpreters import batching
 from jax.interpreters import mlir
 
+from jsparse3d.ops import _kernel_map
 from jsparse3d.ops._kernel_map import KernelMap
 
 conv_p = Primitive("jsparse3d_sparse_conv")
@@ -99,8 +102,18 @@ def _dot(a, b, a_axis, b_axis, batch=False):
   return lax.dot_general(a, b, dims, preferred_element_type=_acc_dtype(a, b))
 
 
+def _table(src, dst, block_offset, num_blocks, center_mask, *, num_dst, num_offsets, block_size, center, mirrored):
+  return _kernel_map.neighbor_table(src, dst, block_offset, num_blocks, center_mask, num_dst=num_dst,
+                                    num_offsets=num_offsets, block_size=block_size, center=center, mirrored=mirrored)
+
+
 def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, *, num_dst, wt, implementation, block_size,
                blocks_per_step, center, mirrored):
+  if implementation == "pallas":
+    from pallas_kernels.conv import api as pallas_conv  # imported on first use only
+    table = _table(src, dst, block_offset, num_blocks, center_mask, num_dst=num_dst, num_offsets=w.shape[0],
+                   block_size=block_size, center=center, mirrored=mirrored)
+    return pallas_conv.conv_forward(x, (jnp.swapaxes(w, 1, 2) if wt else w).astype(x.dtype), table)
   if implementation == "native":
     w = jnp.swapaxes(w, 1, 2) if wt else w
     out = jax.ffi.ffi_call("jsparse3d_conv", jax.ShapeDtypeStruct((num_dst, w.shape[2]), jnp.float32))(
@@ -129,6 +142,11 @@ def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, *, num_dst
 
 def _wgrad_impl(a, b, src, dst, block_offset, num_blocks, center_mask, *, num_offsets, out_dtype, implementation,
                 block_size, blocks_per_step, center, mirrored):
+  if implementation == "pallas":
+    from pallas_kernels.conv import api as pallas_conv
+    table = _table(src, dst, block_offset, num_blocks, center_mask, num_dst=b.shape[0], num_offsets=num_offsets,
+                   block_size=block_size, center=center, mirrored=mirrored)
+    return pallas_conv.conv_wgrad(a, b.astype(a.dtype), table).astype(out_dtype)
   if implementation == "native":
     shape = jax.ShapeDtypeStruct((num_offsets, a.shape[1], b.shape[1]), jnp.float32)
     grad = jax.ffi.ffi_call("jsparse3d_wgrad", shape)(

@@ -180,7 +180,21 @@ def _check_coords_array(coords, name: str) -> None:
     raise TypeError(f"{name} must be int32, got {coords.dtype}. Convert with .astype(jnp.int32).")
 
 
-def build_index(coords: jax.Array, num_valid: jax.Array | int) -> HashIndex:
+def _default_implementation() -> str:
+  return "pallas" if jax.default_backend() in ("gpu", "cuda", "rocm") else "xla"
+
+
+def implementation_of(index) -> str:
+  """``"xla"`` for a :class:`HashIndex`, ``"pallas"`` for the GPU kernels' table."""
+  if isinstance(index, HashIndex):
+    return "xla"
+  from pallas_kernels.hash import api as pallas_hash  # not imported with jsparse3d: only when asked for
+  if isinstance(index, pallas_hash.HashTable):
+    return "pallas"
+  raise TypeError(f"index must be a HashIndex or a pallas HashTable from build_index, got {type(index).__name__}.")
+
+
+def build_index(coords: jax.Array, num_valid: jax.Array | int, *, implementation: str | None = None):
   """Builds the hash index of a coordinate set.
 
   Rows ``[0, num_valid)`` are inserted; later rows are padding. Out-of-range or duplicate coordinates among the
@@ -190,8 +204,12 @@ def build_index(coords: jax.Array, num_valid: jax.Array | int) -> HashIndex:
   Args:
     coords: ``int32[N, 4]`` rows ``(batch, x, y, z)``.
     num_valid: ``int32[]`` number of valid rows.
+    implementation: ``"xla"`` (the multi-level table below, for any backend), ``"pallas"`` (the GPU kernels'
+      linear-probing table of :mod:`pallas_kernels.hash`; interpret mode on CPU) or None: Pallas on a GPU
+      backend, else XLA.
   Returns:
-    A :class:`HashIndex` with the static level sizes of :func:`level_sizes` (``N``).
+    A :class:`HashIndex` with the static level sizes of :func:`level_sizes` (``N``), or for ``"pallas"`` a
+    :class:`pallas_kernels.hash.api.HashTable`. :func:`query_index` takes either.
 
   Example:
     >>> index = build_index(x.coords, x.num_valid)
@@ -200,7 +218,14 @@ def build_index(coords: jax.Array, num_valid: jax.Array | int) -> HashIndex:
   _check_coords_array(coords, "coords")
   if coords.ndim != 2:
     raise ValueError(f"coords must have shape [N, 4], got {coords.shape}.")
-  index = _build(coords, jnp.asarray(num_valid, jnp.int32))
+  implementation = _default_implementation() if implementation is None else implementation
+  if implementation == "pallas":
+    from pallas_kernels.hash import api as pallas_hash
+    index = pallas_hash.build_table(coords, num_valid)
+  elif implementation == "xla":
+    index = _build(coords, jnp.asarray(num_valid, jnp.int32))
+  else:
+    raise ValueError(f"implementation must be 'xla', 'pallas' or None, got {implementation!r}.")
   _errors.check_now(index.errors, "build_index")
   return index
 
@@ -216,19 +241,27 @@ def _build(coords, num_valid) -> HashIndex:
   return HashIndex(slots, key_hi, key_lo, num_overflow, errors)
 
 
-def query_index(index: HashIndex, query_coords: jax.Array) -> jax.Array:
+def query_index(index, query_coords: jax.Array, *, implementation: str | None = None) -> jax.Array:
   """Looks up coordinates in a hash index.
 
   Args:
-    index: from :func:`build_index`.
+    index: from :func:`build_index` (either kind; the query runs with the kernels that built it).
     query_coords: ``int32[..., 4]`` rows ``(batch, x, y, z)``; any leading shape.
+    implementation: None, or ``"xla"`` / ``"pallas"`` to insist on the kind of ``index``.
   Returns:
     ``int32[...]``: the row holding each query coordinate, or ``-1`` where it is absent, padding (batch ``-1``)
     or outside the supported range.
   """
-  if not isinstance(index, HashIndex):
-    raise TypeError(f"index must be a HashIndex from build_index, got {type(index).__name__}.")
+  kind = implementation_of(index)
+  if implementation is not None and implementation != kind:
+    raise ValueError(f"query_index(implementation={implementation!r}) got an index built with {kind!r}; build it "
+                     f"with build_index(..., implementation={implementation!r}).")
   _check_coords_array(query_coords, "query_coords")
+  if kind == "pallas":
+    from pallas_kernels.hash import api as pallas_hash
+    rows, errors = pallas_hash.query_table(index, query_coords.reshape(-1, 4))
+    _errors.check_now(errors, "query_index")
+    return rows.reshape(query_coords.shape[:-1])
   return _query(index, query_coords)
 
 

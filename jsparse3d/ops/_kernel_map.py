@@ -86,20 +86,28 @@ class KernelMap:
   def neighbor_table(self) -> jax.Array:
     """``int32[num_dst, K]``: the source row of each (destination row, offset), or -1.
 
-    The dense, output-stationary form of the map (what GPU kernels and tests use); built from the pairs.
+    The dense, output-stationary form of the map (what the GPU kernels and tests use); built from the pairs.
     """
-    k = self.num_offsets
-    table = jnp.full((self.num_dst, k), -1, jnp.int32)
-    blocks = jnp.arange(self.block_offset.shape[0], dtype=jnp.int32)
-    off = jnp.where(blocks < self.num_blocks, self.block_offset, k)
-    off = jnp.repeat(off, self.block_size)
-    table = table.at[self.dst, off].set(self.src, mode="drop")
-    if self.mirrored:
-      table = table.at[self.src, jnp.where(off < k, k - 1 - off, k)].set(self.dst, mode="drop")
-    if self.center >= 0:
-      rows = jnp.arange(self.num_dst, dtype=jnp.int32)
-      table = table.at[:, self.center].set(jnp.where(self.center_mask, rows, -1))
-    return table
+    return neighbor_table(self.src, self.dst, self.block_offset, self.num_blocks, self.center_mask,
+                          num_dst=self.num_dst, num_offsets=self.num_offsets, block_size=self.block_size,
+                          center=self.center, mirrored=self.mirrored)
+
+
+def neighbor_table(src, dst, block_offset, num_blocks, center_mask, *, num_dst, num_offsets, block_size, center,
+                   mirrored) -> jax.Array:
+  """:meth:`KernelMap.neighbor_table` from the map's arrays (as the convolution primitives receive them)."""
+  k = num_offsets
+  table = jnp.full((num_dst, k), -1, jnp.int32)
+  blocks = jnp.arange(block_offset.shape[0], dtype=jnp.int32)
+  off = jnp.where(blocks < num_blocks, block_offset, k)
+  off = jnp.repeat(off, block_size)
+  table = table.at[dst, off].set(src, mode="drop")
+  if mirrored:
+    table = table.at[src, jnp.where(off < k, k - 1 - off, k)].set(dst, mode="drop")
+  if center >= 0:
+    rows = jnp.arange(num_dst, dtype=jnp.int32)
+    table = table.at[:, center].set(jnp.where(center_mask, rows, -1))
+  return table
 
 
 def block_size_for(num_rows: int) -> int:
@@ -149,8 +157,12 @@ def _compact(table, offset_ids, rows_are_dst: bool, *, block_size: int):
 
 def _query_table(index, coords, valid, offsets):
   """``int32[len(offsets), N]``: row of ``coords[i] + offsets[o]`` in ``index`` where ``valid[i]``, else -1."""
-  shift = jnp.concatenate([jnp.zeros((len(offsets), 1), jnp.int32), jnp.asarray(offsets)], axis=1)
-  found = _hash.query_index(index, coords[None, :, :] + shift[:, None, :])
+  if _hash.implementation_of(index) == "pallas":  # the GPU query kernel loops over the offsets itself
+    from pallas_kernels.hash import api as pallas_hash
+    found = pallas_hash.query_table(index, coords, np.asarray(offsets, np.int32))[0].T
+  else:
+    shift = jnp.concatenate([jnp.zeros((len(offsets), 1), jnp.int32), jnp.asarray(offsets)], axis=1)
+    found = _hash.query_index(index, coords[None, :, :] + shift[:, None, :])
   return jnp.where(valid[None, :], found, -1)
 
 
@@ -231,7 +243,8 @@ def strided_map(coords, num_valid, index, out_coords, out_num_valid, out_row, ke
     q = jnp.take(out_coords, jnp.maximum(out_row, 0), axis=0)
     local = (coords[:, 1:] - q[:, 1:]) // jnp.asarray([in_stride], jnp.int32)
     o = (local[:, 0] * kernel_size[1] + local[:, 1]) * kernel_size[2] + local[:, 2]
-    table = jnp.where((jnp.arange(k, dtype=jnp.int32)[:, None] == o[None, :]) & (out_row >= 0)[None, :], out_row[None, :], -1)
+    hit = (jnp.arange(k, dtype=jnp.int32)[:, None] == o[None, :]) & (out_row >= 0)[None, :]
+    table = jnp.where(hit, out_row[None, :], -1)
     src, dst, block_offset, num_blocks, num_pairs = _compact(table, range(k), False, block_size=bs)
   else:
     table = _query_table(index, out_coords, _coords.valid_rows(n_out, out_num_valid), offsets)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jsparse3d import _errors
 from jsparse3d._sparse_tensor import SparseTensor
 from jsparse3d.ops import _conv
 from jsparse3d.ops import _hash
@@ -98,10 +99,22 @@ def point_to_voxel(x: SparseTensor, xyz, batch, feats) -> SparseTensor:
   return x.replace(feats=_scatter_mean(feats, rows, x.capacity))
 
 
-def voxel_to_point(x: SparseTensor, xyz, batch) -> jax.Array:
+def voxel_to_point(x: SparseTensor, xyz, batch, *, implementation: str | None = None) -> jax.Array:
   """``[P, C]``: trilinear interpolation of ``x``'s features at the points (zero for padded points and points
-  with no voxel among their 8 corners)."""
+  with no voxel among their 8 corners). Differentiable in the features; the points are not differentiated.
+
+  ``implementation``: ``"xla"``, ``"pallas"`` (the GPU kernels of :mod:`pallas_kernels.devoxelize`; interpret
+  mode on CPU) or None: Pallas on a GPU backend, else XLA.
+  """
   _check_points(xyz, batch)
+  if implementation not in (None, "xla", "pallas"):
+    raise ValueError(f"implementation must be 'xla', 'pallas' or None, got {implementation!r}.")
+  if implementation == "pallas" or (implementation is None and _conv.on_gpu()):
+    from pallas_kernels.devoxelize import api as pallas_devoxelize
+    table, x = _conv.ensure_index(x, "pallas")
+    out, errors = pallas_devoxelize.devoxelize(table, x.feats, xyz, batch.astype(jnp.int32), stride=x.stride)
+    _errors.check_now(errors, "voxel_to_point")
+    return out
   index, x = _conv.ensure_index(x)
   s = jnp.asarray(x.stride, jnp.float32)[None, :]
   p = jax.lax.stop_gradient(xyz) / s

@@ -81,8 +81,8 @@ def conv_forward(x, w, nbr, *, block_sizes: BlockSizes | None = None, interpret:
                  allow_tf32: bool = True):
   """``[N_out, C_out]`` in ``x``'s dtype. x: [N_in, C_in]; w: [K, C_in, C_out] (x's dtype); nbr: int32 [N_out, K].
 
-  ``interpret=None`` runs in Pallas interpret mode on the CPU backend; ``allow_tf32`` lets float32 products use
-  tensor-core TF32 (as cuDNN convolutions do by default).
+  ``interpret=None`` runs in Pallas interpret mode where lowered for the CPU and with Triton where lowered for a
+  GPU; ``allow_tf32`` lets float32 products use tensor-core TF32 (as cuDNN convolutions do by default).
   """
   _check(x, nbr, "conv_forward")
   if w.ndim != 3 or w.shape[0] != nbr.shape[1] or w.shape[1] != x.shape[1]:
@@ -96,7 +96,7 @@ def conv_forward(x, w, nbr, *, block_sizes: BlockSizes | None = None, interpret:
   xp = _pad_to(x, 1, cin_p)
   wp = _pad_to(_pad_to(w, 1, cin_p), 2, cout_p)
   out = kernel.forward(xp, wp, _table(nbr, bs.rows), bm=bs.rows, bn=bn, num_warps=bs.num_warps,
-                       num_stages=bs.num_stages, interpret=_config.interpret(interpret), allow_tf32=allow_tf32)
+                       num_stages=bs.num_stages, interpret=interpret, allow_tf32=allow_tf32)
   return out[:n_out, :c_out]
 
 
@@ -111,7 +111,7 @@ def conv_wgrad(x, dy, nbr, *, block_sizes: BlockSizes | None = None, interpret: 
     raise ValueError(f"conv_wgrad: dy must be [N_out={nbr.shape[0]}, C_out], got {dy.shape}.")
   if dy.dtype != x.dtype:
     raise TypeError(f"conv_wgrad: dy is {dy.dtype} but x is {x.dtype}; cast one to the other.")
-  (n_out, k), c_in, c_out = nbr.shape, x.shape[1], dy.shape[1]
+  c_in, c_out = x.shape[1], dy.shape[1]
   bs = block_sizes or BlockSizes.for_channels(c_in, c_out)
   cin_p, cout_p = _config.next_pow2(c_in, 16), _config.next_pow2(c_out, 16)
   bn = min(bs.out_channels, cout_p)
@@ -120,7 +120,7 @@ def conv_wgrad(x, dy, nbr, *, block_sizes: BlockSizes | None = None, interpret: 
   splits = max(1, min(bs.wgrad_splits, table.shape[1] // bs.rows))
   parts = kernel.wgrad_partials(_pad_to(x, 1, cin_p), dyp, table, bm=bs.rows, bn=bn, splits=splits,
                                 num_warps=bs.num_warps, num_stages=bs.num_stages,
-                                interpret=_config.interpret(interpret), allow_tf32=allow_tf32)
+                                interpret=interpret, allow_tf32=allow_tf32)
   total = parts[0]
   for s in range(1, splits):  # a fixed order
     total = total + parts[s]

@@ -21,6 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
 
 from pallas_kernels import _config
 
@@ -38,19 +39,19 @@ def _forward_kernel(nbr_ref, x_ref, w_ref, o_ref, *, num_offsets: int, bm: int, 
     idx = nbr_ref[k, pl.ds(i * bm, bm)]
     xg = _gather_rows(x_ref, idx)
     wk = w_ref[k, :, pl.ds(j * bn, bn)]
-    return acc + pl.dot(xg, wk, allow_tf32=allow_tf32)
+    return acc + pl_triton.dot(xg, wk, allow_tf32=allow_tf32)
 
   acc = jax.lax.fori_loop(0, num_offsets, offset, jnp.zeros((bm, bn), jnp.float32))
   o_ref[...] = acc.astype(o_ref.dtype)
 
 
-def forward(x, w, nbr_t, *, bm: int, bn: int, num_warps: int, num_stages: int, interpret: bool,
+def forward(x, w, nbr_t, *, bm: int, bn: int, num_warps: int, num_stages: int, interpret: bool | None,
             allow_tf32: bool = True):
   """x: [N_in, Cin_p]; w: [K, Cin_p, Cout_p]; nbr_t: int32 [K, N_out_p] (N_out_p a multiple of bm)."""
   k, n_out = nbr_t.shape
   c_out = w.shape[2]
   kernel = functools.partial(_forward_kernel, num_offsets=k, bm=bm, bn=bn, allow_tf32=allow_tf32)
-  return pl.pallas_call(
+  make = lambda interpret: pl.pallas_call(
       kernel,
       out_shape=jax.ShapeDtypeStruct((n_out, c_out), x.dtype),
       grid=(n_out // bm, c_out // bn),
@@ -59,7 +60,8 @@ def forward(x, w, nbr_t, *, bm: int, bn: int, num_warps: int, num_stages: int, i
       compiler_params=_config.compiler_params(num_warps, num_stages),
       interpret=interpret,
       name="sparse_conv_forward",
-  )(nbr_t, x, w)
+  )
+  return _config.run(make, nbr_t, x, w, interpret=interpret)
 
 
 def _wgrad_kernel(nbr_ref, x_ref, dy_ref, o_ref, *, bm: int, bn: int, blocks_per_split: int, num_blocks: int,
@@ -75,14 +77,14 @@ def _wgrad_kernel(nbr_ref, x_ref, dy_ref, o_ref, *, bm: int, bn: int, blocks_per
     xg = _gather_rows(x_ref, idx)
     g = dy_ref[pl.ds(start, bm), pl.ds(j * bn, bn)]
     g = jnp.where(live, g, jnp.zeros((), g.dtype))
-    return acc + pl.dot(xg, g, trans_a=True, allow_tf32=allow_tf32)
+    return acc + pl_triton.dot(xg, g, trans_a=True, allow_tf32=allow_tf32)
 
   acc = jax.lax.fori_loop(0, blocks_per_split, block, jnp.zeros((c_in, bn), jnp.float32))
   o_ref[...] = acc
 
 
 def wgrad_partials(x, dy, nbr_t, *, bm: int, bn: int, splits: int, num_warps: int, num_stages: int,
-                   interpret: bool, allow_tf32: bool = True):
+                   interpret: bool | None, allow_tf32: bool = True):
   """``[splits, K, Cin_p, Cout_p]`` float32 partial sums; x: [N_in, Cin_p]; dy: [N_out_p, Cout_p]."""
   k, n_out = nbr_t.shape
   c_in, c_out = x.shape[1], dy.shape[1]
@@ -90,7 +92,7 @@ def wgrad_partials(x, dy, nbr_t, *, bm: int, bn: int, splits: int, num_warps: in
   per = -(-num_blocks // splits)
   kernel = functools.partial(_wgrad_kernel, bm=bm, bn=bn, blocks_per_split=per, num_blocks=num_blocks,
                              allow_tf32=allow_tf32)
-  return pl.pallas_call(
+  make = lambda interpret: pl.pallas_call(
       kernel,
       out_shape=jax.ShapeDtypeStruct((splits, k, c_in, c_out), jnp.float32),
       grid=(k, splits, c_out // bn),
@@ -99,4 +101,5 @@ def wgrad_partials(x, dy, nbr_t, *, bm: int, bn: int, splits: int, num_warps: in
       compiler_params=_config.compiler_params(num_warps, num_stages),
       interpret=interpret,
       name="sparse_conv_wgrad",
-  )(nbr_t, x, dy)
+  )
+  return _config.run(make, nbr_t, x, dy, interpret=interpret)

@@ -20,10 +20,18 @@ from pallas_kernels.hash.api import HashTable
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
   """Points per forward program and voxels per backward program (powers of two >= 16); Triton launch params."""
-  points: int = 64
+  points: int = 32
   voxels: int = 64
   num_warps: int = 4
   num_stages: int = 1
+
+  @classmethod
+  def for_channels(cls, channels: int) -> "BlockSizes":
+    """Defaults by channel count: the forward keeps a points x channels float32 accumulator in registers, so
+    wider features take fewer points and more warps (compiled without spills for 16 to 256 channels; ptxas
+    spilled 8 bytes on sm_90 at 16 points x 4 warps for 128 channels)."""
+    c = _config.next_pow2(channels, 16)
+    return cls(points=32, num_warps=4) if c <= 32 else cls(points=16, num_warps=8)
 
   def __post_init__(self):
     for name in ("points", "voxels"):
@@ -61,9 +69,9 @@ def devoxelize(table: HashTable, feats, xyz, batch, *, stride=(1, 1, 1), block_s
   if batch.dtype != jnp.int32:
     raise TypeError(f"devoxelize: batch must be int32, got {batch.dtype}.")
   stride = tuple(int(s) for s in stride)
-  bs = block_sizes or BlockSizes()
+  bs = block_sizes or BlockSizes.for_channels(feats.shape[1])
   out, rows, weights, status = _devoxelize(table.slots, table.key_hi, table.key_lo, feats, xyz, batch,
-                                           stride=stride, bs=bs, interpret=_config.interpret(interpret))
+                                           stride=stride, bs=bs, interpret=interpret)
   del rows, weights
   return out, _errors.flag(jnp.any(status == 2), _errors.TABLE_FULL)
 

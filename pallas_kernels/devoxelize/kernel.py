@@ -21,9 +21,6 @@ from jax.experimental import pallas as pl
 from pallas_kernels import _config
 from pallas_kernels.hash import kernel as hash_kernel
 
-_CORNERS = tuple((i, j, k) for i in (0, 1) for j in (0, 1) for k in (0, 1))
-
-
 def _probe(slots_ref, key_hi_ref, key_lo_ref, ok, hi, lo, capacity, bm):
   def cond(state):
     _, _, active, step = state
@@ -50,28 +47,29 @@ def _forward_kernel(p_ref, batch_ref, slots_ref, key_hi_ref, key_lo_ref, feats_r
   base = [jnp.floor(v) for v in p]
   frac = [v - f for v, f in zip(p, base)]
   cell = [f.astype(jnp.int32) for f in base]
-  acc = jnp.zeros((bm, out_ref.shape[1]), jnp.float32)
-  total = jnp.zeros((bm,), jnp.float32)
-  unfinished = jnp.zeros((bm,), jnp.bool_)
-  for j, corner in enumerate(_CORNERS):  # one corner at a time: few live registers
-    ok, hi, lo = hash_kernel._keys(b, *((c + d) * s for c, d, s in zip(cell, corner, stride)))
+  def corner(j, carry):  # one corner at a time, in a loop (not unrolled): few live registers
+    acc, total, unfinished = carry
+    bits = [(j >> 2) & 1, (j >> 1) & 1, j & 1]  # the corner order of CORNERS in the reference
+    ok, hi, lo = hash_kernel._keys(b, *((c + d) * s for c, d, s in zip(cell, bits, stride)))
     found, active = _probe(slots_ref, key_hi_ref, key_lo_ref, ok & (b >= 0), hi, lo, capacity, bm)
-    unfinished = unfinished | active
     w = jnp.ones((bm,), jnp.float32)
-    for f, d in zip(frac, corner):
-      w = w * (f if d else 1.0 - f)
+    for f, d in zip(frac, bits):
+      w = w * jnp.where(d == 1, f, 1.0 - f)
     w = jnp.where(found >= 0, w, 0.0)
     vals = feats_ref[jnp.maximum(found, 0), :].astype(jnp.float32)
-    acc = acc + vals * w[:, None]
-    total = total + w
     rows_ref[j, pl.ds(start, bm)] = found
     w_ref[j, pl.ds(start, bm)] = w  # unnormalised; the API divides by the total
+    return acc + vals * w[:, None], total + w, unfinished | active
+
+  init = (jnp.zeros((bm, out_ref.shape[1]), jnp.float32), jnp.zeros((bm,), jnp.float32),
+          jnp.zeros((bm,), jnp.bool_))
+  acc, total, unfinished = jax.lax.fori_loop(0, 8, corner, init)
   out_ref[pl.ds(start, bm), :] = (acc * (1.0 / jnp.maximum(total, 1e-12))[:, None]).astype(out_ref.dtype)
   status_ref[pl.ds(start, bm)] = jnp.where(unfinished, hash_kernel.UNFINISHED, 0)
 
 
 def forward(p_t, batch, slots, key_hi, key_lo, feats, *, stride: tuple, bm: int, num_warps: int, num_stages: int,
-            interpret: bool):
+            interpret: bool | None):
   """p_t: float32 [3, P_p] lattice coordinates (voxel units / stride); batch: int32 [P_p]; feats: [N, C_p].
 
   Returns ``(out [P_p, C_p], rows int32[8, P_p], weights float32[8, P_p], status int32[P_p])``; the weights are
@@ -79,7 +77,7 @@ def forward(p_t, batch, slots, key_hi, key_lo, feats, *, stride: tuple, bm: int,
   """
   n_p, c = p_t.shape[1], feats.shape[1]
   kernel = functools.partial(_forward_kernel, bm=bm, capacity=slots.shape[0] - 1, stride=tuple(stride))
-  return pl.pallas_call(
+  make = lambda interpret: pl.pallas_call(
       kernel,
       out_shape=(jax.ShapeDtypeStruct((n_p, c), feats.dtype), jax.ShapeDtypeStruct((8, n_p), jnp.int32),
                  jax.ShapeDtypeStruct((8, n_p), jnp.float32), jax.ShapeDtypeStruct((n_p,), jnp.int32)),
@@ -89,7 +87,8 @@ def forward(p_t, batch, slots, key_hi, key_lo, feats, *, stride: tuple, bm: int,
       compiler_params=_config.compiler_params(num_warps, num_stages),
       interpret=interpret,
       name="devoxelize_forward",
-  )(p_t, batch, slots, key_hi, key_lo, feats)
+  )
+  return _config.run(make, p_t, batch, slots, key_hi, key_lo, feats, interpret=interpret)
 
 
 def _backward_kernel(start_ref, count_ref, point_ref, weight_ref, g_ref, out_ref, *, bm: int):
@@ -110,11 +109,11 @@ def _backward_kernel(start_ref, count_ref, point_ref, weight_ref, g_ref, out_ref
 
 
 def backward(start, count, point, weight, g, num_voxels_p: int, *, bm: int, num_warps: int, num_stages: int,
-             interpret: bool):
+             interpret: bool | None):
   """Voxel-major entry lists (start, count int32[V_p]; point int32[E]; weight float32[E]) and d_out [P, C_p]
   -> d_feats [V_p, C_p]."""
   kernel = functools.partial(_backward_kernel, bm=bm)
-  return pl.pallas_call(
+  make = lambda interpret: pl.pallas_call(
       kernel,
       out_shape=jax.ShapeDtypeStruct((num_voxels_p, g.shape[1]), g.dtype),
       grid=(num_voxels_p // bm,),
@@ -123,4 +122,5 @@ def backward(start, count, point, weight, g, num_voxels_p: int, *, bm: int, num_
       compiler_params=_config.compiler_params(num_warps, num_stages),
       interpret=interpret,
       name="devoxelize_backward",
-  )(start, count, point, weight, g)
+  )
+  return _config.run(make, start, count, point, weight, g, interpret=interpret)

@@ -11,13 +11,14 @@ from pallas_kernels.hash import reference as hash_reference
 CORNERS = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], np.int32)  # [8, 3]
 
 
-def corners_and_weights(slots, key_hi, key_lo, p, batch):
-  """``(rows int32[P, 8], weights float32[P, 8])`` of points ``p`` (float [P, 3] in lattice units)."""
+def corners_and_weights(slots, key_hi, key_lo, p, batch, stride=(1, 1, 1)):
+  """``(rows int32[P, 8], weights float32[P, 8])`` of points ``p`` (float [P, 3] in lattice units: finest-voxel
+  coordinates divided by the voxels' ``stride``)."""
   base = jnp.floor(p)
   frac = p - base
   corners = base.astype(jnp.int32)[:, None, :] + jnp.asarray(CORNERS)[None]
   b = jnp.broadcast_to(batch[:, None, None], corners.shape[:2] + (1,))
-  coords = jnp.concatenate([b, corners], axis=2).reshape(-1, 4)
+  coords = jnp.concatenate([b, corners * jnp.asarray(stride, jnp.int32)[None, None, :]], axis=2).reshape(-1, 4)
   rows = hash_reference.query(slots, key_hi, key_lo, coords).reshape(-1, 8)
   present = (rows >= 0) & (batch >= 0)[:, None]
   w = jnp.prod(jnp.where(jnp.asarray(CORNERS)[None] == 1, frac[:, None, :], 1.0 - frac[:, None, :]), axis=2)

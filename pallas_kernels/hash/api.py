@@ -93,16 +93,15 @@ def build_table(coords, num_valid, *, capacity: int | None = None, block_sizes: 
   if n >= kernel.MAX_ROWS:
     raise ValueError(f"build_table: {n} rows; the GPU table holds fewer than 2^24 rows. Split the batch.")
   bs = block_sizes or BlockSizes()
-  interp = _config.interpret(interpret)
   num_valid = jnp.asarray(num_valid, jnp.int32).reshape(1)
   slots, status = kernel.build(_padded_columns(coords, bs.build_rows), num_valid, capacity=capacity,
-                               bm=bs.build_rows, num_warps=bs.num_warps, num_stages=bs.num_stages, interpret=interp)
+                               bm=bs.build_rows, num_warps=bs.num_warps, num_stages=bs.num_stages, interpret=interpret)
   rows = jnp.arange(n, dtype=jnp.int32)
   stored = (rows < num_valid[0]) & _coords.in_range(coords)
   hi, lo = _coords.pack_keys(coords)
   key_hi, key_lo = jnp.where(stored, hi, jnp.uint32(0)), jnp.where(stored, lo, jnp.uint32(0))
   table = HashTable(slots, key_hi, key_lo, _errors.no_errors())
-  found, q_errors = query_table(table, jnp.where(stored[:, None], coords, -1), block_sizes=bs, interpret=interp)
+  found, q_errors = query_table(table, jnp.where(stored[:, None], coords, -1), block_sizes=bs, interpret=interpret)
   duplicate = stored & (found[:, 0] != rows)  # a row whose key finds another row first
   errors = (_errors.flag(jnp.any(status[:n] == kernel.OUT_OF_RANGE), _errors.OUT_OF_RANGE)
             | _errors.flag(jnp.any(status == kernel.UNFINISHED), _errors.TABLE_FULL)
@@ -123,5 +122,5 @@ def query_table(table: HashTable, coords, offsets=((0, 0, 0),), *, block_sizes: 
   m = coords.shape[0]
   out, status = kernel.query(offsets, _padded_columns(coords, bs.query_rows), table.slots, table.key_hi,
                              table.key_lo, bm=bs.query_rows, num_warps=bs.num_warps, num_stages=bs.num_stages,
-                             interpret=_config.interpret(interpret))
+                             interpret=interpret)
   return out[:, :m].T, _errors.flag(jnp.any(status == kernel.UNFINISHED), _errors.TABLE_FULL)

@@ -90,14 +90,14 @@ def _build_kernel(nv_ref, coords_ref, slots_in_ref, slots_ref, status_ref, *, bm
   status_ref[pl.ds(start, bm)] = jnp.where(active, UNFINISHED, jnp.where(valid & ~ok, OUT_OF_RANGE, 0))
 
 
-def build(coords_t, num_valid, *, capacity: int, bm: int, num_warps: int, num_stages: int, interpret: bool):
+def build(coords_t, num_valid, *, capacity: int, bm: int, num_warps: int, num_stages: int, interpret: bool | None):
   """coords_t: int32 [4, N_p] (N_p a multiple of bm); num_valid: int32 [1].
 
   Returns ``(slots float32[capacity + 1], status int32[N_p])``; the last slot is the scratch slot.
   """
   n = coords_t.shape[1]
   kernel = functools.partial(_build_kernel, bm=bm, capacity=capacity)
-  return pl.pallas_call(
+  make = lambda interpret: pl.pallas_call(
       kernel,
       out_shape=(jax.ShapeDtypeStruct((capacity + 1,), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.int32)),
       grid=(n // bm,),
@@ -107,7 +107,9 @@ def build(coords_t, num_valid, *, capacity: int, bm: int, num_warps: int, num_st
       compiler_params=_config.compiler_params(num_warps, num_stages),
       interpret=interpret,
       name="hash_build",
-  )(num_valid, coords_t, jnp.full((capacity + 1,), EMPTY, jnp.float32))
+  )
+  empty = jnp.full((capacity + 1,), EMPTY, jnp.float32)
+  return _config.run(make, num_valid, coords_t, empty, interpret=interpret)
 
 
 def _query_kernel(offsets_ref, coords_ref, slots_ref, key_hi_ref, key_lo_ref, out_ref, status_ref, *, bm: int,
@@ -140,11 +142,12 @@ def _query_kernel(offsets_ref, coords_ref, slots_ref, key_hi_ref, key_lo_ref, ou
   status_ref[pl.ds(start, bm)] = jnp.where(unfinished, UNFINISHED, 0)
 
 
-def query(offsets, coords_t, slots, key_hi, key_lo, *, bm: int, num_warps: int, num_stages: int, interpret: bool):
+def query(offsets, coords_t, slots, key_hi, key_lo, *, bm: int, num_warps: int, num_stages: int,
+          interpret: bool | None):
   """offsets: int32 [K, 3]; coords_t: int32 [4, M_p]. Returns ``(table int32[K, M_p], status int32[M_p])``."""
   k, m = offsets.shape[0], coords_t.shape[1]
   kernel = functools.partial(_query_kernel, bm=bm, capacity=slots.shape[0] - 1, num_offsets=k)
-  return pl.pallas_call(
+  make = lambda interpret: pl.pallas_call(
       kernel,
       out_shape=(jax.ShapeDtypeStruct((k, m), jnp.int32), jax.ShapeDtypeStruct((m,), jnp.int32)),
       grid=(m // bm,),
@@ -153,4 +156,5 @@ def query(offsets, coords_t, slots, key_hi, key_lo, *, bm: int, num_warps: int, 
       compiler_params=_config.compiler_params(num_warps, num_stages),
       interpret=interpret,
       name="hash_query",
-  )(offsets, coords_t, slots, key_hi, key_lo)
+  )
+  return _config.run(make, offsets, coords_t, slots, key_hi, key_lo, interpret=interpret)

@@ -1,0 +1,196 @@
+"""Pallas kernels in interpret mode against their references and independent oracles (dense lax convolution,
+numpy lookups, the XLA path), forward and backward, over block sizes, kernel shapes, strides and dtypes."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jsparse3d as js
+from jsparse3d import _errors
+from oracles import dense_sparse_conv, dense_sparse_conv_transpose, np_lookup, random_tensor, valid_part
+from pallas_kernels.conv import api as conv_api
+from pallas_kernels.conv import reference as conv_ref
+from pallas_kernels.devoxelize import api as devox_api
+from pallas_kernels.devoxelize import reference as devox_ref
+from pallas_kernels.hash import api as hash_api
+from pallas_kernels.hash import reference as hash_ref
+
+EPS = {jnp.float32: 1.2e-7, jnp.float16: 9.8e-4, jnp.bfloat16: 7.8e-3}
+
+
+def _max_rel_error(got, want):
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return np.abs(got - want).max(initial=0) / max(1.0, np.abs(want).max(initial=0))
+
+
+def _tol(dtype, reduction):
+  """Max error relative to the oracle's largest magnitude, scaled by the reduction length."""
+  return 8 * EPS[dtype] * np.sqrt(reduction) + (0 if dtype == jnp.float32 else 4 * EPS[dtype])
+
+
+def _table(rng, n_out, n_in, k, density=0.3, empty_rows=()):
+  nbr = np.where(rng.random((n_out, k)) < density, rng.integers(0, n_in, (n_out, k)), -1).astype(np.int32)
+  nbr[list(empty_rows)] = -1  # rows that meet no input
+  return jnp.asarray(nbr)
+
+
+CONV_BLOCKS = [None, conv_api.BlockSizes(rows=16, out_channels=16, wgrad_splits=3, num_warps=2),
+               conv_api.BlockSizes(rows=64, out_channels=32, wgrad_splits=1, num_warps=8, num_stages=3)]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("blocks", CONV_BLOCKS, ids=["default", "small", "tall"])
+def test_conv_kernels_match_the_reference(rng, dtype, blocks):
+  n_in, n_out, k, c_in, c_out = 61, 45, 27, 5, 19  # ragged row tails, channels padded inside
+  x = jnp.asarray(rng.standard_normal((n_in, c_in)), dtype)
+  w = jnp.asarray(rng.standard_normal((k, c_in, c_out)), dtype)
+  dy = jnp.asarray(rng.standard_normal((n_out, c_out)), dtype)
+  nbr = _table(rng, n_out, n_in, k, empty_rows=(0, 7, 44))
+  y = conv_api.conv_forward(x, w, nbr, block_sizes=blocks)
+  assert y.dtype == dtype and y.shape == (n_out, c_out)
+  assert _max_rel_error(y, conv_ref.conv_forward(x, w, nbr)) <= _tol(dtype, k * c_in)
+  assert not np.asarray(y[7], np.float32).any()
+  g = conv_api.conv_wgrad(x, dy, nbr, block_sizes=blocks)
+  assert g.dtype == jnp.float32 and g.shape == (k, c_in, c_out)
+  assert _max_rel_error(g, conv_ref.conv_wgrad(x, dy, nbr)) <= _tol(dtype, n_out)
+  np.testing.assert_array_equal(np.asarray(g), np.asarray(conv_api.conv_wgrad(x, dy, nbr, block_sizes=blocks)))
+
+
+def test_conv_kernels_on_empty_inputs_and_bad_arguments(rng):
+  x = jnp.zeros((5, 3), jnp.float32)
+  w = jnp.ones((8, 3, 4), jnp.float32)
+  nbr = jnp.full((6, 8), -1, jnp.int32)  # no pairs at all
+  assert not np.asarray(conv_api.conv_forward(x, w, nbr)).any()
+  assert not np.asarray(conv_api.conv_wgrad(x, jnp.ones((6, 4), jnp.float32), nbr)).any()
+  with pytest.raises(ValueError, match="power of two"):
+    conv_api.BlockSizes(rows=24)
+  with pytest.raises(TypeError, match="float32, bfloat16 or float16"):
+    conv_api.conv_forward(x.astype(jnp.int32), w, nbr)
+  with pytest.raises(ValueError, match="K=8, C_in=3"):
+    conv_api.conv_forward(x, jnp.ones((8, 2, 4), jnp.float32), nbr)
+  with pytest.raises(TypeError, match="cast one"):
+    conv_api.conv_forward(x, w.astype(jnp.bfloat16), nbr)
+
+
+@pytest.mark.parametrize("k, s", [(3, 1), (2, 2), (3, 2), (4, 1)])
+def test_conv3d_with_pallas_matches_the_dense_oracle(rng, k, s):
+  g = 7
+  x = random_tensor(rng, n_grid=g, density=0.25, channels=3, batch=2)
+  w = jnp.asarray(rng.standard_normal((k, k, k, 3, 4)).astype(np.float32))
+  y = js.ops.conv3d(x, w, stride=s, implementation="pallas")
+  cin, fin = valid_part(x)
+  cout, got = valid_part(y)
+  want = dense_sparse_conv(cin, jnp.asarray(fin, jnp.float32), w, cout, stride=(s,) * 3, dilation=(1,) * 3,
+                           shape=(g,) * 3, batch=2)
+  assert _max_rel_error(got, want) <= _tol(jnp.float32, k ** 3 * 3)
+  # gradients: the Pallas input gradient (transposed table) and weight gradient against the XLA path's
+  loss = lambda f, w, impl: jnp.sum(js.ops.conv3d(x.replace(feats=f), w, stride=s, implementation=impl).feats ** 2)
+  for a, b in zip(jax.grad(loss, (0, 1))(x.feats, w, "pallas"), jax.grad(loss, (0, 1))(x.feats, w, "xla")):
+    assert _max_rel_error(a, b) <= _tol(jnp.float32, 27 * 4 * 50)
+
+
+def test_transposed_conv_with_pallas_is_the_dense_adjoint(rng):
+  g = 8
+  fine = random_tensor(rng, n_grid=g, density=0.3, channels=2, batch=1)
+  coarse = js.ops.conv3d(fine, jnp.ones((2, 2, 2, 2, 3), jnp.float32), stride=2, implementation="xla")
+  w_t = jnp.asarray(rng.standard_normal((2, 2, 2, 3, 5)).astype(np.float32))
+  y = js.ops.conv_transpose3d(coarse, w_t, stride=2, target=fine, implementation="pallas")
+  cc, fc = valid_part(coarse)
+  cf, got = valid_part(y)
+  want = dense_sparse_conv_transpose(cc, jnp.asarray(fc, jnp.float32), w_t, cf, stride=(2,) * 3,
+                                     shape=(g,) * 3, batch=1)
+  assert _max_rel_error(got, want) <= _tol(jnp.float32, 8 * 3)
+
+
+def _random_coords(rng, n, span=6, batch=3):
+  c = np.concatenate([rng.integers(0, batch, (n, 1)), rng.integers(-span, span, (n, 3))], 1)
+  c = np.unique(c, axis=0)
+  rng.shuffle(c)
+  return c.astype(np.int32)
+
+
+@pytest.mark.parametrize("blocks", [hash_api.BlockSizes(), hash_api.BlockSizes(build_rows=16, query_rows=32),
+                                    hash_api.BlockSizes(build_rows=64, query_rows=16, num_warps=2)],
+                         ids=["default", "small", "wide"])
+def test_hash_table_matches_the_reference_and_numpy(rng, blocks):
+  c = _random_coords(rng, 700)
+  n = len(c)
+  num_valid = n - 13  # the last rows are padding
+  coords = jnp.asarray(c)
+  table = hash_api.build_table(coords, num_valid, block_sizes=blocks)
+  assert int(table.errors) == 0 and table.capacity == hash_api.default_capacity(n)
+  want_slots = hash_ref.build(coords, num_valid, table.capacity)  # ordered probing: one table for any order
+  np.testing.assert_array_equal(np.asarray(table.slots[:-1]).astype(np.int32), np.asarray(want_slots))
+  offsets = np.array(list(itertools.product((-1, 0, 1), repeat=3)), np.int32)
+  got, errors = hash_api.query_table(table, coords, offsets, block_sizes=blocks)
+  q = np.repeat(c[:, None, :], len(offsets), axis=1)
+  q[:, :, 1:] += offsets[None]
+  want = np_lookup(c[:num_valid], q)
+  np.testing.assert_array_equal(np.asarray(got), want)
+  assert int(errors) == 0
+  np.testing.assert_array_equal(np.asarray(hash_ref.query(want_slots, table.key_hi, table.key_lo, coords)),
+                                want[:, 13])  # offset (0, 0, 0)
+
+
+def test_hash_table_flags_bad_coordinates_and_handles_empty_sets(rng):
+  c = jnp.asarray(_random_coords(rng, 100))
+  dup = c.at[5].set(c[9])
+  assert int(hash_api.build_table(dup, len(c)).errors) & _errors.DUPLICATE_COORDS
+  far = c.at[3, 1].set(1 << 20)
+  assert int(hash_api.build_table(far, len(c)).errors) & _errors.OUT_OF_RANGE
+  assert int(hash_api.build_table(far, 3).errors) == 0  # the bad row is padding
+  empty = hash_api.build_table(c, 0)
+  assert int(empty.errors) == 0 and (np.asarray(empty.slots) == -1).all()
+  assert (np.asarray(hash_api.query_table(empty, c)[0]) == -1).all()
+  with pytest.raises(ValueError, match="power of two"):
+    hash_api.build_table(c, 10, capacity=100)
+  with pytest.raises(TypeError, match="int32"):
+    hash_api.build_table(c.astype(jnp.float32), 10)
+
+
+def test_build_and_query_index_with_pallas_agree_with_xla(rng):
+  c = jnp.asarray(_random_coords(rng, 300))
+  pal = js.ops.build_index(c, len(c), implementation="pallas")
+  xla = js.ops.build_index(c, len(c), implementation="xla")
+  q = jnp.concatenate([c[:, :1], c[:, 1:] + jnp.asarray(rng.integers(-1, 2, (len(c), 3)), jnp.int32)], 1)
+  q = q[:6 * (len(c) // 6)].reshape(-1, 6, 4)  # any leading shape
+  np.testing.assert_array_equal(np.asarray(js.ops.query_index(pal, q)), np.asarray(js.ops.query_index(xla, q)))
+  with pytest.raises(ValueError, match="duplicate"):
+    js.ops.build_index(c.at[1].set(c[2]), len(c), implementation="pallas")
+  with pytest.raises(ValueError, match="built with 'pallas'"):
+    js.ops.query_index(pal, c, implementation="xla")
+
+
+@pytest.mark.parametrize("stride, dtype, blocks", [(1, jnp.float32, None), (2, jnp.float32,
+                                                   devox_api.BlockSizes(points=16, voxels=16)),
+                                                   (1, jnp.bfloat16, None), (1, jnp.float16, None)])
+def test_devoxelize_matches_the_xla_path_forward_and_backward(rng, stride, dtype, blocks):
+  x = random_tensor(rng, n_grid=8, density=0.3, channels=5, batch=2, capacity_extra=6)
+  if stride > 1:
+    x = js.ops.conv3d(x, jnp.ones((2, 2, 2, 5, 5), jnp.float32) * 0.2, stride=stride, implementation="xla")
+  x = x.replace(feats=x.feats.astype(dtype))
+  p = 83
+  xyz = jnp.asarray(rng.uniform(-0.5, 8.5, (p, 3)), jnp.float32)
+  batch = jnp.asarray(rng.integers(-1, 2, p), jnp.int32)  # some padded points
+  table = hash_api.build_table(x.coords, x.num_valid)
+  got, errors = devox_api.devoxelize(table, x.feats, xyz, batch, stride=x.stride, block_sizes=blocks)
+  assert int(errors) == 0 and got.dtype == dtype
+  want = js.ops.voxel_to_point(x, xyz, batch, implementation="xla")
+  assert _max_rel_error(got, want) <= _tol(dtype, 8)
+  rows, w = devox_ref.corners_and_weights(table.slots[:-1], table.key_hi, table.key_lo,
+                                          xyz / jnp.asarray(x.stride, jnp.float32)[None, :], batch, x.stride)
+  assert _max_rel_error(got, devox_ref.devoxelize(x.feats, rows, w)) <= _tol(dtype, 8)
+  assert not np.asarray(got, np.float32)[np.asarray(batch) < 0].any()
+  ct = jnp.asarray(rng.standard_normal((p, 5)), dtype)
+  g_pal = jax.grad(lambda f: jnp.sum((devox_api.devoxelize(table, f, xyz, batch, stride=x.stride,
+                                                           block_sizes=blocks)[0] * ct).astype(jnp.float32)))
+  g_xla = jax.grad(lambda f: jnp.sum((js.ops.voxel_to_point(x.replace(feats=f), xyz, batch, implementation="xla")
+                                      * ct).astype(jnp.float32)))
+  a, b = g_pal(x.feats), g_xla(x.feats)
+  assert _max_rel_error(a, b) <= _tol(dtype, 64)
+  np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(g_pal(x.feats), np.float32))  # deterministic
+  via_op = js.ops.voxel_to_point(x, xyz, batch, implementation="pallas")
+  np.testing.assert_array_equal(np.asarray(via_op, np.float32), np.asarray(got, np.float32))
