@@ -4,3 +4,7 @@ Each kernel sits beside a pure-jnp reference; ``api`` modules validate inputs an
 run in Pallas interpret mode (tests); for GPUs they lower through Triton, and ``python -m pallas_kernels.report``
 compiles every kernel for sm_80 and sm_90 here, with no GPU, and prints registers, spills and shared memory.
 """
+
+from pallas_kernels import _config
+
+_config.check_jax_version()

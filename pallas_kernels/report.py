@@ -28,6 +28,7 @@ ROWS, K, CHANNELS, POINTS = 4096, 27, 32, 8192
 @dataclasses.dataclass(frozen=True)
 class Case:
   kernel: str  # what the report calls it
+  show: str  # prefix of the kernel names this case reports (a devoxelize case also builds a hash table)
   config: str  # block sizes, in words
   default: bool
   fn: object
@@ -51,19 +52,19 @@ def cases() -> list[Case]:
   out = []
   for bs, is_default in ((default_conv, True), (other_conv, False)):
     label = f"rows {bs.rows}, out ch {bs.out_channels}, warps {bs.num_warps}, stages {bs.num_stages}"
-    out.append(Case("sparse_conv_forward", label, is_default,
+    out.append(Case("sparse_conv_forward", "sparse_conv", label, is_default,
                     lambda x, w, n, bs=bs: conv_api.conv_forward(x, w, n, block_sizes=bs, interpret=False),
                     (x, w, nbr)))
-    out.append(Case("sparse_conv_wgrad", label + f", splits {bs.wgrad_splits}", is_default,
+    out.append(Case("sparse_conv_wgrad", "sparse_conv", label + f", splits {bs.wgrad_splits}", is_default,
                     lambda x, d, n, bs=bs: conv_api.conv_wgrad(x, d, n, block_sizes=bs, interpret=False),
                     (x, dy, nbr)))
   xb, wb, _, _ = _inputs(dtype=jnp.bfloat16)
-  out.append(Case("sparse_conv_forward", "bfloat16, defaults", False,
+  out.append(Case("sparse_conv_forward", "sparse_conv", "bfloat16, defaults", False,
                   lambda x, w, n: conv_api.conv_forward(x, w, n, interpret=False), (xb, wb, nbr)))
   for bs, is_default in ((hash_api.BlockSizes(), True), (hash_api.BlockSizes(build_rows=64, query_rows=64,
                                                                               num_warps=2), False)):
     label = f"build rows {bs.build_rows}, query rows {bs.query_rows}, warps {bs.num_warps}"
-    out.append(Case("hash_build + hash_query", label, is_default,
+    out.append(Case("hash_build + hash_query", "hash", label, is_default,
                     lambda c, bs=bs: hash_api.query_table(
                         hash_api.build_table(c, ROWS, block_sizes=bs, interpret=False), c, offsets,
                         block_sizes=bs, interpret=False)[0], (coords,)))
@@ -79,7 +80,8 @@ def cases() -> list[Case]:
       table = hash_api.build_table(c, ROWS, interpret=False)
       return jax.grad(lambda f: jnp.sum(devox_api.devoxelize(table, f, p, b, block_sizes=bs,
                                                              interpret=False)[0]))(f)
-    out.append(Case("devoxelize (+ hash_build, hash_query)", label, is_default, grad, (coords, feats, xyz, batch)))
+    out.append(Case("devoxelize (+ hash_build, hash_query)", "devoxelize", label, is_default, grad,
+                    (coords, feats, xyz, batch)))
   return out
 
 
@@ -110,6 +112,8 @@ def main(argv=None):
   failures = []
   for case in cases():
     for b in _aot.compile_function(case.fn, *case.args, archs=tuple(args.archs)):
+      if not b.name.startswith(case.show):
+        continue
       mark = " (default)" if case.default else ""
       print(f"| {b.name} | {case.config}{mark} | {b.arch} | {b.registers} | {b.spill_stores}/{b.spill_loads} | "
             f"{b.stack} | {b.shared + b.shared_dynamic} | {'yes' if b.mma else 'no'} |", flush=True)
