@@ -126,9 +126,23 @@ def compile_call(call: dict, arch: int, workdir: Path) -> KernelBuild:
                      shared_dynamic=int(compiled.metadata.shared), mma=mma)
 
 
-def lower_for_cuda(fn, *args, **kwargs):
-  """``jax.jit(fn).trace(*args, **kwargs).lower(lowering_platforms=("cuda",))``: works with no GPU present."""
-  return jax.jit(fn).trace(*args, **kwargs).lower(lowering_platforms=("cuda",))
+# The GPU that jax >= 0.11 describes when it lowers Pallas Triton kernels with no GPU present.
+_DEVICE_KIND = {80: "NVIDIA A100", 90: "NVIDIA H100"}
+
+
+def lower_for_cuda(fn, *args, arch: int = 90, **kwargs):
+  """``jax.jit(fn).trace(*args, **kwargs).lower(lowering_platforms=("cuda",))``: works with no GPU present.
+
+  jax 0.10 lowers Triton kernels without asking for a device; jax 0.11 asks for the GPU's kind, which a CPU-only
+  host gives through an abstract mesh whose abstract device is an A100 (``arch`` 80) or H100 (90).
+  """
+  lower = lambda: jax.jit(fn).trace(*args, **kwargs).lower(lowering_platforms=("cuda",))
+  abstract_device = getattr(jax.sharding, "AbstractDevice", None)
+  if abstract_device is None:  # jax 0.10
+    return lower()
+  mesh = jax.sharding.AbstractMesh((1,), ("gpu",), abstract_device=abstract_device(_DEVICE_KIND[arch], None, "cuda"))
+  with jax.sharding.use_abstract_mesh(mesh):
+    return lower()
 
 
 def compile_function(fn, *args, archs=ARCHS, **kwargs) -> list[KernelBuild]:
@@ -137,12 +151,11 @@ def compile_function(fn, *args, archs=ARCHS, **kwargs) -> list[KernelBuild]:
   Raises if the function holds no Triton kernel (a kernel that silently fell back to another backend must not
   pass for compiled).
   """
-  calls = triton_calls(lower_for_cuda(fn, *args, **kwargs))
-  if not calls:
-    raise ValueError("the lowered function contains no Triton kernel; were the Triton compiler params passed?")
   builds = []
   with tempfile.TemporaryDirectory() as tmp:
-    for call in calls:
-      for arch in archs:
-        builds.append(compile_call(call, arch, Path(tmp)))
+    for arch in archs:
+      calls = triton_calls(lower_for_cuda(fn, *args, arch=arch, **kwargs))
+      if not calls:
+        raise ValueError("the lowered function contains no Triton kernel; were the Triton compiler params passed?")
+      builds += [compile_call(call, arch, Path(tmp)) for call in calls]
   return builds

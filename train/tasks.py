@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Callable
 
 import jax.numpy as jnp
-import numpy as np
 
 from jsparse3d import data
 from jsparse3d import models
@@ -132,11 +131,3 @@ def check_classes(cfg, task: Task) -> None:
     raise ValueError(f"config {cfg['name']!r}: model.num_classes is {cfg['model']['num_classes']} but the data has "
                      f"{len(task.class_names)} classes.")
 
-
-def events_of(x) -> int:
-  """How many events a collated batch holds (for the events/s rate)."""
-  if isinstance(x, tuple) and len(x) == 3:  # points: (xyz, batch, feats)
-    return int(np.max(np.asarray(x[1]), initial=-1)) + 1
-  if isinstance(x, tuple):  # shapes
-    return int(np.asarray(x[0]).shape[0])
-  return int(x.batch_size)
