@@ -42,3 +42,17 @@ def run(make, *args, interpret: bool | None):
 
 def next_pow2(n: int, minimum: int = 1) -> int:
   return max(minimum, 1 << (max(int(n), 1) - 1).bit_length())
+
+
+def check_block_sizes(block_sizes, tiles) -> None:
+  """Validates a kernel family's ``BlockSizes``: the named ``tiles`` are powers of two >= 16 (Triton's smallest
+  dot tile; tensors in a Triton program have power-of-two shapes), ``num_warps`` a power of two up to 16 and
+  ``num_stages`` positive."""
+  for name in tiles:
+    v = getattr(block_sizes, name)
+    if v < 16 or v & (v - 1):
+      raise ValueError(f"BlockSizes.{name} must be a power of two >= 16, got {v}.")
+  if block_sizes.num_warps not in (1, 2, 4, 8, 16):
+    raise ValueError(f"BlockSizes.num_warps must be 1, 2, 4, 8 or 16, got {block_sizes.num_warps}.")
+  if block_sizes.num_stages < 1:
+    raise ValueError(f"BlockSizes.num_stages must be positive, got {block_sizes.num_stages}.")

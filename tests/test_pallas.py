@@ -67,6 +67,10 @@ def test_conv_kernels_on_empty_inputs_and_bad_arguments(rng):
   assert not np.asarray(conv_api.conv_wgrad(x, jnp.ones((6, 4), jnp.float32), nbr)).any()
   with pytest.raises(ValueError, match="power of two"):
     conv_api.BlockSizes(rows=24)
+  with pytest.raises(ValueError, match="build_rows must be a power of two"):
+    hash_api.BlockSizes(build_rows=8)
+  with pytest.raises(ValueError, match="num_warps"):
+    devox_api.BlockSizes(num_warps=3)
   with pytest.raises(TypeError, match="float32, bfloat16 or float16"):
     conv_api.conv_forward(x.astype(jnp.int32), w, nbr)
   with pytest.raises(ValueError, match="K=8, C_in=3"):

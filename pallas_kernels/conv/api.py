@@ -34,16 +34,9 @@ class BlockSizes:
   num_stages: int = 2
 
   def __post_init__(self):
-    for name in ("rows", "out_channels"):
-      v = getattr(self, name)
-      if v < 16 or v & (v - 1):
-        raise ValueError(f"BlockSizes.{name} must be a power of two >= 16 (Triton's smallest dot tile), got {v}.")
+    _config.check_block_sizes(self, ("rows", "out_channels"))
     if self.wgrad_splits < 1:
       raise ValueError(f"BlockSizes.wgrad_splits must be positive, got {self.wgrad_splits}.")
-    if self.num_warps not in (1, 2, 4, 8, 16):
-      raise ValueError(f"BlockSizes.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps}.")
-    if self.num_stages < 1:
-      raise ValueError(f"BlockSizes.num_stages must be positive, got {self.num_stages}.")
 
   @classmethod
   def for_channels(cls, c_in: int, c_out: int) -> "BlockSizes":

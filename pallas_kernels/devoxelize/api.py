@@ -34,13 +34,7 @@ class BlockSizes:
     return cls(points=32, num_warps=4) if c <= 32 else cls(points=16, num_warps=8)
 
   def __post_init__(self):
-    for name in ("points", "voxels"):
-      v = getattr(self, name)
-      if v < 16 or v & (v - 1):
-        raise ValueError(f"BlockSizes.{name} must be a power of two >= 16, got {v}.")
-    if self.num_warps not in (1, 2, 4, 8, 16) or self.num_stages < 1:
-      raise ValueError(f"num_warps must be 1, 2, 4, 8 or 16 and num_stages positive, got {self.num_warps}, "
-                       f"{self.num_stages}.")
+    _config.check_block_sizes(self, ("points", "voxels"))
 
 
 def _pad_rows(a, multiple, value=0):

@@ -53,13 +53,7 @@ class BlockSizes:
   num_stages: int = 1
 
   def __post_init__(self):
-    for name in ("build_rows", "query_rows"):
-      v = getattr(self, name)
-      if v < 16 or v & (v - 1):
-        raise ValueError(f"BlockSizes.{name} must be a power of two >= 16, got {v}.")
-    if self.num_warps not in (1, 2, 4, 8, 16) or self.num_stages < 1:
-      raise ValueError(f"num_warps must be 1, 2, 4, 8 or 16 and num_stages positive, got {self.num_warps}, "
-                       f"{self.num_stages}.")
+    _config.check_block_sizes(self, ("build_rows", "query_rows"))
 
 
 def default_capacity(num_rows: int) -> int:
