@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -214,3 +215,33 @@ def test_bad_configs_and_workdirs_fail_clearly(tmp_path):
     train_lib.train(_smoke(**{"model.num_classes": 7}), tmp_path / "n")
   with pytest.raises(ValueError, match="optimizer.kind"):
     configs.get_config("uresnet_lartpc", ["optimizer.kind=lamb"])
+
+
+def test_dropout_masks_differ_across_devices_but_the_state_stays_replicated():
+  class Drop(nnx.Module):
+    def __init__(self):
+      self.w = nnx.Param(jnp.ones((1, 64)))
+      self.drop = nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=3))
+
+    def __call__(self, x):
+      return self.drop(x * self.w[...])
+
+  model = Drop()
+  graphdef, state = nnx.split(model)
+  replicated = jax.tree.map(lambda v: jnp.stack([v] * 2), state)
+
+  def masks(state, x):
+    m = nnx.merge(graphdef, training.per_device_keys(state, "d"))
+    return m(x) != 0
+
+  out = jax.pmap(masks, axis_name="d")(replicated, jnp.ones((2, 1, 64)))
+  assert not np.array_equal(np.asarray(out[0]), np.asarray(out[1]))  # independent masks per device
+  optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+  graphdef, state = nnx.split((model, optimizer))
+  step = training.make_train_step(graphdef, num_classes=2, num_events=1, axis_name="d",
+                                  forward=lambda m, x: (jnp.stack([m(x)[0], -m(x)[0]], 1), jnp.zeros(64, jnp.int32)))
+  new, _, _ = step(jax.tree.map(lambda v: jnp.stack([v] * 2), state), jnp.ones((2, 1, 64)),
+                   jnp.zeros((2, 64), jnp.int32))
+  for leaf in jax.tree.leaves(jax.tree.map(lambda v: jax.random.key_data(v) if jax.dtypes.issubdtype(
+      v.dtype, jax.dtypes.prng_key) else v, new)):
+    np.testing.assert_array_equal(np.asarray(leaf[0]), np.asarray(leaf[1]))  # replicas agree after the step

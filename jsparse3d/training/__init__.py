@@ -7,4 +7,5 @@ from jsparse3d.training._metrics import ConfusionMatrix as ConfusionMatrix
 from jsparse3d.training._metrics import confusion_matrix as confusion_matrix
 from jsparse3d.training._steps import make_eval_step as make_eval_step
 from jsparse3d.training._steps import make_train_step as make_train_step
+from jsparse3d.training._steps import per_device_keys as per_device_keys
 from jsparse3d.training._steps import sparse_logits as sparse_logits

@@ -26,6 +26,17 @@ def sparse_logits(model, x):
   return model(x).feats, x.coords[:, 0]
 
 
+def _is_key(v) -> bool:
+  return jax.dtypes.issubdtype(getattr(v, "dtype", None), jax.dtypes.prng_key)
+
+
+def per_device_keys(state, axis_name: str):
+  """``state`` with every PRNG key folded with the device index, so that dropout draws different masks on each
+  device of a pmap (the keys are replicated; the train step puts the replicated ones back afterwards)."""
+  index = jax.lax.axis_index(axis_name)
+  return jax.tree.map(lambda v: jax.random.fold_in(v, index) if _is_key(v) else v, state)
+
+
 def _loss(logits, labels, events, num_events, class_weights, axis_name):
   """The batch loss, or under pmap this device's share of the global batch's loss."""
   total, present = segmentation_loss_terms(logits, labels, events, num_events, class_weights=class_weights,
@@ -49,7 +60,7 @@ def make_train_step(graphdef, *, num_classes: int, num_events: int, class_weight
 
   def step(state, x, labels):
     labels = labels.reshape(-1)
-    model, optimizer = nnx.merge(graphdef, state)
+    model, optimizer = nnx.merge(graphdef, state if axis_name is None else per_device_keys(state, axis_name))
 
     def loss_fn(model):
       logits, events = forward(model, x)
@@ -64,7 +75,10 @@ def make_train_step(graphdef, *, num_classes: int, num_events: int, class_weight
       cm = jax.lax.psum(cm, axis_name)
     with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats with int32 step counts
       optimizer.update(model, grads)
-    return nnx.state((model, optimizer)), loss, cm
+    new_state = nnx.state((model, optimizer))
+    if axis_name is not None:  # the replicated keys again: devices stay identical
+      new_state = jax.tree.map(lambda new, old: old if _is_key(old) else new, new_state, state)
+    return new_state, loss, cm
 
   if axis_name is None:
     return jax.jit(step, donate_argnums=0)
