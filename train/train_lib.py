@@ -131,6 +131,18 @@ class _Layout:
     return jax.tree.map(lambda v: v[0], tree) if self.pmap else tree
 
 
+def _meet(name: str, minutes: int = 10) -> None:
+  """Waits until every process gets here, through the coordination service.
+
+  The first CPU collective (gloo) gives up if the processes reach it more than 30 s apart, which slow starts on a
+  loaded machine can exceed; meeting first here (with a generous timeout) makes them reach it together.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # the coordination client: no public barrier API in jax 0.10-0.11
+  distributed.global_state.client.wait_at_barrier(f"jsparse3d_{name}", minutes * 60 * 1000)
+
+
 def _to_saveable(tree):
   """Host numpy copies (what every process can write), with PRNG keys as their raw key data."""
   def leaf(v):
@@ -244,6 +256,7 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
   eval_graphdef, _ = nnx.split((model, optimizer))
   model.train()
   fingerprint = _fingerprint(state)
+  _meet("start")
   ckpt = ocp.CheckpointManager((workdir / "checkpoints").absolute(),
                                options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
   start = 0
