@@ -10,6 +10,7 @@ GPU. Nothing here queries a GPU at import time.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from jax.experimental.pallas import triton as pl_triton
 
 SUPPORTED_JAX = ((0, 10, 2), (0, 12, 0))  # [lowest, first unsupported): 0.10 here, 0.11 on the GPU image
@@ -38,6 +39,20 @@ def run(make, *args, interpret: bool | None):
   if interpret is not None:
     return make(bool(interpret))(*args)
   return jax.lax.platform_dependent(*args, cpu=make(True), default=make(False))
+
+
+def round_up(n: int, multiple: int) -> int:
+  """The smallest positive multiple of ``multiple`` >= ``n`` (a grid needs at least one block)."""
+  return -(-max(int(n), 1) // multiple) * multiple
+
+
+def pad(a, axis: int, size: int, value=0):
+  """``a`` padded with ``value`` at the end of ``axis`` to ``size``."""
+  if size == a.shape[axis]:
+    return a
+  widths = [(0, 0)] * a.ndim
+  widths[axis] = (0, size - a.shape[axis])
+  return jnp.pad(a, widths, constant_values=value)
 
 
 def next_pow2(n: int, minimum: int = 1) -> int:

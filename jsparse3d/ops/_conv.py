@@ -97,10 +97,6 @@ def _check_weight(x: SparseTensor, weight, c_in_axis: int, what: str):
         f"{what} takes one SparseTensor with feats [N, C], got feats {x.feats.shape}. Use jax.vmap for a stack.")
 
 
-def on_gpu() -> bool:
-  return jax.default_backend() in ("gpu", "cuda", "rocm")
-
-
 def _resolve_implementation(implementation, dtype) -> str:
   """``None`` picks the Pallas kernels on a GPU backend and, on the CPU backend, the native kernels when they
   build (float32 and narrower), else XLA."""
@@ -108,7 +104,7 @@ def _resolve_implementation(implementation, dtype) -> str:
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None (the default), got {implementation!r}.")
   wide = jnp.dtype(dtype) == jnp.float64
   if implementation is None:
-    if on_gpu() and not wide:
+    if _hash.on_gpu() and not wide:
       return "pallas"
     cpu = jax.default_backend() == "cpu"
     return "native" if cpu and not wide and _native.available() else "xla"

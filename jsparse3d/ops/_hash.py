@@ -180,8 +180,9 @@ def _check_coords_array(coords, name: str) -> None:
     raise TypeError(f"{name} must be int32, got {coords.dtype}. Convert with .astype(jnp.int32).")
 
 
-def _default_implementation() -> str:
-  return "pallas" if jax.default_backend() in ("gpu", "cuda", "rocm") else "xla"
+def on_gpu() -> bool:
+  """Whether the default backend is a GPU (where the Pallas kernels are the default implementation)."""
+  return jax.default_backend() in ("gpu", "cuda", "rocm")
 
 
 def implementation_of(index) -> str:
@@ -218,7 +219,8 @@ def build_index(coords: jax.Array, num_valid: jax.Array | int, *, implementation
   _check_coords_array(coords, "coords")
   if coords.ndim != 2:
     raise ValueError(f"coords must have shape [N, 4], got {coords.shape}.")
-  implementation = _default_implementation() if implementation is None else implementation
+  if implementation is None:
+    implementation = "pallas" if on_gpu() else "xla"
   if implementation == "pallas":
     from pallas_kernels.hash import api as pallas_hash
     index = pallas_hash.build_table(coords, num_valid)

@@ -109,7 +109,7 @@ def voxel_to_point(x: SparseTensor, xyz, batch, *, implementation: str | None = 
   _check_points(xyz, batch)
   if implementation not in (None, "xla", "pallas"):
     raise ValueError(f"implementation must be 'xla', 'pallas' or None, got {implementation!r}.")
-  if implementation == "pallas" or (implementation is None and _conv.on_gpu()):
+  if implementation == "pallas" or (implementation is None and _hash.on_gpu()):
     from pallas_kernels.devoxelize import api as pallas_devoxelize
     table, x = _conv.ensure_index(x, "pallas")
     out, errors = pallas_devoxelize.devoxelize(table, x.feats, xyz, batch.astype(jnp.int32), stride=x.stride)

@@ -59,15 +59,9 @@ def _check(x, nbr, what):
     raise ValueError(f"{what}: nbr must be an int32 [N_out, K] neighbour table, got {nbr.dtype} {nbr.shape}.")
 
 
-def _pad_to(a, axis, size, value=0):
-  pad = [(0, 0)] * a.ndim
-  pad[axis] = (0, size - a.shape[axis])
-  return jnp.pad(a, pad, constant_values=value) if size != a.shape[axis] else a
-
-
 def _table(nbr, rows):
   n_out = nbr.shape[0]
-  return _pad_to(nbr, 0, -(-max(n_out, 1) // rows) * rows, -1).T  # offset-major, padded rows meet nothing
+  return _config.pad(nbr, 0, _config.round_up(n_out, rows), -1).T  # offset-major, padded rows meet nothing
 
 
 def conv_forward(x, w, nbr, *, block_sizes: BlockSizes | None = None, interpret: bool | None = None,
@@ -86,8 +80,8 @@ def conv_forward(x, w, nbr, *, block_sizes: BlockSizes | None = None, interpret:
   bs = block_sizes or BlockSizes.for_channels(c_in, c_out)
   cin_p, cout_p = _config.next_pow2(c_in, 16), _config.next_pow2(c_out, 16)
   bn = min(bs.out_channels, cout_p)
-  xp = _pad_to(x, 1, cin_p)
-  wp = _pad_to(_pad_to(w, 1, cin_p), 2, cout_p)
+  xp = _config.pad(x, 1, cin_p)
+  wp = _config.pad(_config.pad(w, 1, cin_p), 2, cout_p)
   out = kernel.forward(xp, wp, _table(nbr, bs.rows), bm=bs.rows, bn=bn, num_warps=bs.num_warps,
                        num_stages=bs.num_stages, interpret=interpret, allow_tf32=allow_tf32)
   return out[:n_out, :c_out]
@@ -109,9 +103,9 @@ def conv_wgrad(x, dy, nbr, *, block_sizes: BlockSizes | None = None, interpret: 
   cin_p, cout_p = _config.next_pow2(c_in, 16), _config.next_pow2(c_out, 16)
   bn = min(bs.out_channels, cout_p)
   table = _table(nbr, bs.rows)
-  dyp = _pad_to(_pad_to(dy, 1, cout_p), 0, table.shape[1])
+  dyp = _config.pad(_config.pad(dy, 1, cout_p), 0, table.shape[1])
   splits = max(1, min(bs.wgrad_splits, table.shape[1] // bs.rows))
-  parts = kernel.wgrad_partials(_pad_to(x, 1, cin_p), dyp, table, bm=bs.rows, bn=bn, splits=splits,
+  parts = kernel.wgrad_partials(_config.pad(x, 1, cin_p), dyp, table, bm=bs.rows, bn=bn, splits=splits,
                                 num_warps=bs.num_warps, num_stages=bs.num_stages,
                                 interpret=interpret, allow_tf32=allow_tf32)
   total = parts[0]

@@ -37,12 +37,6 @@ class BlockSizes:
     _config.check_block_sizes(self, ("points", "voxels"))
 
 
-def _pad_rows(a, multiple, value=0):
-  n = a.shape[0]
-  size = -(-max(n, 1) // multiple) * multiple
-  return jnp.pad(a, [(0, size - n)] + [(0, 0)] * (a.ndim - 1), constant_values=value) if size != n else a
-
-
 def devoxelize(table: HashTable, feats, xyz, batch, *, stride=(1, 1, 1), block_sizes: BlockSizes | None = None,
                interpret: bool | None = None):
   """``(out [P, C], errors int32[])``: trilinear interpolation of ``feats`` (the rows of ``table``) at ``xyz``.
@@ -74,9 +68,10 @@ def _forward(slots, key_hi, key_lo, feats, xyz, batch, *, stride, bs, interpret)
   p = len(xyz)
   c_p = _config.next_pow2(feats.shape[1], 16)
   lattice = jax.lax.stop_gradient(xyz).astype(jnp.float32) / jnp.asarray(stride, jnp.float32)[None, :]
-  p_t = _pad_rows(lattice, bs.points).T
-  b = _pad_rows(batch, bs.points, -1)
-  fp = jnp.pad(feats, [(0, 0), (0, c_p - feats.shape[1])])
+  p_p = _config.round_up(p, bs.points)
+  p_t = _config.pad(lattice, 0, p_p).T
+  b = _config.pad(batch, 0, p_p, -1)
+  fp = _config.pad(feats, 1, c_p)
   out, rows, weights, status = kernel.forward(p_t, b, slots, key_hi, key_lo, fp, stride=stride, bm=bs.points,
                                               num_warps=bs.num_warps, num_stages=bs.num_stages,
                                               interpret=interpret)
@@ -106,12 +101,11 @@ def _devoxelize_bwd(stride, bs, interpret, res, cts):
   order = jnp.argsort(key, stable=True)  # by voxel, then by entry: a fixed order
   count = jax.ops.segment_sum(jnp.ones_like(key), key, num_segments=n + 1)[:n]
   start = jnp.cumsum(count) - count
-  v_p = -(-max(n, 1) // bs.voxels) * bs.voxels
+  v_p = _config.round_up(n, bs.voxels)
   c_p = _config.next_pow2(c, 16)
-  g_p = jnp.pad(g.astype(dtype), [(0, 0), (0, c_p - c)])
-  d_feats = kernel.backward(_pad_rows(start.astype(jnp.int32), bs.voxels), _pad_rows(count.astype(jnp.int32),
-                                                                                      bs.voxels),
-                            (order % p).astype(jnp.int32), flat_w[order], g_p, v_p, bm=bs.voxels,
+  g_p = _config.pad(g.astype(dtype), 1, c_p)
+  start, count = (_config.pad(a.astype(jnp.int32), 0, v_p) for a in (start, count))
+  d_feats = kernel.backward(start, count, (order % p).astype(jnp.int32), flat_w[order], g_p, v_p, bm=bs.voxels,
                             num_warps=bs.num_warps, num_stages=bs.num_stages, interpret=interpret)
   zeros = lambda a: jnp.zeros_like(a) if jnp.issubdtype(a.dtype, jnp.floating) else None
   return (None, None, None, d_feats[:n, :c], zeros(xyz), None)

@@ -21,24 +21,6 @@ from jax.experimental import pallas as pl
 from pallas_kernels import _config
 from pallas_kernels.hash import kernel as hash_kernel
 
-def _probe(slots_ref, key_hi_ref, key_lo_ref, ok, hi, lo, capacity, bm):
-  def cond(state):
-    _, _, active, step = state
-    return hash_kernel._any(active) & (step < capacity)
-
-  def body(state):
-    h, found, active, step = state
-    s = slots_ref[h].astype(jnp.int32)
-    r = jnp.maximum(s, 0)
-    match = (s != hash_kernel.EMPTY) & (key_hi_ref[r] == hi) & (key_lo_ref[r] == lo)
-    found = jnp.where(active & match, s, found)
-    return (h + 1) & (capacity - 1), found, active & (s != hash_kernel.EMPTY) & ~match, step + 1
-
-  init = (hash_kernel._home(hi, lo, capacity), jnp.full((bm,), -1, jnp.int32), ok, jnp.int32(0))
-  _, found, active, _ = jax.lax.while_loop(cond, body, init)
-  return found, active
-
-
 def _forward_kernel(p_ref, batch_ref, slots_ref, key_hi_ref, key_lo_ref, feats_ref, out_ref, rows_ref, w_ref,
                     status_ref, *, bm: int, capacity: int, stride: tuple):
   start = pl.program_id(0) * bm
@@ -51,7 +33,8 @@ def _forward_kernel(p_ref, batch_ref, slots_ref, key_hi_ref, key_lo_ref, feats_r
     acc, total, unfinished = carry
     bits = [(j >> 2) & 1, (j >> 1) & 1, j & 1]  # the corner order of CORNERS in the reference
     ok, hi, lo = hash_kernel._keys(b, *((c + d) * s for c, d, s in zip(cell, bits, stride)))
-    found, active = _probe(slots_ref, key_hi_ref, key_lo_ref, ok & (b >= 0), hi, lo, capacity, bm)
+    found, active = hash_kernel.probe(slots_ref, key_hi_ref, key_lo_ref, ok & (b >= 0), hi, lo, capacity=capacity,
+                                      bm=bm)
     w = jnp.ones((bm,), jnp.float32)
     for f, d in zip(frac, bits):
       w = w * jnp.where(d == 1, f, 1.0 - f)

@@ -70,10 +70,8 @@ def _check_coords(coords, what):
 
 
 def _padded_columns(coords, rows):
-  n = coords.shape[0]
-  n_p = -(-max(n, 1) // rows) * rows
-  pad = jnp.full((n_p - n, 4), -1, jnp.int32)
-  return jnp.concatenate([coords, pad]).T
+  """``int32[4, N_p]``: the coordinates column-major, padded with batch -1 rows to a multiple of ``rows``."""
+  return _config.pad(coords, 0, _config.round_up(coords.shape[0], rows), -1).T
 
 
 def build_table(coords, num_valid, *, capacity: int | None = None, block_sizes: BlockSizes | None = None,

@@ -112,6 +112,30 @@ def build(coords_t, num_valid, *, capacity: int, bm: int, num_warps: int, num_st
   return _config.run(make, num_valid, coords_t, empty, interpret=interpret)
 
 
+def probe(slots_ref, key_hi_ref, key_lo_ref, active, hi, lo, *, capacity: int, bm: int):
+  """Linear probing for a vector of keys (lanes with ``active`` False are not looked up).
+
+  Returns ``(found int32[bm], unfinished bool[bm])``: the row stored under each key or -1, and the lanes still
+  probing when the ``capacity`` step limit ran out.
+  """
+
+  def cond(state):
+    _, _, active, step = state
+    return _any(active) & (step < capacity)
+
+  def body(state):
+    h, found, active, step = state
+    s = slots_ref[h].astype(jnp.int32)
+    r = jnp.maximum(s, 0)
+    match = (s != EMPTY) & (key_hi_ref[r] == hi) & (key_lo_ref[r] == lo)
+    found = jnp.where(active & match, s, found)
+    return (h + 1) & (capacity - 1), found, active & (s != EMPTY) & ~match, step + 1
+
+  init = (_home(hi, lo, capacity), jnp.full((bm,), -1, jnp.int32), active, jnp.int32(0))
+  _, found, unfinished, _ = jax.lax.while_loop(cond, body, init)
+  return found, unfinished
+
+
 def _query_kernel(offsets_ref, coords_ref, slots_ref, key_hi_ref, key_lo_ref, out_ref, status_ref, *, bm: int,
                   capacity: int, num_offsets: int):
   start = pl.program_id(0) * bm
@@ -120,21 +144,7 @@ def _query_kernel(offsets_ref, coords_ref, slots_ref, key_hi_ref, key_lo_ref, ou
 
   def offset(k, unfinished):
     ok, hi, lo = _keys(b, x + offsets_ref[k, 0], y + offsets_ref[k, 1], z + offsets_ref[k, 2])
-
-    def cond(state):
-      _, _, active, step = state
-      return _any(active) & (step < capacity)
-
-    def body(state):
-      h, found, active, step = state
-      s = slots_ref[h].astype(jnp.int32)
-      r = jnp.maximum(s, 0)
-      match = (s != EMPTY) & (key_hi_ref[r] == hi) & (key_lo_ref[r] == lo)
-      found = jnp.where(active & match, s, found)
-      return (h + 1) & (capacity - 1), found, active & (s != EMPTY) & ~match, step + 1
-
-    init = (_home(hi, lo, capacity), jnp.full((bm,), -1, jnp.int32), base_ok & ok, jnp.int32(0))
-    _, found, active, _ = jax.lax.while_loop(cond, body, init)
+    found, active = probe(slots_ref, key_hi_ref, key_lo_ref, base_ok & ok, hi, lo, capacity=capacity, bm=bm)
     out_ref[k, pl.ds(start, bm)] = found
     return unfinished | active
 
