@@ -34,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import jax
@@ -42,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jsparse3d as js
+from _timing import times_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -51,17 +51,6 @@ PEERS = SHARED / "tools" / "bench_peers.py"
 # Peer op names (bench_peers.py) for our ops.
 PEER_OPS = {"subm_cached": "subm3_fwd_cached", "subm_cached_xla": "subm3_fwd_cached", "subm_fwd": "subm3_fwd", "subm_fwd_bwd": "subm3_fwd_bwd",
             "down2": "down2_fwd", "up2": "up2_fwd"}
-
-
-def times_ms(fn, *args, warmup: int, reps: int) -> list[float]:
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(1e3 * (time.perf_counter() - t0))
-  return times
 
 
 def interleaved_ms(fa, a_args, fb, b_args, *, warmup: int, reps: int) -> tuple[list[float], list[float]]:

@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -29,19 +28,10 @@ from flax import nnx
 import jsparse3d as js
 from jsparse3d import data
 from jsparse3d import models
+from _timing import times_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 KITTI = ROOT.parent / "shared" / "data" / "semantickitti-sample" / "000000.bin"
-
-
-def median_ms(fn, *args, reps):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(1e3 * (time.perf_counter() - t0))
-  return statistics.median(times)
 
 
 def measure(model, loss_fn, args, *, reps, macs_args):
@@ -59,7 +49,8 @@ def measure(model, loss_fn, args, *, reps, macs_args):
     print(f"  (no memory estimate: {type(e).__name__})")
     mem = None
   peak = None if mem is None else (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)
-  out = dict(fwd_ms=median_ms(fwd, model, *args, reps=reps), fwd_bwd_ms=median_ms(fwd_bwd, model, *args, reps=reps))
+  median_ms = lambda f: statistics.median(times_ms(f, model, *args, warmup=1, reps=reps))
+  out = dict(fwd_ms=median_ms(fwd), fwd_bwd_ms=median_ms(fwd_bwd))
   out["ratio_fwd_bwd_over_fwd"] = out["fwd_ms"] and out["fwd_bwd_ms"] / out["fwd_ms"]
   out["peak_memory_mb"] = None if peak is None else peak / 2 ** 20
   model.eval()
