@@ -169,8 +169,8 @@ def evaluate(eval_step, state, dataset, task, layout, cfg):
                      f"{cfg['batch_size']}.")
   for x, y in layout.loader(dataset, task, shuffle=False, num_steps=steps, prefetch=0):
     loss, counts = eval_step(state, x, y)
-    losses.append(float(np.asarray(loss).reshape(-1)[0]))
-    cm.add(np.asarray(counts)[0] if layout.pmap else counts)
+    losses.append(float(layout.first(loss)))
+    cm.add(layout.first(counts))
   return float(np.mean(losses)), cm
 
 
