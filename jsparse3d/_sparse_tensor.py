@@ -27,6 +27,7 @@ class Geometry:
     errors: ``int32[]`` error flags of the parent.
     cache: kernel maps and indices of the parent (see :class:`SparseTensor`).
     stride: static stride of the parent.
+    capacities: static capacity plan of the parent (see :class:`SparseTensor`).
   """
 
   coords: jax.Array
@@ -34,6 +35,7 @@ class Geometry:
   errors: jax.Array
   cache: dict[str, Any]
   stride: _coords.Triple = dataclasses.field(metadata=dict(static=True))
+  capacities: tuple = dataclasses.field(default=(), metadata=dict(static=True))
 
 
 @jax.tree_util.register_dataclass
@@ -54,6 +56,10 @@ class SparseTensor(_errors.Flagged):
       kernel maps such as ``"subm/k3x3x3/d1x1x1"``, and, on a tensor made by a strided op, ``"parent"`` (the
       finer :class:`Geometry`) and ``"down/..."`` (the map from the parent). Ops add entries; users never need to.
     stride: static ``(sx, sy, sz)`` tensor stride.
+    capacities: static ``((stride, capacity), ...)``: the capacity that a strided op on this tensor (or on a tensor
+      derived from it) gives its output of that stride, instead of this tensor's capacity. Coarse levels of a
+      U-Net then carry little padding. Made by :meth:`plan_capacities`; an output with more rows than planned
+      sets the ``CAPACITY_OVERFLOW`` flag (no row is dropped silently).
 
   Example:
     >>> x = SparseTensor.from_coords(coords, feats, capacity=4096)
@@ -66,6 +72,7 @@ class SparseTensor(_errors.Flagged):
   errors: jax.Array
   cache: dict[str, Any]
   stride: _coords.Triple = dataclasses.field(metadata=dict(static=True))
+  capacities: tuple = dataclasses.field(default=(), metadata=dict(static=True))
 
   @property
   def capacity(self) -> int:
@@ -82,7 +89,7 @@ class SparseTensor(_errors.Flagged):
 
   @property
   def geometry(self) -> Geometry:
-    return Geometry(self.coords, self.num_valid, self.errors, self.cache, self.stride)
+    return Geometry(self.coords, self.num_valid, self.errors, self.cache, self.stride, self.capacities)
 
   def replace(self, **changes) -> "SparseTensor":
     """A copy with fields replaced, e.g. ``x.replace(feats=new_feats)``; geometry and cache are kept.
@@ -100,7 +107,43 @@ class SparseTensor(_errors.Flagged):
   @classmethod
   def from_geometry(cls, geometry: Geometry, feats: jax.Array, errors: jax.Array | None = None) -> "SparseTensor":
     errs = geometry.errors if errors is None else geometry.errors | errors
-    return cls(geometry.coords, feats, geometry.num_valid, errs, geometry.cache, geometry.stride)
+    return cls(geometry.coords, feats, geometry.num_valid, errs, geometry.cache, geometry.stride, geometry.capacities)
+
+  def planned_capacity(self, stride) -> int:
+    """The capacity of this tensor's coarser level of tensor stride ``stride``: the planned one (see
+    :meth:`plan_capacities`), else this tensor's own (always enough: a strided op never makes more rows)."""
+    return dict(self.capacities).get(_coords.as_triple(stride, "stride"), self.capacity)
+
+  def plan_capacities(self, strides, buckets=None) -> "SparseTensor":
+    """A copy whose strided ops make outputs of just enough capacity (eager: reads the coordinates).
+
+    For each tensor stride in ``strides`` it counts the distinct cells ``floor(c / s)`` of the valid rows (the
+    Minkowski output rule) and keeps the smallest of ``buckets`` that holds them, so the coarse levels of a U-Net
+    stop carrying the finest level's padding while a training run still compiles only a few shapes.
+
+    Args:
+      strides: tensor strides of the coarser levels, e.g. ``(2, 4, 8, 16)`` or 3-tuples.
+      buckets: capacities to choose from (default :data:`jsparse3d.data.DEFAULT_BUCKETS`); never more than this
+        tensor's capacity.
+    Returns:
+      This tensor with :attr:`capacities` set.
+
+    Example:
+      >>> x = SparseTensor.from_coords(coords, feats, capacity=12288).plan_capacities((2, 4, 8, 16))
+      >>> y = jsparse3d.ops.conv3d(x, w, stride=2)   # y.capacity is the planned one for stride 2
+    """
+    from jsparse3d.data._batching import DEFAULT_BUCKETS, bucket_capacity  # data imports this module
+    n = int(self.num_valid)
+    coords = np.asarray(self.coords)[:n].astype(np.int64)
+    plan = []
+    for stride in strides:
+      st = _coords.as_triple(stride, "stride")
+      if any(a % b for a, b in zip(st, self.stride)) or st == self.stride:
+        raise ValueError(f"plan_capacities: stride {st} must be a coarser multiple of the tensor stride "
+                         f"{self.stride}.")
+      cells = np.unique(np.c_[coords[:, :1], np.floor_divide(coords[:, 1:], np.asarray(st))], axis=0)
+      plan.append((st, min(self.capacity, bucket_capacity(len(cells), buckets or DEFAULT_BUCKETS))))
+    return dataclasses.replace(self, capacities=tuple(plan))
 
   @classmethod
   def from_coords(cls, coords, feats, *, capacity: int | None = None, stride: int | tuple[int, int, int] = 1,

@@ -140,3 +140,16 @@ def test_errors_in_the_background_thread_reach_the_consumer():
 
   with pytest.raises(RuntimeError, match="disk on fire"):
     next(iter(data.Loader(Broken(8), 2, prefetch=2)))
+
+
+def test_collate_plans_level_capacities_and_device_shares_share_one_plan():
+  events = [data.synthetic_lartpc_event(s, size=64) for s in range(4)]
+  x, _ = data.collate(events, level_strides=(2, 4))
+  assert [s for s, _ in x.capacities] == [(2, 2, 2), (4, 4, 4)]
+  assert all(cap <= x.capacity for _, cap in x.capacities)
+  loader = data.Loader(events, 4, devices=2, collate_fn=data.collate, level_strides=(2, 4), prefetch=0,
+                       num_steps=1, shuffle=False)
+  xs, _ = next(iter(loader))  # stacking the two shares needs one static plan
+  shares = [data.collate(events[:2], level_strides=(2, 4))[0], data.collate(events[2:], level_strides=(2, 4))[0]]
+  for (stride, cap), *per_share in zip(xs.capacities, *[s.capacities for s in shares]):
+    assert cap == max(c for _, c in per_share)

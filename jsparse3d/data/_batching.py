@@ -53,7 +53,8 @@ def _features(event: dict, keys: Sequence[str]) -> np.ndarray:
 
 
 def collate(events: Sequence[dict], *, features: Sequence[str] = ("energy",), labels: str | None = "labels",
-            buckets: Sequence[int] = DEFAULT_BUCKETS, capacity: int | None = None, ignore_label: int = -1):
+            buckets: Sequence[int] = DEFAULT_BUCKETS, capacity: int | None = None, ignore_label: int = -1,
+            level_strides: Sequence[int] = ()):
   """Events -> ``(SparseTensor, labels)``: one tensor with batch index = position in ``events``.
 
   Args:
@@ -63,6 +64,9 @@ def collate(events: Sequence[dict], *, features: Sequence[str] = ("energy",), la
     buckets: capacities to choose from (ignored if ``capacity`` is given).
     capacity: a fixed capacity (must hold the batch).
     ignore_label: label of the padded rows.
+    level_strides: tensor strides of the coarser levels the model makes (``(2, 4, 8, 16)`` for a 5-level U-Net):
+      their capacities are planned from these coordinates (:meth:`SparseTensor.plan_capacities`), so coarse levels
+      carry little padding. Empty: every level keeps ``capacity``.
   Returns:
     ``(x, y)``: ``x`` a SparseTensor with rows sorted by (batch, x, y, z); ``y`` int32[capacity] labels aligned
     with ``x``'s rows (``ignore_label`` on padding), or None.
@@ -89,6 +93,8 @@ def collate(events: Sequence[dict], *, features: Sequence[str] = ("energy",), la
   elif capacity < n:
     raise ValueError(f"capacity {capacity} cannot hold the batch's {n} voxels; no voxel is ever dropped.")
   x = SparseTensor.from_coords(coords, feats, capacity=capacity, duplicates="error")
+  if level_strides:
+    x = x.plan_capacities(level_strides, buckets)
   if labels is None:
     return x, None
   y = np.full(capacity, ignore_label, np.int32)
@@ -212,7 +218,7 @@ class Loader:
       kwargs["capacity"] = bucket_capacity(largest, kwargs.pop("buckets", DEFAULT_BUCKETS))
     else:
       kwargs.pop("buckets", None)
-    parts = [self.collate_fn(share, **kwargs) for share in shares]
+    parts = _common_plan([self.collate_fn(share, **kwargs) for share in shares])
     return jax.tree.map(lambda *leaves: np.stack([np.asarray(v) for v in leaves]), *parts)
 
   def __iter__(self) -> Iterator:
@@ -223,6 +229,19 @@ class Loader:
         yield self.batch(s)
       return
     yield from _prefetched(self.batch, steps, self.prefetch)
+
+
+def _common_plan(parts):
+  """Device shares with one capacity plan (the largest of each level), so that they stack."""
+  tensors = [p[0] for p in parts]
+  if not all(isinstance(t, SparseTensor) and t.capacities for t in tensors):
+    return parts
+  plan = {}
+  for t in tensors:
+    for stride, cap in t.capacities:
+      plan[stride] = max(plan.get(stride, 0), cap)
+  merged = tuple(sorted(plan.items()))
+  return [(t.replace(capacities=merged), *p[1:]) for t, p in zip(tensors, parts)]
 
 
 def _count(start):

@@ -2,6 +2,7 @@
 
 from jsparse3d.ops._conv import conv3d as conv3d
 from jsparse3d.ops._conv import conv_transpose3d as conv_transpose3d
+from jsparse3d.ops._conv import ensure_index as ensure_index
 from jsparse3d.ops._conv import kernel_map as kernel_map
 from jsparse3d.ops._dense import from_dense as from_dense
 from jsparse3d.ops._dense import to_dense as to_dense

@@ -6,6 +6,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jsparse3d import _coords
 from jsparse3d import _errors
@@ -41,12 +42,18 @@ def ensure_index(x: SparseTensor, implementation: str | None = None):
   return index, _with_cache(x, index=index).replace(errors=x.errors | index.errors)
 
 
-def kernel_map(x: SparseTensor, kernel_size, *, stride=1, dilation=1) -> tuple[_kernel_map.KernelMap, SparseTensor]:
+def kernel_map(x: SparseTensor, kernel_size, *, stride=1, dilation=1, capacity: int | None = None,
+               implementation: str | None = None) -> tuple[_kernel_map.KernelMap, SparseTensor]:
   """The kernel map of a convolution on ``x``, from the cache or built now.
 
   Args:
     x: input tensor.
     kernel_size: int or 3 ints. stride: int or 3 ints (1 = submanifold). dilation: int or 3 ints.
+    capacity: rows of a strided map's output tensor; default ``x.planned_capacity(...)`` (``x.capacity`` unless
+      :meth:`SparseTensor.plan_capacities` planned less). More output sites than that set ``CAPACITY_OVERFLOW``.
+    implementation: how a map not yet cached is built: ``"native"`` (the CPU kernels, no hash index),
+      ``"xla"`` (through the tensor's hash index, cached as ``"index"``) or None: native on the CPU backend where
+      the kernels build, else the index (the Pallas one on a GPU). Every implementation gives the same map.
   Returns:
     ``(kmap, y)``: for stride 1, ``y`` is ``x`` with the map cached; for stride > 1, ``y`` is the coarse output
     geometry (a SparseTensor with zero-width features) that remembers ``x`` as its parent. ``kmap.src`` rows
@@ -60,22 +67,54 @@ def kernel_map(x: SparseTensor, kernel_size, *, stride=1, dilation=1) -> tuple[_
   st = _coords.as_triple(stride, "stride")
   dil = _coords.as_triple(dilation, "dilation")
   _coords.check_conv_geometry(ks, st, dil)
+  if implementation not in (None, "native", "xla"):
+    raise ValueError(f"kernel_map implementation must be 'native', 'xla' or None, got {implementation!r}.")
+  if implementation == "native":
+    _native.require()
+  native = _native_maps(x) if implementation is None else implementation == "native"
   if st == (1, 1, 1):
     key = _key("subm", ks, dilation=dil)
     if key in x.cache:
       return x.cache[key], x
+    if native:
+      kmap, errors = _kernel_map.submanifold_map_native(x.coords, x.num_valid, ks, dil, x.stride)
+      errors = x.errors | errors
+      _errors.check_now(errors, "kernel_map")
+      return kmap, _with_cache(x, **{key: kmap}).replace(errors=errors)
     index, x = ensure_index(x)
     kmap = _kernel_map.submanifold_map(x.coords, x.num_valid, index, ks, dil, x.stride)
     return kmap, _with_cache(x, **{key: kmap})
-  index, x = ensure_index(x)
   factor = tuple(a * b for a, b in zip(x.stride, st))
-  out_coords, out_nv, out_index, out_row = _kernel_map.downsample_coords(x.coords, x.num_valid, factor)
-  kmap = _kernel_map.strided_map(x.coords, x.num_valid, index, out_coords, out_nv, out_row, ks, st, dil, x.stride)
-  errors = x.errors | out_index.errors
+  if capacity is None:
+    capacity = x.planned_capacity(factor)
+  if not isinstance(capacity, (int, np.integer)) or isinstance(capacity, bool) or capacity < 0:
+    raise TypeError(f"capacity must be a non-negative int (the output's static row count), got {capacity!r}.")
+  capacity = int(capacity)
+  if native:
+    out_coords, out_nv, out_row, errors = _kernel_map.downsample_coords_native(x.coords, x.num_valid, factor,
+                                                                               capacity)
+    kmap = _kernel_map.strided_map(x.coords, x.num_valid, None, out_coords, out_nv, out_row, ks, st, dil, x.stride)
+    cache = {}
+  else:
+    index, x = ensure_index(x)
+    out_coords, out_nv, out_index, out_row = _kernel_map.downsample_coords(x.coords, x.num_valid, factor, capacity)
+    kmap = _kernel_map.strided_map(x.coords, x.num_valid, index, out_coords, out_nv, out_row, ks, st, dil,
+                                   x.stride)
+    errors, cache = out_index.errors, {"index": out_index}
+  errors = x.errors | errors
   _errors.check_now(errors, "strided conv")
-  y = SparseTensor(out_coords, jnp.zeros((x.capacity, 0), x.feats.dtype), out_nv, errors,
-                   {"index": out_index, "parent": x.geometry, _key("down", ks, st, dil): kmap}, factor)
+  y = SparseTensor(out_coords, jnp.zeros((capacity, 0), x.feats.dtype), out_nv, errors,
+                   {**cache, "parent": x.geometry, _key("down", ks, st, dil): kmap}, factor, x.capacities)
   return kmap, y
+
+
+def _native_maps(x: SparseTensor) -> bool:
+  """Whether ``x``'s kernel maps are built by the native CPU kernels (equal maps, far cheaper to compile and run):
+  on the CPU backend where they build, unless ``x`` already carries a Pallas (GPU) index."""
+  cached = x.cache.get("index")
+  if cached is not None and _hash.implementation_of(cached) != "xla":
+    return False
+  return jax.default_backend() == "cpu" and _native.available()
 
 
 def _check_weight(x: SparseTensor, weight, c_in_axis: int, what: str):
@@ -133,12 +172,12 @@ def _apply(x_feats, weight, kmap, bias, y: SparseTensor, implementation: str) ->
 
 
 def conv3d(x: SparseTensor, weight: jax.Array, *, stride=1, dilation=1, bias: jax.Array | None = None,
-           implementation: str | None = None) -> SparseTensor:
+           capacity: int | None = None, implementation: str | None = None) -> SparseTensor:
   """Sparse 3D convolution (cross-correlation).
 
   ``out[q] = sum_i W[i]^T x[q + offset_i]`` over the offsets whose input site exists, with offsets as in
   CONVENTIONS. Stride 1 is submanifold: the output has the input's coordinates. Stride ``s > 1`` gives the
-  coordinates ``unique(floor(c / (s_in * s)) * (s_in * s))``, stride ``s_in * s`` and the input's capacity.
+  coordinates ``unique(floor(c / (s_in * s)) * (s_in * s))``, stride ``s_in * s`` and ``capacity`` rows.
   Accumulation is float32 for every feature dtype.
 
   Args:
@@ -146,6 +185,7 @@ def conv3d(x: SparseTensor, weight: jax.Array, *, stride=1, dilation=1, bias: ja
     weight: ``[kx, ky, kz, C_in, C_out]``, same dtype as ``x.feats``; kernel sizes 1..7.
     stride: 1..4 per axis. dilation: 1..3 per axis.
     bias: optional ``[C_out]``, added on valid rows.
+    capacity: output rows of a strided conv (see :func:`kernel_map`); default the planned or the input capacity.
     implementation: ``"native"`` (CPU kernels called through XLA's FFI, float32 arithmetic, all intra-op
       threads), ``"xla"`` (pure XLA, any backend and float64), ``"pallas"`` (the fused gather-GEMM GPU kernels
       of :mod:`pallas_kernels.conv`; Pallas interpret mode on CPU, for tests), or None: Pallas on a GPU backend,
@@ -161,7 +201,7 @@ def conv3d(x: SparseTensor, weight: jax.Array, *, stride=1, dilation=1, bias: ja
   """
   _check_weight(x, weight, 3, "conv3d")
   implementation = _resolve_implementation(implementation, x.feats.dtype)
-  kmap, y = kernel_map(x, weight.shape[:3], stride=stride, dilation=dilation)
+  kmap, y = kernel_map(x, weight.shape[:3], stride=stride, dilation=dilation, capacity=capacity)
   return _apply(x.feats, weight, kmap, bias, y, implementation)
 
 
@@ -216,7 +256,9 @@ def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, target: Sp
     kmap = x.cache[key]
   else:
     fine_x = SparseTensor.from_geometry(fine, jnp.zeros((fine.coords.shape[0], 0), x.feats.dtype))
-    index, fine_x = ensure_index(fine_x)
+    index = None
+    if not _native_maps(fine_x):
+      index, fine_x = ensure_index(fine_x)
     fine = fine_x.geometry
     kmap = _kernel_map.strided_map(fine.coords, fine.num_valid, index, x.coords, x.num_valid, None, ks, st,
                                    (1, 1, 1), fine.stride)

@@ -123,6 +123,38 @@ def blocks_per_step_for(block_size: int) -> int:
   return max(1, 512 // block_size)
 
 
+def _blocks_capacity(kq: int, m: int, block_size: int) -> int:
+  """Static block count of a map over ``kq`` offsets and ``m`` rows: the worst case, in whole loop steps."""
+  per_step = blocks_per_step_for(block_size)
+  return -(-kq * (-(-m // block_size)) // per_step) * per_step
+
+
+def _pair_shapes(kq: int, m: int, block_size: int):
+  """Result shapes of the native map kernels: ``src``, ``dst``, ``block_offset``, ``num_blocks``, ``num_pairs``."""
+  blocks_cap = _blocks_capacity(kq, m, block_size)
+  rows = jax.ShapeDtypeStruct((blocks_cap * block_size,), jnp.int32)
+  scalar = jax.ShapeDtypeStruct((), jnp.int32)
+  return (rows, rows, jax.ShapeDtypeStruct((blocks_cap,), jnp.int32), scalar, scalar)
+
+
+def _compact_native(table, offset_ids, rows_are_dst: bool, *, block_size: int):
+  """:func:`_compact` by the native CPU kernel (``_cpu_maps.cc``); the same arrays."""
+  kq, m = table.shape
+  ids = jnp.asarray(np.asarray(offset_ids, np.int32))
+  return jax.ffi.ffi_call("jsparse3d_compact", _pair_shapes(kq, m, block_size), vmap_method="sequential")(
+      table, ids, block_size=np.int64(block_size), rows_are_dst=np.int64(rows_are_dst))
+
+
+def _query_map_native(coords, num_valid, query, query_valid, offsets, offset_ids, *, block_size: int):
+  """The compacted pairs ``(row of query[i] + offsets[o] in coords, i)`` by the native CPU kernel, and the error
+  bits of ``coords`` (out-of-range or duplicate rows among the valid ones)."""
+  shapes = _pair_shapes(len(offset_ids), query.shape[0], block_size) + (jax.ShapeDtypeStruct((), jnp.int32),)
+  return jax.ffi.ffi_call("jsparse3d_query_map", shapes, vmap_method="sequential")(
+      coords, jnp.asarray(num_valid, jnp.int32), query, jnp.asarray(query_valid, jnp.int32),
+      jnp.asarray(np.asarray(offsets, np.int32)), jnp.asarray(np.asarray(offset_ids, np.int32)),
+      block_size=np.int64(block_size))
+
+
 def _compact(table, offset_ids, rows_are_dst: bool, *, block_size: int):
   """Compacts a ``[Kq, M]`` partner table into offset-homogeneous blocks of pairs.
 
@@ -135,14 +167,13 @@ def _compact(table, offset_ids, rows_are_dst: bool, *, block_size: int):
   """
   kq, m = table.shape
   bs = block_size
-  per_step = blocks_per_step_for(bs)
+  blocks_cap = _blocks_capacity(kq, m, bs)
   valid = table >= 0
   counts = valid.sum(axis=1, dtype=jnp.int32)
   blocks = (counts + bs - 1) // bs
   first_block = jnp.cumsum(blocks, dtype=jnp.int32) - blocks
   rank = lax.associative_scan(jnp.add, valid.astype(jnp.int32), axis=1) - 1
   pos = jnp.where(valid, first_block[:, None] * bs + rank, SENTINEL).reshape(-1)
-  blocks_cap = -(-kq * (-(-m // bs)) // per_step) * per_step
   size = blocks_cap * bs
   rows = jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32), (kq, m)).reshape(-1)
   partner = table.reshape(-1)
@@ -174,6 +205,18 @@ def submanifold_map(coords, num_valid, index, kernel_size, dilation, stride) -> 
     coords: ``int32[N, 4]``; num_valid: ``int32[]``; index: the :class:`HashIndex` of ``coords``.
     kernel_size, dilation: kernel geometry; stride: the tensor stride (offsets scale with it).
   """
+  return _submanifold(coords, num_valid, index, kernel_size, dilation, stride)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("kernel_size", "dilation", "stride"))
+def submanifold_map_native(coords, num_valid, kernel_size, dilation, stride) -> tuple[KernelMap, jax.Array]:
+  """:func:`submanifold_map` by the native CPU kernels, with no hash index: the same map, and the error bits of
+  ``coords`` (out-of-range or duplicate rows) that building the index would have raised."""
+  return _submanifold(coords, num_valid, None, kernel_size, dilation, stride)
+
+
+def _submanifold(coords, num_valid, index, kernel_size, dilation, stride):
+  """The submanifold map through ``index``, or through the native kernels where ``index`` is None."""
   n = coords.shape[0]
   offsets = _coords.kernel_offsets(kernel_size, dilation, stride)
   k = len(offsets)
@@ -183,29 +226,47 @@ def submanifold_map(coords, num_valid, index, kernel_size, dilation, stride) -> 
   queried = list(range(k // 2)) if mirrored else [o for o in range(k) if o != center]
   bs = block_size_for(n)
   valid = _coords.valid_rows(n, num_valid)
-  if queried:
+  errors = _errors.no_errors()
+  if queried and index is None:
+    src, dst, block_offset, num_blocks, num_pairs, errors = _query_map_native(
+        coords, num_valid, coords, num_valid, offsets[queried], queried, block_size=bs)
+  elif queried:
     table = _query_table(index, coords, valid, offsets[queried])
     src, dst, block_offset, num_blocks, num_pairs = _compact(table, queried, True, block_size=bs)
   else:
     src = dst = block_offset = jnp.zeros((0,), jnp.int32)
     num_blocks = num_pairs = jnp.zeros((), jnp.int32)
   num_pairs = num_pairs * (2 if mirrored else 1) + (num_valid if center >= 0 else 0)
-  return KernelMap(src, dst, block_offset, num_blocks, num_pairs.astype(jnp.int32),
+  kmap = KernelMap(src, dst, block_offset, num_blocks, num_pairs.astype(jnp.int32),
                    valid if center >= 0 else jnp.zeros((0,), bool), kernel_size, dilation, stride, stride, n, n,
                    bs, blocks_per_step_for(bs), center, mirrored)
+  return kmap, errors
 
 
-@functools.partial(jax.jit, static_argnames=("factor",))
-def downsample_coords(coords, num_valid, factor):
+@functools.partial(jax.jit, static_argnames=("factor", "capacity"))
+def downsample_coords(coords, num_valid, factor, capacity=None):
   """Output coordinates of a strided op: ``unique(floor(c / factor) * factor)`` per batch.
 
   Output rows are in order of first occurrence among the input rows, so the result is deterministic.
 
+  Args:
+    capacity: static output rows (default ``N``); output sites past it set ``CAPACITY_OVERFLOW``.
   Returns:
-    ``(out_coords int32[N, 4], out_num_valid int32[], out_index HashIndex, out_row int32[N])`` where
+    ``(out_coords int32[capacity, 4], out_num_valid int32[], out_index HashIndex, out_row int32[N])`` where
     ``out_row[i]`` is the output row of input row ``i`` (-1 for padding).
   """
   n = coords.shape[0]
+  if capacity is not None and capacity != n:
+    out_coords, out_nv, _, out_row = downsample_coords(coords, num_valid, factor)
+    overflow = _errors.flag(out_nv > capacity, _errors.CAPACITY_OVERFLOW)
+    if capacity < n:
+      out_coords, out_nv = out_coords[:capacity], jnp.minimum(out_nv, capacity)
+      out_row = jnp.where(out_row < capacity, out_row, -1)
+    else:
+      out_coords = jnp.concatenate([out_coords, jnp.broadcast_to(jnp.array([-1, 0, 0, 0], jnp.int32),
+                                                                 (capacity - n, 4))])
+    index = _hash._build(out_coords, out_nv)
+    return out_coords, out_nv, dataclasses.replace(index, errors=index.errors | overflow), out_row
   valid = _coords.valid_rows(n, num_valid)
   down = _coords.downsample(coords, factor)
   ok = _coords.in_range(down)
@@ -225,6 +286,23 @@ def downsample_coords(coords, num_valid, factor):
   return out_coords, out_num_valid, _hash.HashIndex(slots, out_hi, out_lo, num_overflow, errors), out_row
 
 
+@functools.partial(jax.jit, static_argnames=("factor", "capacity"))
+def downsample_coords_native(coords, num_valid, factor, capacity=None):
+  """:func:`downsample_coords` by the native CPU kernel, without the output's hash index.
+
+  Returns:
+    ``(out_coords int32[capacity, 4], out_num_valid int32[], out_row int32[N], errors int32[])``, the first three
+    equal to :func:`downsample_coords`'s.
+  """
+  n = coords.shape[0]
+  capacity = n if capacity is None else capacity
+  scalar = jax.ShapeDtypeStruct((), jnp.int32)
+  shapes = (jax.ShapeDtypeStruct((capacity, 4), jnp.int32), scalar, jax.ShapeDtypeStruct((n,), jnp.int32), scalar)
+  fx, fy, fz = (np.int64(f) for f in factor)
+  return jax.ffi.ffi_call("jsparse3d_downsample", shapes, vmap_method="sequential")(
+      coords, jnp.asarray(num_valid, jnp.int32), fx=fx, fy=fy, fz=fz)
+
+
 @functools.partial(jax.jit, static_argnames=("kernel_size", "stride", "dilation", "in_stride"))
 def strided_map(coords, num_valid, index, out_coords, out_num_valid, out_row, kernel_size, stride, dilation,
                 in_stride) -> KernelMap:
@@ -232,7 +310,8 @@ def strided_map(coords, num_valid, index, out_coords, out_num_valid, out_row, ke
 
   ``out_row`` (from :func:`downsample_coords`, or None) enables the fast path when the kernel tiles the stride
   exactly (``k == s <= 2``, dilation 1): every input row then lies in exactly one output's window, at a known
-  offset, and no hash query is needed.
+  offset, and no hash query is needed. ``index`` (the hash index of ``coords``) None builds the map with the
+  native CPU kernels instead (the same map; the caller has checked ``coords`` already).
   """
   n, n_out = coords.shape[0], out_coords.shape[0]
   offsets = _coords.kernel_offsets(kernel_size, dilation, in_stride)
@@ -245,7 +324,11 @@ def strided_map(coords, num_valid, index, out_coords, out_num_valid, out_row, ke
     o = (local[:, 0] * kernel_size[1] + local[:, 1]) * kernel_size[2] + local[:, 2]
     hit = (jnp.arange(k, dtype=jnp.int32)[:, None] == o[None, :]) & (out_row >= 0)[None, :]
     table = jnp.where(hit, out_row[None, :], -1)
-    src, dst, block_offset, num_blocks, num_pairs = _compact(table, range(k), False, block_size=bs)
+    compact = _compact if index is not None else _compact_native
+    src, dst, block_offset, num_blocks, num_pairs = compact(table, range(k), False, block_size=bs)
+  elif index is None:
+    src, dst, block_offset, num_blocks, num_pairs, _ = _query_map_native(
+        coords, num_valid, out_coords, out_num_valid, offsets, range(k), block_size=bs)
   else:
     table = _query_table(index, out_coords, _coords.valid_rows(n_out, out_num_valid), offsets)
     src, dst, block_offset, num_blocks, num_pairs = _compact(table, range(k), True, block_size=bs)

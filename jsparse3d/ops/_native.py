@@ -1,9 +1,11 @@
-"""The native CPU kernels (``_cpu_kernels.cc``): built on first use, cached, and registered with XLA's FFI.
+"""The native CPU kernels (``_cpu_kernels.cc``, ``_cpu_maps.cc``): built on first use, cached, and registered
+with XLA's FFI.
 
 XLA:CPU runs the pure-jnp convolution loop on one core, and at 16 channels that loop is bound by per-block
 dispatch rather than arithmetic. The two kernels in ``_cpu_kernels.cc`` compute the same sums with vector
 registers on all of XLA's intra-op threads, in an order fixed by the kernel map (so results do not depend on
-the thread count). Nothing is compiled at install time: the first convolution on a CPU compiles the file with the
+the thread count). ``_cpu_maps.cc`` builds the kernel maps themselves, equal to the XLA path's, in one pass
+over a hash table instead of hundreds of HLO ops that take seconds to compile. Nothing is compiled at install time: the first convolution on a CPU compiles the file with the
 system C++ compiler against the FFI headers that ship with jaxlib, into a per-user cache keyed by the source, the
 headers, the compiler and this CPU's instruction set. Without a compiler the XLA path is used (with one warning).
 
@@ -28,8 +30,9 @@ from pathlib import Path
 
 import jax
 
-SOURCE = Path(__file__).with_name("_cpu_kernels.cc")
-TARGETS = {"jsparse3d_conv": "JsparseConv", "jsparse3d_wgrad": "JsparseWgrad"}
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("_cpu_kernels.cc", "_cpu_maps.cc"))
+TARGETS = {"jsparse3d_conv": "JsparseConv", "jsparse3d_wgrad": "JsparseWgrad", "jsparse3d_compact": "JsparseCompact",
+           "jsparse3d_query_map": "JsparseQueryMap", "jsparse3d_downsample": "JsparseDownsample"}
 
 
 def _cpu_signature() -> str:
@@ -46,10 +49,12 @@ def _cpu_signature() -> str:
 def _compile_command(compiler: str, out: Path) -> list[str]:
   arch = ["-march=native"] if platform.machine() in ("x86_64", "AMD64") else []
   return [compiler, "-O3", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", *arch,
-          f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(out)]
+          f"-I{jax.ffi.include_dir()}", *map(str, SOURCES), "-o", str(out)]
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+  """Where jsparse3d keeps what it builds: ``$JSPARSE3D_CACHE_DIR``, else ``$XDG_CACHE_HOME/jsparse3d`` or
+  ``~/.cache/jsparse3d``."""
   if "JSPARSE3D_CACHE_DIR" in os.environ:
     return Path(os.environ["JSPARSE3D_CACHE_DIR"])
   base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -68,10 +73,10 @@ def build() -> Path:
   version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
   headers = Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api"
   digest = hashlib.sha256()
-  for part in (SOURCE.read_bytes(), *(p.read_bytes() for p in sorted(headers.glob("*.h"))),
+  for part in (*(s.read_bytes() for s in SOURCES), *(p.read_bytes() for p in sorted(headers.glob("*.h"))),
                version.encode(), _cpu_signature().encode(), " ".join(_compile_command(compiler, Path())).encode()):
     digest.update(part)
-  cache = _cache_dir()
+  cache = cache_dir()
   lib = cache / f"cpu_kernels-{digest.hexdigest()[:20]}.so"
   if lib.exists():
     return lib
@@ -82,7 +87,7 @@ def build() -> Path:
   try:
     proc = subprocess.run(_compile_command(compiler, Path(tmp)), capture_output=True, text=True)
     if proc.returncode != 0:
-      raise RuntimeError(f"compiling {SOURCE.name} failed:\n{proc.stderr[-4000:]}")
+      raise RuntimeError(f"compiling {', '.join(s.name for s in SOURCES)} failed:\n{proc.stderr[-4000:]}")
     os.replace(tmp, lib)
   finally:
     if os.path.exists(tmp):

@@ -10,11 +10,11 @@ from jsparse3d.ops import _conv
 from jsparse3d.ops import _kernel_map
 
 
-def _windows(x: SparseTensor, kernel_size, stride, fill):
+def _windows(x: SparseTensor, kernel_size, stride, fill, capacity):
   """``([N_out, K, C] window values, [N_out, K] present mask, output geometry)``."""
   if not isinstance(x, SparseTensor):
     raise TypeError(f"pooling expects a SparseTensor, got {type(x).__name__}.")
-  kmap, y = _conv.kernel_map(x, kernel_size, stride=stride)
+  kmap, y = _conv.kernel_map(x, kernel_size, stride=stride, capacity=capacity)
   table = kmap.neighbor_table()
   present = table >= 0
   rows = jnp.where(present, table, _kernel_map.SENTINEL)
@@ -22,7 +22,7 @@ def _windows(x: SparseTensor, kernel_size, stride, fill):
   return vals, present, y
 
 
-def max_pool(x: SparseTensor, kernel_size=2, stride=2) -> SparseTensor:
+def max_pool(x: SparseTensor, kernel_size=2, stride=2, *, capacity: int | None = None) -> SparseTensor:
   """Sparse max pooling: each output takes the channel-wise max over the input sites in its window.
 
   Output coordinates follow the strided-conv rule (see :func:`jsparse3d.ops.conv3d`); the output remembers
@@ -30,17 +30,19 @@ def max_pool(x: SparseTensor, kernel_size=2, stride=2) -> SparseTensor:
 
   Args:
     x: ``[N, C]`` features. kernel_size, stride: ints or 3-tuples (default 2 and 2).
+    capacity: output rows, as in :func:`jsparse3d.ops.conv3d` (default the planned or the input capacity).
   Returns:
-    SparseTensor with stride ``x.stride * stride`` and the same capacity.
+    SparseTensor with stride ``x.stride * stride``.
   """
-  vals, present, y = _windows(x, kernel_size, stride, -jnp.inf)
+  vals, present, y = _windows(x, kernel_size, stride, -jnp.inf, capacity)
   out = jnp.max(vals, axis=1)
   return y.replace(feats=jnp.where(y.valid_mask[:, None], out, jnp.zeros((), out.dtype)))
 
 
-def avg_pool(x: SparseTensor, kernel_size=2, stride=2) -> SparseTensor:
-  """Sparse average pooling: the mean over the input sites present in each output's window."""
-  vals, present, y = _windows(x, kernel_size, stride, 0)
+def avg_pool(x: SparseTensor, kernel_size=2, stride=2, *, capacity: int | None = None) -> SparseTensor:
+  """Sparse average pooling: the mean over the input sites present in each output's window (arguments as in
+  :func:`max_pool`)."""
+  vals, present, y = _windows(x, kernel_size, stride, 0, capacity)
   count = jnp.maximum(present.sum(axis=1, keepdims=True, dtype=jnp.float32), 1.0)
   out = (jnp.sum(vals.astype(jnp.float32), axis=1) / count).astype(x.feats.dtype)
   return y.replace(feats=jnp.where(y.valid_mask[:, None], out, jnp.zeros((), out.dtype)))
