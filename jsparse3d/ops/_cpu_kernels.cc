@@ -68,6 +68,27 @@ inline v8 madd8(v8 a, v8 b, v8 c) {
 #endif
 }
 
+// The same operations as templates, for the tile templates below. (512-bit vectors were tried on this AVX-512 CPU:
+// no faster at 16-128 channels, forward or backward.)
+template <class V>
+inline V loadv(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <class V>
+inline void storev(float* p, V v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+template <class V>
+inline V splatv(float a) {
+  return V{} + a;
+}
+
+inline v8 maddv(v8 a, v8 b, v8 c) { return madd8(a, b, c); }
+
 inline float madd(float a, float b, float c) {
 #ifdef __FMA__
   return std::fma(a, b, c);
@@ -76,41 +97,35 @@ inline float madd(float a, float b, float c) {
 #endif
 }
 
-// out_q[0:n] += x_q[0:m] @ w[0:m, 0:n] for P rows at once (w's rows n apart). Each weight vector loaded is used
-// for all P rows, and the P x 2 accumulators are independent chains.
+// out_q[j:j + J * lanes] += x_q[0:m] @ w[0:m, j:j + J * lanes] for P rows at once (w's rows n apart). Each weight
+// vector loaded is used for all P rows, and the P x J accumulators are independent chains.
+template <class V, int J, int P>
+inline void rows_tile(const float* const* x, const float* w, float* const* out, int64_t m, int64_t n, int64_t j) {
+  constexpr int64_t L = sizeof(V) / sizeof(float);
+  V acc[P][J];
+  for (int q = 0; q < P; ++q)
+    for (int v = 0; v < J; ++v) acc[q][v] = loadv<V>(out[q] + j + L * v);
+  for (int64_t i = 0; i < m; ++i) {
+    V wv[J];
+    for (int v = 0; v < J; ++v) wv[v] = loadv<V>(w + i * n + j + L * v);
+    for (int q = 0; q < P; ++q) {
+      const V xi = splatv<V>(x[q][i]);
+      for (int v = 0; v < J; ++v) acc[q][v] = maddv(xi, wv[v], acc[q][v]);
+    }
+  }
+  for (int q = 0; q < P; ++q)
+    for (int v = 0; v < J; ++v) storev<V>(out[q] + j + L * v, acc[q][v]);
+}
+
+// out_q[0:n] += x_q[0:m] @ w[0:m, 0:n] for P rows at once: the widest vector tiles first, then 8 columns, then
+// single columns. Every element is the same chain of fused multiply-adds over i whichever tile holds it.
 // N > 0 fixes n at compile time (twice as fast at 16 channels); N = 0 takes it at run time.
 template <int P, int64_t N>
 void rows_times_matrix(const float* const* x, const float* w, float* const* out, int64_t m, int64_t n_) {
   const int64_t n = N ? N : n_;
   int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
-    v8 acc[P][2];
-    for (int q = 0; q < P; ++q) {
-      acc[q][0] = load8(out[q] + j);
-      acc[q][1] = load8(out[q] + j + 8);
-    }
-    for (int64_t i = 0; i < m; ++i) {
-      const v8 w0 = load8(w + i * n + j), w1 = load8(w + i * n + j + 8);
-      for (int q = 0; q < P; ++q) {
-        const v8 xi = splat8(x[q][i]);
-        acc[q][0] = madd8(xi, w0, acc[q][0]);
-        acc[q][1] = madd8(xi, w1, acc[q][1]);
-      }
-    }
-    for (int q = 0; q < P; ++q) {
-      store8(out[q] + j, acc[q][0]);
-      store8(out[q] + j + 8, acc[q][1]);
-    }
-  }
-  for (; j + 8 <= n; j += 8) {
-    v8 acc[P];
-    for (int q = 0; q < P; ++q) acc[q] = load8(out[q] + j);
-    for (int64_t i = 0; i < m; ++i) {
-      const v8 w0 = load8(w + i * n + j);
-      for (int q = 0; q < P; ++q) acc[q] = madd8(splat8(x[q][i]), w0, acc[q]);
-    }
-    for (int q = 0; q < P; ++q) store8(out[q] + j, acc[q]);
-  }
+  for (; j + 16 <= n; j += 16) rows_tile<v8, 2, P>(x, w, out, m, n, j);
+  for (; j + 8 <= n; j += 8) rows_tile<v8, 1, P>(x, w, out, m, n, j);
   for (; j < n; ++j)
     for (int q = 0; q < P; ++q) {
       float acc = out[q][j];
@@ -151,9 +166,47 @@ void gather_gemm_scatter(const float* x, const int32_t* s, const int32_t* d, int
   }
 }
 
-// g[0:m, 0:n] += sum over the pairs p of a[s_p, 0:m]^T b[d_p, 0:n] (g rows `n` apart). Register tiles of
-// 4 x 16 stay in registers across all the pairs.
-void outer_products(const float* a, int64_t lda, const float* b, int64_t ldb, const int32_t* s, const int32_t* d,
+// g[0:R, 0:J * lanes] += at[r, 0:np] . bp[0:np, :] with at rows `ld` apart and bp, g rows `n` apart: R x J
+// vector accumulators stay in registers over the whole panel, each element summed in pair order.
+template <class V, int R, int J>
+inline void panel_tile(const float* at, int64_t ld, const float* bp, int64_t np, float* g, int64_t n) {
+  constexpr int64_t L = sizeof(V) / sizeof(float);
+  V acc[R][J];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < J; ++v) acc[r][v] = loadv<V>(g + r * n + L * v);
+  for (int64_t q = 0; q < np; ++q) {
+    V bq[J];
+    for (int v = 0; v < J; ++v) bq[v] = loadv<V>(bp + q * n + L * v);
+    for (int r = 0; r < R; ++r) {
+      const V ar = splatv<V>(at[r * ld + q]);
+      for (int v = 0; v < J; ++v) acc[r][v] = maddv(ar, bq[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < J; ++v) storev<V>(g + r * n + L * v, acc[r][v]);
+}
+
+// Rows [0, R) of g over one packed panel: the widest tiles that fit, then 8 columns, then single columns.
+template <int R>
+inline void panel_rows(const float* at, int64_t ld, const float* bp, int64_t np, float* g, int64_t n) {
+  int64_t j = 0;
+#ifdef __AVX512F__
+  // 32 vector registers: a 4 x 32 tile (16 accumulators).
+  for (; j + 32 <= n; j += 32) panel_tile<v8, R, 4>(at, ld, bp + j, np, g + j, n);
+#endif
+  for (; j + 16 <= n; j += 16) panel_tile<v8, R, 2>(at, ld, bp + j, np, g + j, n);
+  for (; j + 8 <= n; j += 8) panel_tile<v8, R, 1>(at, ld, bp + j, np, g + j, n);
+  for (; j < n; ++j)
+    for (int r = 0; r < R; ++r) {
+      float acc = g[r * n + j];
+      for (int64_t q = 0; q < np; ++q) acc = madd(at[r * ld + q], bp[q * n + j], acc);
+      g[r * n + j] = acc;
+    }
+}
+
+// outer_products for few channels: 4 x 16 register tiles read the gathered rows directly (at up to 16 x 32
+// channels they stay in cache, and packing would cost as much as the arithmetic). The same sums, in the same order.
+void outer_products_direct(const float* a, int64_t lda, const float* b, int64_t ldb, const int32_t* s, const int32_t* d,
                     int64_t num_pairs, float* g, int64_t m, int64_t n) {
   int64_t i = 0;
   for (; i + 4 <= m; i += 4) {
@@ -194,6 +247,27 @@ void outer_products(const float* a, int64_t lda, const float* b, int64_t ldb, co
       const float* br = b + d[p] * ldb;
       for (int64_t j = 0; j < n; ++j) g[i * n + j] = madd(av, br[j], g[i * n + j]);
     }
+  }
+}
+
+// g[0:m, 0:n] += sum over the pairs p of a[s_p, 0:m]^T b[d_p, 0:n] (g rows `n` apart), every element summed in
+// pair order. The gathered rows are packed a panel of pairs at a time (a transposed, b as is), so that the tiles
+// read contiguous, cached memory instead of gathering every row again for every tile.
+void outer_products(const float* a, int64_t lda, const float* b, int64_t ldb, const int32_t* s, const int32_t* d,
+                    int64_t num_pairs, float* g, int64_t m, int64_t n) {
+  if (m * n <= 512) return outer_products_direct(a, lda, b, ldb, s, d, num_pairs, g, m, n);
+  constexpr int64_t kPanel = 128;  // pairs per panel: the packed b panel stays in L1/L2 at up to 256 channels
+  std::vector<float> at(static_cast<size_t>(m * kPanel)), bp(static_cast<size_t>(kPanel * n));
+  for (int64_t p0 = 0; p0 < num_pairs; p0 += kPanel) {
+    const int64_t np = std::min(kPanel, num_pairs - p0);
+    for (int64_t q = 0; q < np; ++q) {
+      const float* ar = a + s[p0 + q] * lda;
+      for (int64_t i = 0; i < m; ++i) at[i * kPanel + q] = ar[i];
+      std::memcpy(bp.data() + q * n, b + d[p0 + q] * ldb, sizeof(float) * static_cast<size_t>(n));
+    }
+    int64_t i = 0;
+    for (; i + 4 <= m; i += 4) panel_rows<4>(at.data() + i * kPanel, kPanel, bp.data(), np, g + i * n, n);
+    for (; i < m; ++i) panel_rows<1>(at.data() + i * kPanel, kPanel, bp.data(), np, g + i * n, n);
   }
 }
 
@@ -309,6 +383,33 @@ void ConvRows(const ConvArgs args, const int64_t lo, const int64_t hi) {
   }
 }
 
+// Row boundaries that give each of `items` contiguous destination ranges about the same number of products.
+// Equal row counts would not: real rows are a prefix, so on a coarse level of a large tensor (half padding or
+// more) one range would hold all the work. Which range a row falls in never changes its result.
+std::vector<int64_t> BalancedRows(const ConvArgs& args, int64_t items) {
+  const Map& map = args.map;
+  std::vector<int64_t> bounds(static_cast<size_t>(items + 1), args.num_dst);
+  bounds[0] = 0;
+  if (items == 1) return bounds;
+  std::vector<int64_t> work(static_cast<size_t>(args.num_dst), 0);
+  for (int64_t p = 0, end = map.num_blocks * map.block_size; p < end; ++p) {
+    const int32_t sp = map.src[p], dp = map.dst[p];
+    if (sp < 0 || dp < 0 || sp >= args.num_src || dp >= args.num_dst) continue;
+    ++work[dp];
+    if (map.mirrored) ++work[sp];
+  }
+  if (map.center >= 0)
+    for (int64_t r = 0; r < args.num_dst; ++r) work[r] += map.center_mask[r];
+  int64_t total = 0;
+  for (int64_t w : work) total += w;
+  int64_t done = 0, item = 1;
+  for (int64_t r = 0; r < args.num_dst && item < items; ++r) {
+    done += work[r];
+    while (item < items && done * items >= total * item) bounds[item++] = r + 1;
+  }
+  return bounds;
+}
+
 ffi::Error ConvImpl(ffi::ThreadPool pool, Matrix x, Stack w, Rows src, Rows dst, Rows block_offset, Count num_blocks,
                     Mask center_mask, ffi::Result<Matrix> out, int64_t block_size, int64_t center,
                     int64_t mirrored) {
@@ -325,8 +426,9 @@ ffi::Error ConvImpl(ffi::ThreadPool pool, Matrix x, Stack w, Rows src, Rows dst,
   if (ffi::Error e = CheckMap(args.map, src.dimensions()[0], block_offset.dimensions()[0], args.k); e.failure())
     return e;
   const int64_t items = std::max<int64_t>(1, std::min<int64_t>(NumParts(pool), args.num_dst / kRowsPerItem));
-  ParallelFor::Run(pool, items, items, [args, items](int64_t item) {
-    ConvRows(args, args.num_dst * item / items, args.num_dst * (item + 1) / items);
+  const std::vector<int64_t> bounds = BalancedRows(args, items);
+  ParallelFor::Run(pool, items, items, [&args, &bounds](int64_t item) {
+    ConvRows(args, bounds[item], bounds[item + 1]);
   });
   return ffi::Error::Success();
 }
