@@ -130,8 +130,10 @@ class BatchNorm(nnx.Module):
       mean = sums[0] / count
       var = jnp.maximum(sums[1] / count - mean * mean, 0.0)
       m = bn.momentum
-      bn.mean[...] = jax.lax.stop_gradient(m * bn.mean[...] + (1 - m) * mean.astype(bn.mean.dtype))
-      bn.var[...] = jax.lax.stop_gradient(m * bn.var[...] + (1 - m) * var.astype(bn.var.dtype))
+      # set_value, not `[...] =`: the indexed form asks the traced value for its sharding, and building that
+      # error message walks the whole jaxpr (about 1 s of tracing per U-ResNet step).
+      bn.mean.set_value(jax.lax.stop_gradient(m * bn.mean[...] + (1 - m) * mean.astype(bn.mean.dtype)))
+      bn.var.set_value(jax.lax.stop_gradient(m * bn.var[...] + (1 - m) * var.astype(bn.var.dtype)))
     scale = jax.lax.rsqrt(var + bn.epsilon)
     if bn.scale is not None:
       scale = scale * bn.scale[...].astype(jnp.float32)
