@@ -140,7 +140,8 @@ def test_every_config_trains_on_its_synthetic_data(name, tmp_path):
   result = train_lib.train(cfg, tmp_path, progress=False)
   assert result["step"] == 2 and np.isfinite(result["eval"]["loss"])
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [(r["split"], r["step"]) for r in records] == [("train", 1), ("train", 2), ("eval", 2)]
+  test = [("test", 2)] if name == "uresnet_lartpc_smoke" else []  # the configs with a test split
+  assert [(r["split"], r["step"]) for r in records] == [("train", 1), ("train", 2), ("eval", 2)] + test
   for r in records:
     assert {"split", "step", "loss", "nonzero_accuracy", "per_class_accuracy"} <= r.keys()
     assert len(r["per_class_accuracy"]) == cfg["model"]["num_classes"]
@@ -245,3 +246,33 @@ def test_dropout_masks_differ_across_devices_but_the_state_stays_replicated():
   for leaf in jax.tree.leaves(jax.tree.map(lambda v: jax.random.key_data(v) if jax.dtypes.issubdtype(
       v.dtype, jax.dtypes.prng_key) else v, new)):
     np.testing.assert_array_equal(np.asarray(leaf[0]), np.asarray(leaf[1]))  # replicas agree after the step
+
+
+def test_main_job_reports_a_test_split_never_used_for_choices():
+  # Three disjoint synthetic splits: training, validation (evaluated during training) and a 500-event test set
+  # evaluated once at the end; each from its own seed.
+  cfg = configs.get_config("uresnet_lartpc")
+  syn = cfg["data"]["synthetic"]
+  assert len({syn["train_seed"], syn["eval_seed"], syn["test_seed"]}) == 3
+  assert syn["test_events"] >= 500 and syn["test_events"] % cfg["batch_size"] == 0
+  with pytest.raises(ValueError, match="multiple of batch_size"):
+    configs.get_config("uresnet_lartpc", ["data.synthetic.test_events=501"])
+
+
+def test_a_rerun_of_the_trainer_loads_its_compiled_steps_from_the_cache(tmp_path):
+  # The persistent compilation cache: the first run writes the compiled train and eval steps, a second process
+  # (a fresh workdir, so it trains again) finds every program there and writes nothing new.
+  cache = tmp_path / "xla"
+  root = Path(__file__).resolve().parents[1]
+
+  def run(workdir):
+    cmd = [sys.executable, "-m", "train", "--config", "uresnet_lartpc_smoke", "--workdir", str(workdir),
+           "--no-progress", "--compile-cache", str(cache), "--set", "steps=2", "--set", "eval_every=2",
+           "--set", "checkpoint_every=2"]
+    out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return sorted(p.name for p in cache.iterdir())
+
+  first = run(tmp_path / "a")
+  assert first, "the first run wrote nothing to the compilation cache"
+  assert run(tmp_path / "b") == first

@@ -22,6 +22,9 @@ def _parser():
                   help="local devices to pmap over (on CPU, this many host devices are created)")
   ap.add_argument("--no-resume", action="store_true", help="start from scratch even if the workdir has checkpoints")
   ap.add_argument("--no-progress", action="store_true")
+  ap.add_argument("--compile-cache", default=None, metavar="DIR",
+                  help="XLA's persistent compilation cache, so that a rerun does not compile its steps again "
+                       "(default: $JSPARSE3D_CACHE_DIR/xla or ~/.cache/jsparse3d/xla; 'off' disables it)")
   ap.add_argument("--coordinator_address", default=None, help="host:port of process 0, for multi-host training")
   ap.add_argument("--num_processes", type=int, default=None)
   ap.add_argument("--process_id", type=int, default=None)
@@ -53,6 +56,8 @@ def main(argv=None):
 
   from train import configs
   from train import train_lib
+  if args.compile_cache != "off":
+    train_lib.enable_compilation_cache(args.compile_cache)
   try:
     cfg = configs.get_config(args.config, args.set)
   except ValueError as e:
@@ -66,7 +71,11 @@ def main(argv=None):
     print(f"error: {e}", file=sys.stderr)
     return 2
   ev = result["eval"]
-  if ev is not None:
+  if result.get("test") is not None:
+    t = result["test"]
+    print(f"final: step {result['step']}, test non-zero accuracy {t['nonzero_accuracy']:.2%} (validation "
+          f"{ev['nonzero_accuracy']:.2%}), test mIoU {t['miou']:.3f}")
+  elif ev is not None:
     print(f"final: step {result['step']}, held-out non-zero accuracy {ev['nonzero_accuracy']:.2%}, "
           f"mIoU {ev['miou']:.3f}")
   if result["stopped"] is not None:

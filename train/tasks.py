@@ -40,6 +40,7 @@ class Task:
   collate_kwargs: dict
   forward: Callable  # (model, x) -> (logits [N, K], events int [N])
   transform: Callable | None = None  # per-event, applied by the loader
+  test_set: object = None  # evaluated once, after training (None: the data kind has no test split configured)
 
 
 def build_model(cfg, *, rngs):
@@ -89,10 +90,13 @@ def build_task(cfg) -> Task:
   if kind not in allowed:
     raise ValueError(f"config {cfg['name']!r}: model {model} trains on data kinds {list(allowed)}, not {kind!r}.")
   syn = d.get("synthetic", {})
+  test_set = None
   if kind == "synthetic_lartpc":
     kw = dict(size=d["size"], scheme=d["scheme"])
     sets = (data.SyntheticLArTPC(syn["train_events"], seed=syn["train_seed"], **kw),
             data.SyntheticLArTPC(syn["eval_events"], seed=syn["eval_seed"], **kw))
+    if syn.get("test_events"):
+      test_set = data.SyntheticLArTPC(syn["test_events"], seed=syn["test_seed"], **kw)
   elif kind == "larcv3":
     kw = dict(sparse3d=d["sparse3d"], labels=d["labels"])
     sets = (data.Larcv3Dataset(_existing(cfg, "train_path"), **kw),
@@ -115,11 +119,13 @@ def build_task(cfg) -> Task:
 
   if model == "UResNet":
     names = data.class_names(d["scheme"])
-    return Task(*sets, names, data.collate, dict(features=("energy",)), training.sparse_logits)
+    strides = tuple(2 ** i for i in range(1, cfg["model"].get("depth", 5)))
+    return Task(*sets, names, data.collate, dict(features=("energy",), level_strides=strides),
+                training.sparse_logits, test_set=test_set)
   if model == "MinkUNet":
     transform = functools.partial(_voxels, voxel_size=d["voxel_size"])
-    return Task(*sets, _kitti.CLASS_NAMES, data.collate, dict(features=("feats",)), training.sparse_logits,
-                transform)
+    return Task(*sets, _kitti.CLASS_NAMES, data.collate, dict(features=("feats",), level_strides=(2, 4, 8, 16)),
+                training.sparse_logits, transform)
   if model == "SPVCNN":
     return Task(*sets, _kitti.CLASS_NAMES, data.collate_points, dict(voxel_size=d["voxel_size"]), _points_forward)
   names = tuple(f"{_shapes.CATEGORIES[c]}/{j}" for c, n in enumerate(_shapes.PARTS_PER_CATEGORY) for j in range(n))

@@ -34,6 +34,21 @@ from train import tasks
 AXIS = "devices"
 
 
+def enable_compilation_cache(path=None) -> Path:
+  """Turns on XLA's persistent compilation cache (process-wide), so that a rerun of the trainer loads its
+  compiled steps instead of compiling them again; returns the folder.
+
+  Args:
+    path: the cache folder; default ``$JSPARSE3D_CACHE_DIR/xla`` (``~/.cache/jsparse3d/xla``).
+  """
+  from jsparse3d.ops import _native  # the library's one cache location
+  path = Path(path) if path else _native.cache_dir() / "xla"
+  path.mkdir(parents=True, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return path
+
+
 def build_schedule(cfg):
   o = cfg["optimizer"]
   peak, steps = o["learning_rate"], cfg["steps"]
@@ -328,6 +343,15 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
         break
   if bar is not None:
     bar.close()
+  test = None
+  if task.test_set is not None and step == cfg["steps"]:
+    loss_t, cm = evaluate(eval_step, state, task.test_set, task, layout, cfg)
+    test = writer.record("test", step, loss_t, cm)
+    if layout.process == 0:
+      table = _class_table(task.class_names, cm) if len(task.class_names) <= 20 else ""
+      print(f"\ntest ({len(task.test_set)} events, never used for choices): loss {loss_t:.4f}, non-zero accuracy "
+            f"{cm.nonzero_accuracy():.2%}, mIoU {cm.miou():.3f}\n{table}", flush=True)
+      save_confusion_png(workdir / "confusion.png", cm, task.class_names)
   writer.close()
   ckpt.close()
-  return dict(step=step, state=layout.first(state), eval=last, stopped=stop.signal)
+  return dict(step=step, state=layout.first(state), eval=last, test=test, stopped=stop.signal)
