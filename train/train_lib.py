@@ -301,6 +301,17 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
         meta=ocp.args.JsonSave(dict(fingerprint=fingerprint, config=cfg["name"], step=int(step)))), force=True)
     ckpt.wait_until_finished()
 
+  def evaluate_and_report(split, dataset, title):
+    """Evaluates ``dataset``, records it as ``split``, prints it (process 0) and draws its confusion matrix."""
+    loss, cm = evaluate(eval_step, state, dataset, task, layout, cfg)
+    rec = writer.record(split, step, loss, cm)
+    if layout.process == 0:
+      table = _class_table(task.class_names, cm) if len(task.class_names) <= 20 else ""
+      print(f"\n{title}: loss {loss:.4f}, non-zero accuracy {cm.nonzero_accuracy():.2%}, mIoU {cm.miou():.3f}\n"
+            f"{table}", flush=True)
+      save_confusion_png(workdir / "confusion.png", cm, task.class_names)
+    return rec
+
   loader = layout.loader(task.train_set, task, seed=cfg["seed"], start_step=start, num_steps=cfg["steps"] - start,
                          prefetch=2)
   bar = None
@@ -327,13 +338,7 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
         window = training.ConfusionMatrix(cfg["model"]["num_classes"])
         window_loss, window_t0, window_events = [], time.perf_counter(), 0
       if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
-        loss_e, cm = evaluate(eval_step, state, task.eval_set, task, layout, cfg)
-        last = writer.record("eval", step, loss_e, cm)
-        if layout.process == 0:
-          table = _class_table(task.class_names, cm) if len(task.class_names) <= 20 else ""
-          print(f"\neval at step {step}: loss {loss_e:.4f}, non-zero accuracy {cm.nonzero_accuracy():.2%}, "
-                f"mIoU {cm.miou():.3f}\n{table}", flush=True)
-          save_confusion_png(workdir / "confusion.png", cm, task.class_names)
+        last = evaluate_and_report("eval", task.eval_set, f"eval at step {step}")
       if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
         save(step)
       if bar is not None:
@@ -345,13 +350,7 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
     bar.close()
   test = None
   if task.test_set is not None and step == cfg["steps"]:
-    loss_t, cm = evaluate(eval_step, state, task.test_set, task, layout, cfg)
-    test = writer.record("test", step, loss_t, cm)
-    if layout.process == 0:
-      table = _class_table(task.class_names, cm) if len(task.class_names) <= 20 else ""
-      print(f"\ntest ({len(task.test_set)} events, never used for choices): loss {loss_t:.4f}, non-zero accuracy "
-            f"{cm.nonzero_accuracy():.2%}, mIoU {cm.miou():.3f}\n{table}", flush=True)
-      save_confusion_png(workdir / "confusion.png", cm, task.class_names)
+    test = evaluate_and_report("test", task.test_set, f"test ({len(task.test_set)} events, never used for choices)")
   writer.close()
   ckpt.close()
   return dict(step=step, state=layout.first(state), eval=last, test=test, stopped=stop.signal)
