@@ -353,4 +353,7 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
     test = evaluate_and_report("test", task.test_set, f"test ({len(task.test_set)} events, never used for choices)")
   writer.close()
   ckpt.close()
+  # Process 0 finishes later (it draws and writes the reports); jax's shutdown barrier gives up on a process that
+  # arrives much later than the others, so they leave together.
+  _meet("finish")
   return dict(step=step, state=layout.first(state), eval=last, test=test, stopped=stop.signal)
