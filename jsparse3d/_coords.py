@@ -2,7 +2,7 @@
 
 Everything that decides *which* voxels interact lives here: the coordinate layout and its supported range,
 the 64-bit key every hash table uses, the order and value of kernel offsets, and the output-coordinate rule of
-strided convolution. `../shared/CONVENTIONS.md` is the contract; `tests/test_coords.py` checks this module
+strided convolution. `docs/conventions.md` is the contract; `tests/test_coords.py` checks this module
 against it.
 
 Layout: ``coords`` is ``int32[capacity, 4]`` with columns ``(batch, x, y, z)``; padded rows have batch ``-1``.

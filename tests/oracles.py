@@ -78,7 +78,7 @@ def densify(coords, feats, shape, batch, stride=(1, 1, 1)):
 
 
 def dense_conv(grid, w, stride, dilation):
-  """lax.conv_general_dilated with the CONVENTIONS padding."""
+  """lax.conv_general_dilated with the padding of docs/conventions.md."""
   ks = w.shape[:3]
   pad = []
   for k, d in zip(ks, dilation):
@@ -96,15 +96,16 @@ def dense_sparse_conv(in_coords, feats, w, out_coords, *, stride, dilation, shap
   return out[q[:, 0], idx[:, 0], idx[:, 1], idx[:, 2]]
 
 
-def dense_sparse_conv_transpose(coarse_coords, coarse_feats, w_t, fine_coords, *, stride, shape, batch):
+def dense_sparse_conv_transpose(coarse_coords, coarse_feats, w_t, fine_coords, *, stride, shape, batch,
+                                dilation=(1, 1, 1)):
   """Transposed sparse conv computed as the adjoint (vjp) of the dense strided conv, read at fine_coords.
 
   w_t: [kx, ky, kz, C_coarse, C_fine], the transposed conv's weight.
   """
   w = jnp.swapaxes(w_t, 3, 4)
   zero = jnp.zeros((batch, *shape, w.shape[3]), coarse_feats.dtype)
-  _, vjp = jax.vjp(lambda g: dense_conv(g, w, stride, (1, 1, 1)), zero)
-  out_shape = jax.eval_shape(lambda g: dense_conv(g, w, stride, (1, 1, 1)), zero).shape
+  _, vjp = jax.vjp(lambda g: dense_conv(g, w, stride, dilation), zero)
+  out_shape = jax.eval_shape(lambda g: dense_conv(g, w, stride, dilation), zero).shape
   ct = jnp.zeros(out_shape, coarse_feats.dtype)
   q = np.asarray(coarse_coords)
   qi = q[:, 1:] // np.asarray(stride)

@@ -309,7 +309,7 @@ def synthetic_lartpc_event(seed, *, size: int = 192, scheme: str = "uresnet5", n
   Args:
     seed: an int or a sequence of ints (numpy seeding); the same seed gives the same event.
     size: cube edge in voxels (192, 512 and 768 are the study's sizes; any size >= 32 works).
-    scheme: ``"uresnet5"`` or ``"larcv5"`` labels (CONVENTIONS).
+    scheme: ``"uresnet5"`` or ``"larcv5"`` labels (docs/conventions.md).
     noise_voxels: optional Gaussian noise: this many extra voxels at random positions with energy
       ``|N(0, 0.3 MeV)|``, labelled as low-energy scatter (larcv5) / EM shower (uresnet5).
   Returns:

@@ -1,4 +1,4 @@
-"""LArTPC semantic class schemes (CONVENTIONS) and the explicit conversions between them.
+"""LArTPC semantic class schemes (docs/conventions.md) and the explicit conversions between them.
 
 The generator tracks six internal kinds, finer than either scheme, and maps them at the end:
 

@@ -3,7 +3,7 @@
 Points are padded arrays like tensors: ``xyz float[P, 3]`` in finest-voxel units, ``batch int32[P]`` (-1 on padded
 rows), ``feats [P, C]`` (zero on padded rows).
 
-Sparse (CONVENTIONS, "Points and voxels"):
+Sparse (docs/conventions.md, "Points and voxels"):
 - :func:`voxelize`: a point's voxel is ``floor(xyz)``; the features of the points in a voxel are averaged.
 - :func:`point_to_voxel`: the same average, into the rows of an existing tensor at its stride (points whose voxel
   the tensor does not hold contribute to no row).
@@ -99,12 +99,13 @@ def point_to_voxel(x: SparseTensor, xyz, batch, feats) -> SparseTensor:
   return x.replace(feats=_scatter_mean(feats, rows, x.capacity))
 
 
-def voxel_to_point(x: SparseTensor, xyz, batch, *, implementation: str | None = None) -> jax.Array:
+def voxel_to_point(x: SparseTensor, xyz, batch, *, implementation: str | None = None, with_errors: bool = False):
   """``[P, C]``: trilinear interpolation of ``x``'s features at the points (zero for padded points and points
   with no voxel among their 8 corners). Differentiable in the features; the points are not differentiated.
 
   ``implementation``: ``"xla"``, ``"pallas"`` (the GPU kernels of :mod:`pallas_kernels.devoxelize`; interpret
-  mode on CPU) or None: Pallas on a GPU backend, else XLA.
+  mode on CPU) or None: Pallas on a GPU backend, else XLA. ``with_errors``: return ``(values, errors)``, the
+  error flags of ``x`` and of the lookup (the Pallas probe's ``TABLE_FULL``), for use under ``jit``.
   """
   _check_points(xyz, batch)
   if implementation not in (None, "xla", "pallas"):
@@ -113,8 +114,9 @@ def voxel_to_point(x: SparseTensor, xyz, batch, *, implementation: str | None = 
     from pallas_kernels.devoxelize import api as pallas_devoxelize
     table, x = _conv.ensure_index(x, "pallas")
     out, errors = pallas_devoxelize.devoxelize(table, x.feats, xyz, batch.astype(jnp.int32), stride=x.stride)
+    errors = x.errors | errors
     _errors.check_now(errors, "voxel_to_point")
-    return out
+    return (out, errors) if with_errors else out
   index, x = _conv.ensure_index(x)
   s = jnp.asarray(x.stride, jnp.float32)[None, :]
   p = jax.lax.stop_gradient(xyz) / s
@@ -129,7 +131,8 @@ def voxel_to_point(x: SparseTensor, xyz, batch, *, implementation: str | None = 
   w = jnp.where(present, w, 0.0)
   w = w / jnp.maximum(w.sum(axis=1, keepdims=True), 1e-12)
   vals = x.feats.at[jnp.where(present, rows, _kernel_map.SENTINEL)].get(mode="fill", fill_value=0)
-  return jnp.einsum("pk,pkc->pc", w.astype(vals.dtype), vals)
+  out = jnp.einsum("pk,pkc->pc", w.astype(vals.dtype), vals)
+  return (out, x.errors) if with_errors else out
 
 
 # -- dense (PVCNN) ------------------------------------------------------------------------------------------

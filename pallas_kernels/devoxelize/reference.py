@@ -1,4 +1,4 @@
-"""Pure-jnp reference of trilinear devoxelization (CONVENTIONS: voxel values sit at their lattice points, the 8
+"""Pure-jnp reference of trilinear devoxelization (docs/conventions.md: voxel values sit at their lattice points, the 8
 corners of a point are ``floor(p) + {0,1}^3``, missing corners weigh 0 and the rest are renormalised to sum 1)."""
 
 from __future__ import annotations
