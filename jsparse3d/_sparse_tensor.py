@@ -45,7 +45,7 @@ class SparseTensor(_errors.Flagged):
 
   Rows ``[0, num_valid)`` are real voxels; the rest are padding with batch index ``-1`` and features exactly
   zero, and every op keeps them so. Coordinates are in units of the finest voxel grid and are multiples of
-  ``stride``. See ``CONVENTIONS.md``.
+  ``stride``. See ``docs/conventions.md``.
 
   Attributes:
     coords: ``int32[capacity, 4]`` rows ``(batch, x, y, z)``.
@@ -104,6 +104,15 @@ class SparseTensor(_errors.Flagged):
       _check_float(feats.dtype, "feats")
     return dataclasses.replace(self, **changes)
 
+  def without_cache(self) -> "SparseTensor":
+    """A copy without cached indices, kernel maps and parent geometry (coordinates, features and flags stay).
+
+    A jitted function returns every array of its outputs, and a tensor's cache holds all the maps built on the
+    way; returning ``y.without_cache()`` keeps them inside. Later ops rebuild what they need, or take a map
+    computed once outside (``conv3d(..., kmap=)``).
+    """
+    return dataclasses.replace(self, cache={})
+
   @classmethod
   def from_geometry(cls, geometry: Geometry, feats: jax.Array, errors: jax.Array | None = None) -> "SparseTensor":
     errs = geometry.errors if errors is None else geometry.errors | errors
@@ -114,17 +123,24 @@ class SparseTensor(_errors.Flagged):
     :meth:`plan_capacities`), else this tensor's own (always enough: a strided op never makes more rows)."""
     return dict(self.capacities).get(_coords.as_triple(stride, "stride"), self.capacity)
 
-  def plan_capacities(self, strides, buckets=None) -> "SparseTensor":
+  def plan_capacities(self, strides, buckets=None, *, fractions=None) -> "SparseTensor":
     """A copy whose strided ops make outputs of just enough capacity (eager: reads the coordinates).
 
     For each tensor stride in ``strides`` it counts the distinct cells ``floor(c / s)`` of the valid rows (the
     Minkowski output rule) and keeps the smallest of ``buckets`` that holds them, so the coarse levels of a U-Net
-    stop carrying the finest level's padding while a training run still compiles only a few shapes.
+    stop carrying the finest level's padding. Each level picks its bucket independently, so batches of one
+    capacity can still have many plans, one compiled program each; ``fractions`` ties the plan to the capacity
+    instead: level ``i`` gets ``fractions[i] * capacity`` rows (rounded up to a multiple of 128) whenever its cells
+    fit there, and its own bucket only when they do not. Batches of one capacity then share one plan, except for
+    the rare batch that needs more.
 
     Args:
       strides: tensor strides of the coarser levels, e.g. ``(2, 4, 8, 16)`` or 3-tuples.
       buckets: capacities to choose from (default :data:`jsparse3d.data.DEFAULT_BUCKETS`); never more than this
         tensor's capacity.
+      fractions: optional, one per stride, each in (0, 1]: the share of this tensor's capacity that level reserves
+        (for 192^3 LArTPC batches, whose coarse levels hold at most 69%, 41%, 23% and 12% of the rows,
+        ``(0.7, 0.42, 0.24, 0.125)``).
     Returns:
       This tensor with :attr:`capacities` set.
 
@@ -133,16 +149,24 @@ class SparseTensor(_errors.Flagged):
       >>> y = jsparse3d.ops.conv3d(x, w, stride=2)   # y.capacity is the planned one for stride 2
     """
     from jsparse3d.data._batching import DEFAULT_BUCKETS, bucket_capacity  # data imports this module
+    strides = tuple(strides)
+    if fractions is not None:
+      fractions = tuple(fractions)
+      if len(fractions) != len(strides) or not all(0 < f <= 1 for f in fractions):
+        raise ValueError(f"plan_capacities: fractions {fractions} must give one share in (0, 1] per stride "
+                         f"{strides}, e.g. (0.7, 0.42, 0.24, 0.125) for (2, 4, 8, 16).")
     n = int(self.num_valid)
     coords = np.asarray(self.coords)[:n].astype(np.int64)
     plan = []
-    for stride in strides:
+    for i, stride in enumerate(strides):
       st = _coords.as_triple(stride, "stride")
       if any(a % b for a, b in zip(st, self.stride)) or st == self.stride:
         raise ValueError(f"plan_capacities: stride {st} must be a coarser multiple of the tensor stride "
                          f"{self.stride}.")
-      cells = np.unique(np.c_[coords[:, :1], np.floor_divide(coords[:, 1:], np.asarray(st))], axis=0)
-      plan.append((st, min(self.capacity, bucket_capacity(len(cells), buckets or DEFAULT_BUCKETS))))
+      cells = _count_distinct_rows(np.c_[coords[:, :1], np.floor_divide(coords[:, 1:], np.asarray(st))])
+      reserved = -(-int(np.ceil(fractions[i] * self.capacity)) // 128) * 128 if fractions is not None else 0
+      capacity = reserved if cells <= reserved else bucket_capacity(cells, buckets or DEFAULT_BUCKETS)
+      plan.append((st, min(self.capacity, capacity)))
     return dataclasses.replace(self, capacities=tuple(plan))
 
   @classmethod
@@ -258,9 +282,10 @@ def _merge_duplicates(coords: np.ndarray, feats: np.ndarray, duplicates: str):
     raise ValueError(f"duplicates must be 'sum', 'mean' or 'error', got {duplicates!r}.")
   if coords.shape[0] == 0:
     return coords.astype(np.int32), feats
-  span = np.int64(1) << _coords.AXIS_BITS
-  u = coords[:, 1:] - _coords.COORD_MIN
-  keys = ((coords[:, 0] * span + u[:, 0]) * span + u[:, 1]) * span + u[:, 2]
+  # 10 batch bits and 3 x 18 axis bits fill all 64 bits of the key: unsigned, or batches >= 512 sort first.
+  span = np.uint64(1) << np.uint64(_coords.AXIS_BITS)
+  u = (coords[:, 1:] - _coords.COORD_MIN).astype(np.uint64)
+  keys = ((coords[:, 0].astype(np.uint64) * span + u[:, 0]) * span + u[:, 1]) * span + u[:, 2]
   order = np.argsort(keys, kind="stable")
   sorted_keys = keys[order]
   starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
@@ -274,3 +299,18 @@ def _merge_duplicates(coords: np.ndarray, feats: np.ndarray, duplicates: str):
   if duplicates == "mean":
     merged /= counts[:, None]
   return coords[order[starts]].astype(np.int32), merged.astype(feats.dtype)
+
+
+def _count_distinct_rows(rows: np.ndarray) -> int:
+  """Distinct rows of an int64 ``[N, 4]`` array: one 1-D unique of packed keys (``np.unique(axis=0)`` is ~10x
+  slower), falling back to the row-wise unique when the spans do not pack into 63 bits."""
+  if not len(rows):
+    return 0
+  lo = rows.min(axis=0)
+  spans = rows.max(axis=0) - lo + 1
+  if float(np.prod(spans.astype(np.float64))) >= 2.0 ** 62:
+    return len(np.unique(rows, axis=0))
+  key = np.zeros(len(rows), np.int64)
+  for column, span, low in zip(rows.T, spans, lo):
+    key = key * span + (column - low)
+  return len(np.unique(key))

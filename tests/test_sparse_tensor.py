@@ -22,6 +22,15 @@ def test_from_coords_sorts_pads_and_merges_duplicates():
     js.SparseTensor.from_coords(coords, feats, duplicates="error")
 
 
+def test_from_coords_orders_every_batch_index():
+  # Regression: the packed sort key overflowed for batch >= 512, putting those batches first.
+  coords = np.array([[1023, 0, 0, 0], [512, -131072, 5, 5], [0, 131071, 0, 0], [511, 3, 3, 3], [512, 7, 0, 0]])
+  x = js.SparseTensor.from_coords(coords, np.arange(5, dtype=np.float32)[:, None])
+  expected = coords[np.lexsort((coords[:, 3], coords[:, 2], coords[:, 1], coords[:, 0]))]
+  np.testing.assert_array_equal(x.coords, expected)
+  np.testing.assert_array_equal(x.feats[:, 0], [2, 3, 1, 4, 0])
+
+
 def test_from_coords_accepts_xyz_and_dtypes():
   xyz = np.array([[0, 0, 0], [1, 2, 3]], np.int16)
   for dtype in (np.float32, np.float16, jnp.bfloat16):
