@@ -111,6 +111,55 @@ def test_transposed_conv_is_adjoint_by_inner_products(rng, impl):
   assert abs(lhs - rhs) <= 1e-4 * max(1.0, abs(lhs))
 
 
+@pytest.mark.parametrize("k, s, d", [(3, 2, 2), (2, 2, 3), (3, 3, 2), ((3, 2, 1), (2, 1, 2), (1, 2, 3))])
+@pytest.mark.parametrize("maps", ["native", "xla"])
+def test_transposed_conv_is_the_adjoint_of_a_dilated_strided_conv(rng, k, s, d, maps):
+  # Regression: the cached map's key dropped the dilation and the rebuild used dilation 1
+  # (<Ax, g> = -34.28 against <x, A^T g> = 30.38 at dilation 2).
+  x = random_tensor(rng, n_grid=12, density=0.3, channels=3, batch=2)
+  ks = (k,) * 3 if isinstance(k, int) else k
+  _, x = js.ops.kernel_map(x, 1, implementation=maps)  # builds x's maps with ``maps`` from here on
+  w = jnp.asarray(rng.standard_normal((*ks, 3, 4)).astype(np.float32))
+  y = js.ops.conv3d(x, w, stride=s, dilation=d)
+  g = y.replace(feats=jnp.where(y.valid_mask[:, None], rng.standard_normal(y.feats.shape).astype(np.float32), 0.0))
+  lhs = float(jnp.vdot(y.feats, g.feats))
+  for back in (js.ops.conv_transpose3d(g, jnp.swapaxes(w, 3, 4), stride=s, dilation=d),
+               js.ops.conv_transpose3d(g, jnp.swapaxes(w, 3, 4), stride=s, dilation=d, target=x),
+               js.ops.conv_transpose3d(js.ops.max_pool(x, s, s).replace(feats=g.feats), jnp.swapaxes(w, 3, 4),
+                                       stride=s, dilation=d)):  # no cached map: built with the dilation
+    rhs = float(jnp.vdot(x.feats, back.feats))
+    assert abs(lhs - rhs) <= 1e-4 * max(1.0, abs(lhs)), (lhs, rhs)
+  # and against the dense oracle's adjoint where the dilation is isotropic
+  if isinstance(d, int) and isinstance(k, int):
+    cy, fy = valid_part(g)
+    cx, _ = valid_part(x)
+    want = dense_sparse_conv_transpose(cy, jnp.asarray(fy), jnp.swapaxes(w, 3, 4), cx, stride=(s,) * 3,
+                                       shape=(12,) * 3, batch=2, dilation=(d,) * 3)
+    got = valid_part(js.ops.conv_transpose3d(g, jnp.swapaxes(w, 3, 4), stride=s, dilation=d))[1]
+    assert_close(got, want, jnp.float32, k ** 3 * 4)
+
+
+def test_transposed_conv_onto_the_parent_reuses_its_map(rng, monkeypatch):
+  # Regression: target=x rebuilt the map on every call although x is the strided conv's own input.
+  from jsparse3d.ops import _conv
+  x = random_tensor(rng, n_grid=10, density=0.3, channels=3)
+  w = jnp.asarray(rng.standard_normal((2, 2, 2, 3, 4)).astype(np.float32))
+  h = js.ops.relu(x)  # a new tensor on the same coordinates, as in a U-Net
+  y = js.ops.conv3d(h, w, stride=2)
+  builds = []
+  real = _conv._kernel_map.strided_map
+  monkeypatch.setattr(_conv._kernel_map, "strided_map", lambda *a, **k: builds.append(1) or real(*a, **k))
+  up = jnp.swapaxes(w, 3, 4)
+  a = js.ops.conv_transpose3d(y, up, target=x)
+  b = js.ops.conv_transpose3d(y, up)
+  assert builds == [] and a.coords is x.coords
+  np.testing.assert_array_equal(a.feats, b.feats)
+  other = js.SparseTensor.from_coords(*valid_part(x))  # equal coordinates, other arrays: one build
+  np.testing.assert_array_equal(js.ops.conv_transpose3d(y, up, target=other).feats[:int(x.num_valid)],
+                                b.feats[:int(x.num_valid)])
+  assert builds == [1]
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_feature_dtypes_accumulate_in_float32(rng, impl, dtype):
   x = random_tensor(rng, n_grid=10, density=0.3, channels=16, dtype=np.float32)
@@ -143,6 +192,22 @@ def test_empty_tensor_gives_empty_outputs(impl):
   assert z.feats.shape == (8, 4) and not np.asarray(z.feats).any()
   g = jax.grad(lambda f: js.ops.conv3d(x.replace(feats=f), w).feats.sum())(x.feats)
   assert not np.asarray(g).any()
+
+
+@pytest.mark.parametrize("capacity", [0, 1, 8])
+@pytest.mark.parametrize("maps", ["native", "xla"])
+def test_every_strided_op_takes_an_empty_tensor_at_any_capacity(capacity, maps):
+  # Regression: capacity 0 with the default output capacity failed inside a gather.
+  x = js.SparseTensor.from_coords(np.zeros((0, 4), int), np.zeros((0, 3), np.float32), capacity=capacity)
+  kmap, y = js.ops.kernel_map(x, 2, stride=2, implementation=maps)
+  assert int(kmap.num_pairs) == 0 and y.coords.shape == (capacity, 4) and int(y.num_valid) == 0
+  w = jnp.ones((2, 2, 2, 3, 2), jnp.float32)
+  outs = [js.ops.conv3d(x, w, stride=2), js.ops.max_pool(x, 2, stride=2), js.ops.avg_pool(x, 2, stride=2),
+          js.ops.conv3d(x, w, stride=2, capacity=4)]
+  outs.append(js.ops.conv_transpose3d(outs[0], jnp.ones((2, 2, 2, 2, 3), jnp.float32)))
+  for y in outs:
+    js.raise_if_error(y)
+    assert int(y.num_valid) == 0 and not np.asarray(y.feats).any()
 
 
 def test_padding_never_influences_valid_rows(rng):
@@ -206,3 +271,29 @@ def test_conv_at_the_edges_of_the_coordinate_range(rng):
   assert_close(got, np_conv(cin, fin, w, cout, dilation=(1, 1, 1)), jnp.float32, 54)
   z = js.ops.conv_transpose3d(y, jnp.swapaxes(w, 3, 4))
   assert z.coords is x.coords
+
+
+def test_a_precomputed_kmap_gives_the_same_conv_and_keeps_map_building_out_of_jit(rng):
+  x = random_tensor(rng, n_grid=10, density=0.3, channels=3, batch=2)
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, 3, 4)).astype(np.float32))
+  w2 = jnp.asarray(rng.standard_normal((2, 2, 2, 3, 4)).astype(np.float32))
+  sub = js.ops.kernel_map(x, 3)
+  down = js.ops.kernel_map(x, 2, stride=2)
+  bare = x.without_cache()
+  assert bare.cache == {} and bare.coords is x.coords
+
+  def f(x, sub, down):
+    return js.ops.conv3d(x, w, kmap=sub[0]).feats, js.ops.conv3d(x, w2, stride=2, kmap=down).without_cache()
+
+  a, b = jax.jit(f)(bare, sub, down)
+  np.testing.assert_array_equal(a, js.ops.conv3d(x, w).feats)
+  ref = js.ops.conv3d(x, w2, stride=2)
+  np.testing.assert_array_equal(b.feats, ref.feats)
+  np.testing.assert_array_equal(b.coords, ref.coords)
+  assert b.cache == {}
+  jaxpr = str(jax.make_jaxpr(f)(bare, sub, down))
+  assert "query_map" not in jaxpr and "downsample" not in jaxpr  # no map is built inside
+  with pytest.raises(ValueError, match=r"kmap was built for kernel \(3, 3, 3\)"):
+    js.ops.conv3d(x, w2, stride=2, kmap=sub)
+  with pytest.raises(ValueError, match="needs the output geometry"):
+    js.ops.conv3d(x, w2, stride=2, kmap=down[0])

@@ -63,13 +63,15 @@ class SparseConvTranspose3d(nnx.Module):
   """Transposed sparse convolution back to a finer tensor; see :func:`jsparse3d.ops.conv_transpose3d`.
 
   ``__call__(x, target=None)``: ``target`` is optional when ``x`` comes from a strided op (its parent is cached).
+  ``stride`` and ``dilation`` are those of the conv it undoes.
   Attributes: kernel ``[kx, ky, kz, in_features (coarse), out_features (fine)]``, bias or None.
   """
 
-  def __init__(self, in_features: int, out_features: int, kernel_size, *, stride=2, use_bias: bool = False,
-               dtype=None, param_dtype=jnp.float32, implementation: str | None = None, rngs: nnx.Rngs):
+  def __init__(self, in_features: int, out_features: int, kernel_size, *, stride=2, dilation=1,
+               use_bias: bool = False, dtype=None, param_dtype=jnp.float32, implementation: str | None = None,
+               rngs: nnx.Rngs):
     ks = _coords.as_triple(kernel_size, "kernel_size")
-    self.stride, self.dtype, self.implementation = stride, dtype, implementation
+    self.stride, self.dilation, self.dtype, self.implementation = stride, dilation, dtype, implementation
     shape = (*ks, in_features, out_features)
     self.kernel = nnx.Param(_kernel_init(math.prod(ks) * in_features)(rngs.params(), shape, param_dtype))
     self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
@@ -80,10 +82,11 @@ class SparseConvTranspose3d(nnx.Module):
     if _macs.counting():  # the pairs of the strided map this transposes
       fine = target if target is not None else SparseTensor.from_geometry(
           x.cache["parent"], jnp.zeros((x.cache["parent"].coords.shape[0], 0), x.feats.dtype))
-      kmap, _ = ops.kernel_map(fine, self.kernel.shape[:3], stride=self.stride)
+      kmap, _ = ops.kernel_map(fine, self.kernel.shape[:3], stride=self.stride, dilation=self.dilation)
       _macs.record("sparse_conv", int(kmap.num_pairs) * self.kernel.shape[3] * self.kernel.shape[4])
     return ops.conv_transpose3d(x.replace(feats=x.feats.astype(dtype)), self.kernel[...].astype(dtype),
-                                stride=self.stride, target=target, bias=bias, implementation=self.implementation)
+                                stride=self.stride, dilation=self.dilation, target=target, bias=bias,
+                                implementation=self.implementation)
 
 
 class BatchNorm(nnx.Module):

@@ -82,8 +82,10 @@ def kernel_map(x: SparseTensor, kernel_size, *, stride=1, dilation=1, capacity: 
       _errors.check_now(errors, "kernel_map")
       return kmap, _with_cache(x, **{key: kmap}).replace(errors=errors)
     index, x = ensure_index(x)
-    kmap = _kernel_map.submanifold_map(x.coords, x.num_valid, index, ks, dil, x.stride)
-    return kmap, _with_cache(x, **{key: kmap})
+    kmap, errors = _kernel_map.submanifold_map(x.coords, x.num_valid, index, ks, dil, x.stride)
+    errors = x.errors | errors
+    _errors.check_now(errors, "kernel_map")
+    return kmap, _with_cache(x, **{key: kmap}).replace(errors=errors)
   factor = tuple(a * b for a, b in zip(x.stride, st))
   if capacity is None:
     capacity = x.planned_capacity(factor)
@@ -93,14 +95,15 @@ def kernel_map(x: SparseTensor, kernel_size, *, stride=1, dilation=1, capacity: 
   if native:
     out_coords, out_nv, out_row, errors = _kernel_map.downsample_coords_native(x.coords, x.num_valid, factor,
                                                                                capacity)
-    kmap = _kernel_map.strided_map(x.coords, x.num_valid, None, out_coords, out_nv, out_row, ks, st, dil, x.stride)
-    cache = {}
+    kmap, map_errors = _kernel_map.strided_map(x.coords, x.num_valid, None, out_coords, out_nv, out_row, ks, st,
+                                               dil, x.stride)
+    errors, cache = errors | map_errors, {}
   else:
     index, x = ensure_index(x)
     out_coords, out_nv, out_index, out_row = _kernel_map.downsample_coords(x.coords, x.num_valid, factor, capacity)
-    kmap = _kernel_map.strided_map(x.coords, x.num_valid, index, out_coords, out_nv, out_row, ks, st, dil,
-                                   x.stride)
-    errors, cache = out_index.errors, {"index": out_index}
+    kmap, map_errors = _kernel_map.strided_map(x.coords, x.num_valid, index, out_coords, out_nv, out_row, ks, st,
+                                               dil, x.stride)
+    errors, cache = out_index.errors | map_errors, {"index": out_index}
   errors = x.errors | errors
   _errors.check_now(errors, "strided conv")
   y = SparseTensor(out_coords, jnp.zeros((capacity, 0), x.feats.dtype), out_nv, errors,
@@ -172,11 +175,11 @@ def _apply(x_feats, weight, kmap, bias, y: SparseTensor, implementation: str) ->
 
 
 def conv3d(x: SparseTensor, weight: jax.Array, *, stride=1, dilation=1, bias: jax.Array | None = None,
-           capacity: int | None = None, implementation: str | None = None) -> SparseTensor:
+           capacity: int | None = None, kmap=None, implementation: str | None = None) -> SparseTensor:
   """Sparse 3D convolution (cross-correlation).
 
   ``out[q] = sum_i W[i]^T x[q + offset_i]`` over the offsets whose input site exists, with offsets as in
-  CONVENTIONS. Stride 1 is submanifold: the output has the input's coordinates. Stride ``s > 1`` gives the
+  docs/conventions.md. Stride 1 is submanifold: the output has the input's coordinates. Stride ``s > 1`` gives the
   coordinates ``unique(floor(c / (s_in * s)) * (s_in * s))``, stride ``s_in * s`` and ``capacity`` rows.
   Accumulation is float32 for every feature dtype.
 
@@ -186,6 +189,9 @@ def conv3d(x: SparseTensor, weight: jax.Array, *, stride=1, dilation=1, bias: ja
     stride: 1..4 per axis. dilation: 1..3 per axis.
     bias: optional ``[C_out]``, added on valid rows.
     capacity: output rows of a strided conv (see :func:`kernel_map`); default the planned or the input capacity.
+    kmap: a precomputed map: what :func:`kernel_map` returned for ``x`` with this kernel size, stride and
+      dilation (the ``(KernelMap, y)`` pair; a bare KernelMap for stride 1). It may come from outside a jitted
+      function, so the function need not rebuild or return the maps (see :meth:`SparseTensor.without_cache`).
     implementation: ``"native"`` (CPU kernels called through XLA's FFI, float32 arithmetic, all intra-op
       threads), ``"xla"`` (pure XLA, any backend and float64), ``"pallas"`` (the fused gather-GEMM GPU kernels
       of :mod:`pallas_kernels.conv`; Pallas interpret mode on CPU, for tests), or None: Pallas on a GPU backend,
@@ -201,13 +207,43 @@ def conv3d(x: SparseTensor, weight: jax.Array, *, stride=1, dilation=1, bias: ja
   """
   _check_weight(x, weight, 3, "conv3d")
   implementation = _resolve_implementation(implementation, x.feats.dtype)
-  kmap, y = kernel_map(x, weight.shape[:3], stride=stride, dilation=dilation, capacity=capacity)
+  if kmap is None:
+    kmap, y = kernel_map(x, weight.shape[:3], stride=stride, dilation=dilation, capacity=capacity)
+  else:
+    kmap, y = _given_map(kmap, x, weight.shape[:3], stride, dilation)
   return _apply(x.feats, weight, kmap, bias, y, implementation)
 
 
-def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, target: SparseTensor | None = None,
-                     bias: jax.Array | None = None, implementation: str | None = None) -> SparseTensor:
-  """Transposed sparse convolution: the exact adjoint of :func:`conv3d` with the same kernel size and stride.
+def _given_map(given, x: SparseTensor, kernel_size, stride, dilation):
+  """``(kmap, y)`` from a ``kmap=`` argument, checked against the convolution it is used for."""
+  st = _coords.as_triple(stride, "stride")
+  if isinstance(given, _kernel_map.KernelMap):
+    if st != (1, 1, 1):
+      raise ValueError("a strided conv needs the output geometry too: pass kmap=kernel_map(x, ..., stride=...), "
+                       "the (KernelMap, y) pair.")
+    given = (given, x)
+  if not (isinstance(given, tuple) and len(given) == 2 and isinstance(given[0], _kernel_map.KernelMap)
+          and isinstance(given[1], SparseTensor)):
+    raise TypeError(f"kmap must be what kernel_map returns, a (KernelMap, SparseTensor) pair, got "
+                    f"{type(given).__name__}.")
+  kmap, y = given
+  want = (tuple(kernel_size), _coords.as_triple(dilation, "dilation"), x.stride,
+          tuple(a * b for a, b in zip(x.stride, st)), x.capacity)
+  have = (kmap.kernel_size, kmap.dilation, kmap.src_stride, kmap.dst_stride, kmap.num_src)
+  if want != have:
+    raise ValueError(f"kmap was built for kernel {have[0]}, dilation {have[1]}, strides {have[2]}->{have[3]} and "
+                     f"{have[4]} input rows; this conv has {want[0]}, {want[1]}, {want[2]}->{want[3]} and {want[4]}. "
+                     "Build it with kernel_map(x, kernel_size, stride=..., dilation=...) on this x.")
+  if st == (1, 1, 1):
+    y = x
+  return kmap, y.replace(errors=y.errors | x.errors)
+
+
+def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, dilation=1,
+                     target: SparseTensor | None = None, bias: jax.Array | None = None,
+                     implementation: str | None = None) -> SparseTensor:
+  """Transposed sparse convolution: the exact adjoint of :func:`conv3d` with the same kernel size, stride and
+  dilation.
 
   It uses the strided conv's ``(input, output, offset)`` pairs with roles swapped, and its output takes exactly
   the coordinates (and row order) of the finer tensor, so a U-Net skip concatenation lines up row for row.
@@ -216,24 +252,32 @@ def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, target: Sp
     x: the coarse input, with ``C_coarse`` channels.
     weight: ``[kx, ky, kz, C_coarse, C_fine]``.
     stride: the stride of the strided op this undoes (1 gives the adjoint of a submanifold conv).
+    dilation: the dilation of the conv this undoes (int or 3 ints).
     target: the finer tensor whose coordinates the output takes. Optional when ``x`` descends from a strided op
-      on that tensor (the geometry is cached on ``x``).
+      on that tensor (the geometry is cached on ``x``). When ``target`` is that tensor (or carries the same
+      coordinate arrays), the cached map is reused; any other target costs one map build.
     bias: optional ``[C_fine]``. implementation: as in :func:`conv3d`.
   Returns:
     SparseTensor on the finer coordinates, with the finer tensor's cache.
+
+  Example:
+    >>> d = conv3d(x, w_down, stride=2)                  # [2, 2, 2, C, 2C]
+    >>> u = conv_transpose3d(d, w_up)                     # [2, 2, 2, 2C, C], on x's coordinates, row for row
   """
   _check_weight(x, weight, 3, "conv_transpose3d")
   implementation = _resolve_implementation(implementation, x.feats.dtype)
   ks = tuple(int(k) for k in weight.shape[:3])
   st = _coords.as_triple(stride, "stride")
-  _coords.check_conv_geometry(ks, st, (1, 1, 1))
+  dil = _coords.as_triple(dilation, "dilation")
+  _coords.check_conv_geometry(ks, st, dil)
   if st == (1, 1, 1):
-    kmap, x = kernel_map(x, ks)
+    kmap, x = kernel_map(x, ks, dilation=dil)
     return _apply(x.feats, weight, kmap.T, bias, x, implementation)
   fine_stride = tuple(a // b for a, b in zip(x.stride, st))
   if any(a % b for a, b in zip(x.stride, st)):
     raise ValueError(f"conv_transpose3d stride {st} does not divide the tensor stride {x.stride}.")
-  key = _key("down", ks, st)
+  key = _key("down", ks, st, dil)
+  parent = x.cache.get("parent")
   if target is not None:
     if not isinstance(target, SparseTensor):
       raise TypeError(f"target must be a SparseTensor, got {type(target).__name__}.")
@@ -242,8 +286,9 @@ def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, target: Sp
           f"target has stride {target.stride}, but a stride-{st} transposed conv from stride {x.stride} lands on "
           f"stride {fine_stride}. Pass the tensor that the matching strided conv was applied to.")
     fine = target.geometry
-  elif "parent" in x.cache:
-    fine = x.cache["parent"]
+    is_parent = parent is not None and target.coords is parent.coords and target.num_valid is parent.num_valid
+  elif parent is not None:
+    fine, is_parent = parent, True
     if fine.stride != fine_stride:
       raise ValueError(
           f"x's cached parent has stride {fine.stride}, not {fine_stride}: this x was made by a stride "
@@ -252,7 +297,8 @@ def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, target: Sp
     raise ValueError(
         "conv_transpose3d does not know the finer coordinates: x was not produced by a strided conv or pooling "
         "(no cached parent). Pass target=<the finer SparseTensor>.")
-  if target is None and key in x.cache:
+  errors = x.errors
+  if is_parent and key in x.cache:
     kmap = x.cache[key]
   else:
     fine_x = SparseTensor.from_geometry(fine, jnp.zeros((fine.coords.shape[0], 0), x.feats.dtype))
@@ -260,7 +306,9 @@ def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, target: Sp
     if not _native_maps(fine_x):
       index, fine_x = ensure_index(fine_x)
     fine = fine_x.geometry
-    kmap = _kernel_map.strided_map(fine.coords, fine.num_valid, index, x.coords, x.num_valid, None, ks, st,
-                                   (1, 1, 1), fine.stride)
-  y = SparseTensor.from_geometry(fine, jnp.zeros((fine.coords.shape[0], 0), x.feats.dtype), errors=x.errors)
+    kmap, map_errors = _kernel_map.strided_map(fine.coords, fine.num_valid, index, x.coords, x.num_valid, None,
+                                               ks, st, dil, fine.stride)
+    errors = errors | map_errors
+    _errors.check_now(errors, "conv_transpose3d")
+  y = SparseTensor.from_geometry(fine, jnp.zeros((fine.coords.shape[0], 0), x.feats.dtype), errors=errors)
   return _apply(x.feats, weight, kmap.T, bias, y, implementation)

@@ -35,6 +35,7 @@ from jax.interpreters import batching
 from jax.interpreters import mlir
 
 from jsparse3d.ops import _kernel_map
+from jsparse3d.ops import _native
 from jsparse3d.ops._kernel_map import KernelMap
 
 conv_p = Primitive("jsparse3d_sparse_conv")
@@ -116,7 +117,7 @@ def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, *, num_dst
     return pallas_conv.conv_forward(x, (jnp.swapaxes(w, 1, 2) if wt else w).astype(x.dtype), table)
   if implementation == "native":
     w = jnp.swapaxes(w, 1, 2) if wt else w
-    out = jax.ffi.ffi_call("jsparse3d_conv", jax.ShapeDtypeStruct((num_dst, w.shape[2]), jnp.float32))(
+    out = jax.ffi.ffi_call(_native.target("conv"), jax.ShapeDtypeStruct((num_dst, w.shape[2]), jnp.float32))(
         x.astype(jnp.float32), w.astype(jnp.float32), src, dst, block_offset, num_blocks, center_mask,
         **_native_attrs(block_size, center, mirrored))
     return out.astype(x.dtype)
@@ -149,7 +150,7 @@ def _wgrad_impl(a, b, src, dst, block_offset, num_blocks, center_mask, *, num_of
     return pallas_conv.conv_wgrad(a, b.astype(a.dtype), table).astype(out_dtype)
   if implementation == "native":
     shape = jax.ShapeDtypeStruct((num_offsets, a.shape[1], b.shape[1]), jnp.float32)
-    grad = jax.ffi.ffi_call("jsparse3d_wgrad", shape)(
+    grad = jax.ffi.ffi_call(_native.target("wgrad"), shape)(
         a.astype(jnp.float32), b.astype(jnp.float32), src, dst, block_offset, num_blocks, center_mask,
         **_native_attrs(block_size, center, mirrored))
     return grad.astype(out_dtype)

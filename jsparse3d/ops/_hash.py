@@ -243,16 +243,20 @@ def _build(coords, num_valid) -> HashIndex:
   return HashIndex(slots, key_hi, key_lo, num_overflow, errors)
 
 
-def query_index(index, query_coords: jax.Array, *, implementation: str | None = None) -> jax.Array:
+def query_index(index, query_coords: jax.Array, *, implementation: str | None = None,
+                with_errors: bool = False):
   """Looks up coordinates in a hash index.
 
   Args:
     index: from :func:`build_index` (either kind; the query runs with the kernels that built it).
     query_coords: ``int32[..., 4]`` rows ``(batch, x, y, z)``; any leading shape.
     implementation: None, or ``"xla"`` / ``"pallas"`` to insist on the kind of ``index``.
+    with_errors: also return the query's error flags (the Pallas probe's ``TABLE_FULL``), for use under ``jit``
+      where they cannot raise; eagerly a flagged query raises either way. (A full table is also flagged on the
+      index by :func:`build_index`.)
   Returns:
     ``int32[...]``: the row holding each query coordinate, or ``-1`` where it is absent, padding (batch ``-1``)
-    or outside the supported range.
+    or outside the supported range; with ``with_errors``, ``(rows, errors int32[])``.
   """
   kind = implementation_of(index)
   if implementation is not None and implementation != kind:
@@ -263,8 +267,10 @@ def query_index(index, query_coords: jax.Array, *, implementation: str | None = 
     from pallas_kernels.hash import api as pallas_hash
     rows, errors = pallas_hash.query_table(index, query_coords.reshape(-1, 4))
     _errors.check_now(errors, "query_index")
-    return rows.reshape(query_coords.shape[:-1])
-  return _query(index, query_coords)
+    rows = rows.reshape(query_coords.shape[:-1])
+  else:
+    rows, errors = _query(index, query_coords), _errors.no_errors()
+  return (rows, errors) if with_errors else rows
 
 
 @jax.jit

@@ -28,6 +28,7 @@ from jax import lax
 from jsparse3d import _coords
 from jsparse3d import _errors
 from jsparse3d.ops import _hash
+from jsparse3d.ops import _native
 
 SENTINEL = 1 << 30  # a row index past any array: gathers read zero, scatters drop it
 
@@ -141,7 +142,7 @@ def _compact_native(table, offset_ids, rows_are_dst: bool, *, block_size: int):
   """:func:`_compact` by the native CPU kernel (``_cpu_maps.cc``); the same arrays."""
   kq, m = table.shape
   ids = jnp.asarray(np.asarray(offset_ids, np.int32))
-  return jax.ffi.ffi_call("jsparse3d_compact", _pair_shapes(kq, m, block_size), vmap_method="sequential")(
+  return jax.ffi.ffi_call(_native.target("compact"), _pair_shapes(kq, m, block_size), vmap_method="sequential")(
       table, ids, block_size=np.int64(block_size), rows_are_dst=np.int64(rows_are_dst))
 
 
@@ -149,7 +150,7 @@ def _query_map_native(coords, num_valid, query, query_valid, offsets, offset_ids
   """The compacted pairs ``(row of query[i] + offsets[o] in coords, i)`` by the native CPU kernel, and the error
   bits of ``coords`` (out-of-range or duplicate rows among the valid ones)."""
   shapes = _pair_shapes(len(offset_ids), query.shape[0], block_size) + (jax.ShapeDtypeStruct((), jnp.int32),)
-  return jax.ffi.ffi_call("jsparse3d_query_map", shapes, vmap_method="sequential")(
+  return jax.ffi.ffi_call(_native.target("query_map"), shapes, vmap_method="sequential")(
       coords, jnp.asarray(num_valid, jnp.int32), query, jnp.asarray(query_valid, jnp.int32),
       jnp.asarray(np.asarray(offsets, np.int32)), jnp.asarray(np.asarray(offset_ids, np.int32)),
       block_size=np.int64(block_size))
@@ -187,25 +188,30 @@ def _compact(table, offset_ids, rows_are_dst: bool, *, block_size: int):
 
 
 def _query_table(index, coords, valid, offsets):
-  """``int32[len(offsets), N]``: row of ``coords[i] + offsets[o]`` in ``index`` where ``valid[i]``, else -1."""
+  """``(int32[len(offsets), N], errors)``: row of ``coords[i] + offsets[o]`` in ``index`` where ``valid[i]``,
+  else -1; ``errors`` holds the Pallas probe's table-full flag."""
+  errors = _errors.no_errors()
   if _hash.implementation_of(index) == "pallas":  # the GPU query kernel loops over the offsets itself
     from pallas_kernels.hash import api as pallas_hash
-    found = pallas_hash.query_table(index, coords, np.asarray(offsets, np.int32))[0].T
+    found, errors = pallas_hash.query_table(index, coords, np.asarray(offsets, np.int32))
+    found = found.T
   else:
     shift = jnp.concatenate([jnp.zeros((len(offsets), 1), jnp.int32), jnp.asarray(offsets)], axis=1)
     found = _hash.query_index(index, coords[None, :, :] + shift[:, None, :])
-  return jnp.where(valid[None, :], found, -1)
+  return jnp.where(valid[None, :], found, -1), errors
 
 
 @functools.partial(jax.jit, static_argnames=("kernel_size", "dilation", "stride"))
-def submanifold_map(coords, num_valid, index, kernel_size, dilation, stride) -> KernelMap:
+def submanifold_map(coords, num_valid, index, kernel_size, dilation, stride) -> tuple[KernelMap, jax.Array]:
   """The map of a stride-1 (submanifold) convolution: output rows are the input rows.
 
   Args:
-    coords: ``int32[N, 4]``; num_valid: ``int32[]``; index: the :class:`HashIndex` of ``coords``.
+    coords: ``int32[N, 4]``; num_valid: ``int32[]``; index: the hash index of ``coords``.
     kernel_size, dilation: kernel geometry; stride: the tensor stride (offsets scale with it).
+  Returns:
+    ``(kmap, errors)``: ``errors`` holds the query's flags (a full Pallas table).
   """
-  return _submanifold(coords, num_valid, index, kernel_size, dilation, stride)[0]
+  return _submanifold(coords, num_valid, index, kernel_size, dilation, stride)
 
 
 @functools.partial(jax.jit, static_argnames=("kernel_size", "dilation", "stride"))
@@ -231,7 +237,7 @@ def _submanifold(coords, num_valid, index, kernel_size, dilation, stride):
     src, dst, block_offset, num_blocks, num_pairs, errors = _query_map_native(
         coords, num_valid, coords, num_valid, offsets[queried], queried, block_size=bs)
   elif queried:
-    table = _query_table(index, coords, valid, offsets[queried])
+    table, errors = _query_table(index, coords, valid, offsets[queried])
     src, dst, block_offset, num_blocks, num_pairs = _compact(table, queried, True, block_size=bs)
   else:
     src = dst = block_offset = jnp.zeros((0,), jnp.int32)
@@ -256,6 +262,10 @@ def downsample_coords(coords, num_valid, factor, capacity=None):
     ``out_row[i]`` is the output row of input row ``i`` (-1 for padding).
   """
   n = coords.shape[0]
+  if n == 0:  # nothing to gather from: every output row is padding
+    out_coords = jnp.broadcast_to(jnp.array([-1, 0, 0, 0], jnp.int32), (capacity or 0, 4))
+    zero = jnp.zeros((), jnp.int32)
+    return out_coords, zero, _hash._build(out_coords, zero), jnp.zeros((0,), jnp.int32)
   if capacity is not None and capacity != n:
     out_coords, out_nv, _, out_row = downsample_coords(coords, num_valid, factor)
     overflow = _errors.flag(out_nv > capacity, _errors.CAPACITY_OVERFLOW)
@@ -299,25 +309,27 @@ def downsample_coords_native(coords, num_valid, factor, capacity=None):
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
   shapes = (jax.ShapeDtypeStruct((capacity, 4), jnp.int32), scalar, jax.ShapeDtypeStruct((n,), jnp.int32), scalar)
   fx, fy, fz = (np.int64(f) for f in factor)
-  return jax.ffi.ffi_call("jsparse3d_downsample", shapes, vmap_method="sequential")(
+  return jax.ffi.ffi_call(_native.target("downsample"), shapes, vmap_method="sequential")(
       coords, jnp.asarray(num_valid, jnp.int32), fx=fx, fy=fy, fz=fz)
 
 
 @functools.partial(jax.jit, static_argnames=("kernel_size", "stride", "dilation", "in_stride"))
 def strided_map(coords, num_valid, index, out_coords, out_num_valid, out_row, kernel_size, stride, dilation,
-                in_stride) -> KernelMap:
-  """The map of a strided convolution from ``coords`` (fine) to ``out_coords`` (coarse).
+                in_stride) -> tuple[KernelMap, jax.Array]:
+  """The map of a strided convolution from ``coords`` (fine) to ``out_coords`` (coarse), and the error flags of
+  building it (out-of-range or duplicate rows seen by the native kernels, a full Pallas table).
 
   ``out_row`` (from :func:`downsample_coords`, or None) enables the fast path when the kernel tiles the stride
   exactly (``k == s <= 2``, dilation 1): every input row then lies in exactly one output's window, at a known
   offset, and no hash query is needed. ``index`` (the hash index of ``coords``) None builds the map with the
-  native CPU kernels instead (the same map; the caller has checked ``coords`` already).
+  native CPU kernels instead (the same map).
   """
   n, n_out = coords.shape[0], out_coords.shape[0]
   offsets = _coords.kernel_offsets(kernel_size, dilation, in_stride)
   k = len(offsets)
   bs = block_size_for(max(n, n_out))
   tiles = all(kk == s and kk <= 2 for kk, s in zip(kernel_size, stride)) and dilation == (1, 1, 1)
+  errors = _errors.no_errors()
   if tiles and out_row is not None:
     q = jnp.take(out_coords, jnp.maximum(out_row, 0), axis=0)
     local = (coords[:, 1:] - q[:, 1:]) // jnp.asarray([in_stride], jnp.int32)
@@ -327,11 +339,11 @@ def strided_map(coords, num_valid, index, out_coords, out_num_valid, out_row, ke
     compact = _compact if index is not None else _compact_native
     src, dst, block_offset, num_blocks, num_pairs = compact(table, range(k), False, block_size=bs)
   elif index is None:
-    src, dst, block_offset, num_blocks, num_pairs, _ = _query_map_native(
+    src, dst, block_offset, num_blocks, num_pairs, errors = _query_map_native(
         coords, num_valid, out_coords, out_num_valid, offsets, range(k), block_size=bs)
   else:
-    table = _query_table(index, out_coords, _coords.valid_rows(n_out, out_num_valid), offsets)
+    table, errors = _query_table(index, out_coords, _coords.valid_rows(n_out, out_num_valid), offsets)
     src, dst, block_offset, num_blocks, num_pairs = _compact(table, range(k), True, block_size=bs)
   out_stride = tuple(a * b for a, b in zip(in_stride, stride))
   return KernelMap(src, dst, block_offset, num_blocks, num_pairs, jnp.zeros((0,), bool), kernel_size, dilation,
-                   in_stride, out_stride, n, n_out, bs, blocks_per_step_for(bs), -1, False)
+                   in_stride, out_stride, n, n_out, bs, blocks_per_step_for(bs), -1, False), errors
