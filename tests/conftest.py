@@ -18,12 +18,32 @@ def rng():
   return np.random.default_rng(0)
 
 
+def require_native_kernels() -> None:
+  """Skips where the native kernels cannot exist (no C++ compiler, or JSPARSE3D_NATIVE=0); fails where a compiler
+  exists but the build failed, so that a broken kernel source fails CI instead of skipping its tests."""
+  import shutil
+  from jsparse3d.ops import _native
+  ok, why = _native._load()
+  if ok:
+    return
+  compiler = os.environ.get("CXX", "c++")
+  if os.environ.get("JSPARSE3D_NATIVE", "1") == "0" or shutil.which(compiler) is None:
+    pytest.skip(f"the native CPU kernels cannot build here ({why.splitlines()[0]}); the XLA run covers this test")
+  pytest.fail(f"the C++ compiler {compiler!r} exists but the native CPU kernels failed to build:\n{why}",
+              pytrace=False)
+
+
+@pytest.fixture
+def native_kernels():
+  require_native_kernels()
+
+
 @pytest.fixture(params=["xla", "native"])
 def impl(request, monkeypatch):
   """Runs a test once per convolution implementation, by making it the default one (implementation=None)."""
   from jsparse3d.ops import _native
   if request.param == "xla":
     monkeypatch.setattr(_native, "available", lambda: False)
-  elif not _native.available():
-    pytest.skip("the native CPU kernels did not build here (see the RuntimeWarning); the XLA run covers this test")
+  else:
+    require_native_kernels()
   return request.param

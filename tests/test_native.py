@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ import jsparse3d as js
 from jsparse3d.ops import _native
 from oracles import dense_sparse_conv, np_conv, random_tensor, valid_part
 
-needs_native = pytest.mark.skipif(not _native.available(), reason="the native CPU kernels did not build here")
+needs_native = pytest.mark.usefixtures("native_kernels")  # skips without a compiler, fails on a broken build
 
 
 def _implementations(fn, *args):
@@ -138,3 +139,67 @@ def test_without_a_compiler_the_xla_path_is_used(tmp_path):
   env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), JSPARSE3D_CACHE_DIR=str(tmp_path / "cache"))
   proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
   assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_a_broken_build_fails_the_suite_where_a_compiler_exists(monkeypatch):
+  # Regression: a failed build skipped the native tests, so a broken kernel could not fail CI.
+  import shutil
+  from conftest import require_native_kernels
+  monkeypatch.setattr(_native, "_load", lambda: (False, "compiling _cpu_kernels.cc failed:\nerror: boom"))
+  monkeypatch.setenv("JSPARSE3D_NATIVE", "1")
+  monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)
+  with pytest.raises(pytest.fail.Exception, match="exists but the native CPU kernels failed to build"):
+    require_native_kernels()
+  monkeypatch.setattr(shutil, "which", lambda name: None)
+  with pytest.raises(pytest.skip.Exception, match="cannot build here"):
+    require_native_kernels()
+
+
+def _logging_compiler(tmp_path, body='exec c++ "$@"'):
+  """A CXX wrapper that appends one line per compile (not per --version) to a log, then runs ``body``."""
+  log = tmp_path / "compiles.log"
+  script = tmp_path / "cxx"
+  script.write_text(f'#!/bin/sh\ncase "$*" in *--version*) exec c++ "$@";; esac\necho x >> {log}\n{body}\n')
+  script.chmod(0o755)
+  return script, log
+
+
+def _build_in_subprocess(env):
+  code = "from jsparse3d.ops import _native; print(_native.build())"
+  return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+
+
+@needs_native
+def test_four_processes_starting_together_compile_once(tmp_path):
+  cxx, log = _logging_compiler(tmp_path)
+  env = dict(os.environ, CXX=f"env {cxx}", JSPARSE3D_CACHE_DIR=str(tmp_path / "cache"))  # a two-word CXX
+  procs = [_build_in_subprocess(env) for _ in range(4)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+  paths = {out.strip() for out, _ in outs}
+  assert len(paths) == 1 and log.read_text().count("x") == 1
+  lib = paths.pop()
+  import ctypes
+  ctypes.cdll.LoadLibrary(lib)  # a complete library
+
+
+def test_a_failed_compile_is_remembered_with_the_fix(tmp_path):
+  cxx, log = _logging_compiler(tmp_path, body='echo "error: no such header" >&2; exit 1')
+  env = dict(os.environ, CXX=str(cxx), JSPARSE3D_CACHE_DIR=str(tmp_path / "cache"))
+  for attempt in range(2):
+    p = _build_in_subprocess(env)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode != 0 and "error: no such header" in err
+  assert "remembered from an earlier attempt" in err and "CXX=" in err and ".failed" in err
+  assert log.read_text().count("x") == 1  # the second process did not compile again
+
+
+def test_an_unwritable_cache_home_falls_back_to_a_temporary_folder(tmp_path, monkeypatch):
+  blocker = tmp_path / "not-a-folder"
+  blocker.write_text("")  # a file where the cache folder's parent should be: it cannot be created
+  monkeypatch.delenv("JSPARSE3D_CACHE_DIR", raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+  import tempfile
+  path = _native.cache_dir()
+  assert path.parent == Path(tempfile.gettempdir()) and path.name.startswith("jsparse3d-")

@@ -12,18 +12,21 @@ headers, the compiler and this CPU's instruction set. Without a compiler the XLA
 Environment:
   JSPARSE3D_NATIVE=0         never build or use the native kernels.
   JSPARSE3D_CACHE_DIR=path   where built libraries go (default ``$XDG_CACHE_HOME/jsparse3d`` or ``~/.cache``).
-  CXX=compiler               the C++ compiler (default ``c++``).
+  CXX=compiler               the C++ compiler command (default ``c++``; ``ccache g++`` works).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -31,8 +34,18 @@ from pathlib import Path
 import jax
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("_cpu_kernels.cc", "_cpu_maps.cc"))
-TARGETS = {"jsparse3d_conv": "JsparseConv", "jsparse3d_wgrad": "JsparseWgrad", "jsparse3d_compact": "JsparseCompact",
-           "jsparse3d_query_map": "JsparseQueryMap", "jsparse3d_downsample": "JsparseDownsample"}
+# XLA custom-call target names carry a version: a change to a handler's operands, attributes or results gets a
+# new version (and the old name stays registered while it is supported), so exported programs keep working.
+TARGET_VERSION = 1
+
+
+def target(name: str) -> str:
+  """The versioned custom-call target name of kernel ``name`` (``conv``, ``wgrad``, ``compact``, ...)."""
+  return f"jsparse3d_{name}_v{TARGET_VERSION}"
+
+
+TARGETS = {target("conv"): "JsparseConv", target("wgrad"): "JsparseWgrad", target("compact"): "JsparseCompact",
+           target("query_map"): "JsparseQueryMap", target("downsample"): "JsparseDownsample"}
 
 
 def _cpu_signature() -> str:
@@ -46,31 +59,60 @@ def _cpu_signature() -> str:
   return platform.machine() + platform.processor()
 
 
-def _compile_command(compiler: str, out: Path) -> list[str]:
+def _compile_command(compiler: list[str], out: Path) -> list[str]:
   arch = ["-march=native"] if platform.machine() in ("x86_64", "AMD64") else []
-  return [compiler, "-O3", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", *arch,
+  return [*compiler, "-O3", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", *arch,
           f"-I{jax.ffi.include_dir()}", *map(str, SOURCES), "-o", str(out)]
 
 
 def cache_dir() -> Path:
   """Where jsparse3d keeps what it builds: ``$JSPARSE3D_CACHE_DIR``, else ``$XDG_CACHE_HOME/jsparse3d`` or
-  ``~/.cache/jsparse3d``."""
+  ``~/.cache/jsparse3d``; where that cannot be created or written (a read-only home), a per-user folder in the
+  system's temporary directory."""
   if "JSPARSE3D_CACHE_DIR" in os.environ:
     return Path(os.environ["JSPARSE3D_CACHE_DIR"])
   base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-  return Path(base) / "jsparse3d"
+  path = Path(base) / "jsparse3d"
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.access(path, os.W_OK):
+      return path
+  except OSError:
+    pass
+  return Path(tempfile.gettempdir()) / f"jsparse3d-{getattr(os, 'getuid', lambda: 'user')()}"
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path):
+  """Holds an exclusive lock on ``lock`` (POSIX): processes starting together compile one at a time, and the
+  later ones find the library built."""
+  try:
+    import fcntl
+  except ImportError:  # Windows: concurrent builds still rename complete files into place
+    yield
+    return
+  with open(lock, "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def build() -> Path:
   """Compiles the kernels (or finds them in the cache) and returns the shared library's path.
 
+  The compile runs once per source, headers, compiler and CPU: concurrent processes wait for the one compiling,
+  and a failed compile is remembered (no retry in every process) until the inputs change or its ``.failed`` file
+  is deleted.
+
   Raises:
-    RuntimeError: no compiler, or the compile failed (the message holds the compiler's output).
+    RuntimeError: no compiler, or the compile failed (the message holds the compiler's output and the fix).
   """
-  compiler = os.environ.get("CXX", "c++")
-  if shutil.which(compiler) is None:
-    raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (install g++ or clang, or set CXX)")
-  version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+  compiler = shlex.split(os.environ.get("CXX", "c++"))  # "ccache g++" works
+  if not compiler or shutil.which(compiler[0]) is None:
+    raise RuntimeError(f"no C++ compiler {' '.join(compiler)!r} on PATH (install g++ or clang, or set CXX)")
+  version = subprocess.run([*compiler, "--version"], capture_output=True, text=True).stdout
   headers = Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api"
   digest = hashlib.sha256()
   for part in (*(s.read_bytes() for s in SOURCES), *(p.read_bytes() for p in sorted(headers.glob("*.h"))),
@@ -78,20 +120,32 @@ def build() -> Path:
     digest.update(part)
   cache = cache_dir()
   lib = cache / f"cpu_kernels-{digest.hexdigest()[:20]}.so"
+  failed = lib.with_suffix(".failed")
   if lib.exists():
     return lib
   cache.mkdir(parents=True, exist_ok=True)
-  # Compile to a private name, then rename: concurrent processes never see a half-written library.
-  fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-  os.close(fd)
-  try:
-    proc = subprocess.run(_compile_command(compiler, Path(tmp)), capture_output=True, text=True)
-    if proc.returncode != 0:
-      raise RuntimeError(f"compiling {', '.join(s.name for s in SOURCES)} failed:\n{proc.stderr[-4000:]}")
-    os.replace(tmp, lib)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+  with _exclusive(cache / "build.lock"):
+    if lib.exists():  # another process built it while this one waited
+      return lib
+    if failed.exists():
+      raise RuntimeError(f"{failed.read_text()}\n(remembered from an earlier attempt: fix the compiler, e.g. "
+                         f"CXX=g++, then delete {failed}; JSPARSE3D_CACHE_DIR moves the cache)")
+    print(f"jsparse3d: compiling the native CPU kernels once into {cache} (about 20 s)...", file=sys.stderr,
+          flush=True)
+    # Compile to a private name, then rename: no process ever sees a half-written library.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+    os.close(fd)
+    try:
+      proc = subprocess.run(_compile_command(compiler, Path(tmp)), capture_output=True, text=True)
+      if proc.returncode != 0:
+        message = (f"compiling {', '.join(s.name for s in SOURCES)} with {' '.join(compiler)!r} failed:\n"
+                   f"{(proc.stderr or proc.stdout)[-4000:]}")
+        failed.write_text(message)
+        raise RuntimeError(message)
+      os.replace(tmp, lib)
+    finally:
+      if os.path.exists(tmp):
+        os.unlink(tmp)
   return lib
 
 
