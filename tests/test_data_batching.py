@@ -77,6 +77,22 @@ def test_loader_order_is_deterministic_and_covers_each_epoch_once():
   np.testing.assert_array_equal(unshuffled.indices(1), [4, 5, 6, 7])
 
 
+def test_a_kept_remainder_covers_every_event_and_a_dropped_one_is_logged(caplog):
+  ds = _Toy(23)
+  with caplog.at_level("INFO", logger="jsparse3d.data"):
+    data.Loader(ds, 4)
+  assert "drops its last 3 of 23 events" in caplog.text
+  kept = data.Loader(ds, 4, shuffle=False, drop_remainder=False, prefetch=0, features=("energy",))
+  assert kept.steps_per_epoch == 6
+  np.testing.assert_array_equal(np.concatenate([kept.indices(s) for s in range(6)]), np.arange(23))
+  last = kept.batch(5)[0]
+  assert int(last.num_valid) == sum(len(ds[i]["coords"]) for i in (20, 21, 22))
+  # two processes: the second gets nothing from the last global batch of 3, and its batch is empty, not an error
+  shares = [data.Loader(ds, 2, process_index=p, process_count=2, drop_remainder=False, shuffle=False)
+            for p in range(2)]
+  assert [len(s.indices(5)) for s in shares] == [2, 1]
+
+
 def _energies(batch):
   x, _ = batch
   feats, coords = np.asarray(x.feats), np.asarray(x.coords)

@@ -72,11 +72,11 @@ def test_scan_to_voxels_keeps_the_first_point_of_each_voxel(rng):
   for row, cell in enumerate(map(tuple, ev["coords"])):
     i = first[cell]
     np.testing.assert_array_equal(ev["feats"][row], pts[i])
-    assert ev["labels"][row] == (-1 if labels[i] == 255 else labels[i])
+    assert ev["labels"][row] == labels[i]  # 255 stays: the losses and metrics take ignore_index=255
   np.testing.assert_array_equal(ev["coords"][ev["inverse"]], np.floor(pts[:, :3] / 0.5).astype(np.int32))
 
 
-def test_collate_points_pads_and_ignores(rng):
+def test_collate_points_pads_and_keeps_ignored_labels(rng):
   events = [{"points": rng.standard_normal((n, 4)).astype(np.float32), "labels": rng.integers(0, 3, n)}
             for n in (5, 9)]
   events[1]["labels"][2] = 255
@@ -85,7 +85,7 @@ def test_collate_points_pads_and_ignores(rng):
   np.testing.assert_allclose(xyz[:5], events[0]["points"][:, :3] / 0.5)
   np.testing.assert_array_equal(feats[5:14], events[1]["points"])
   np.testing.assert_array_equal(batch, [0] * 5 + [1] * 9 + [-1] * 2)
-  assert labels[5 + 2] == -1 and (labels[14:] == -1).all() and (xyz[14:] == 0).all()
+  assert labels[5 + 2] == 255 and (labels[14:] == -1).all() and (xyz[14:] == 0).all()
   with pytest.raises(ValueError, match="cannot hold"):
     data.collate_points(events, voxel_size=0.5, capacity=8)
   loader = data.Loader(events * 2, 2, devices=2, collate_fn=data.collate_points, voxel_size=0.5, prefetch=0,
@@ -147,3 +147,25 @@ def test_shapenet_part_reader(tmp_path, rng):
   np.savetxt(tmp_path / "02773838" / "model0.txt", bad)
   with pytest.raises(ValueError, match="outside Bag's parts"):
     ds[0]
+
+
+def test_lidar_augmentation_is_a_seeded_similarity_transform():
+  scan = data.synthetic_lidar_scan(0, beams=16, azimuths=64)
+  a = data.augment_lidar(scan, np.random.default_rng([3, 0, 7]), flip=True, jitter=0.0)
+  b = data.augment_lidar(scan, np.random.default_rng([3, 0, 7]), flip=True, jitter=0.0)
+  np.testing.assert_array_equal(a["points"], b["points"])  # the same (seed, epoch, index): the same scan
+  np.testing.assert_array_equal(a["labels"], scan["labels"])
+  np.testing.assert_array_equal(a["points"][:, 3], scan["points"][:, 3])  # remission untouched
+  p, q = scan["points"][:, :3].astype(np.float64), a["points"][:, :3].astype(np.float64)
+  # a rotation about z, mirrors and one scale: pairwise distances scale by one factor, heights by the same one
+  d_p = np.linalg.norm(p[1:] - p[:-1], axis=1)
+  d_q = np.linalg.norm(q[1:] - q[:-1], axis=1)
+  factor = np.median(d_q / d_p)
+  assert 0.95 <= factor <= 1.05
+  np.testing.assert_allclose(d_q, factor * d_p, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(q[:, 2], factor * p[:, 2], rtol=1e-5, atol=1e-5)
+  assert not np.allclose(q[:, :2], factor * p[:, :2], atol=1e-3)  # it did rotate
+  jittered = data.augment_lidar(scan, np.random.default_rng(0), rotate=False, scale=None, jitter=0.01)
+  assert 0.007 < np.std(jittered["points"][:, :3] - scan["points"][:, :3]) < 0.013
+  with pytest.raises(ValueError, match="scale must be"):
+    data.augment_lidar(scan, np.random.default_rng(0), scale=(1.1, 0.9))

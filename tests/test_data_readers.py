@@ -247,6 +247,31 @@ def test_sequence_layout(tmp_path):
   assert len(data.SemanticKittiDataset(tmp_path, "val")) == 1
   with pytest.raises(FileNotFoundError, match="sequence 01"):
     data.SemanticKittiDataset(tmp_path, "train")
+  # Regression: a missing .label file gave an all-unlabelled scan without a word.
+  (tmp_path / "sequences" / "08" / "labels" / "000000.label").unlink()
+  with pytest.raises(FileNotFoundError, match="000000.label does not exist.*unlabelled=True"):
+    data.SemanticKittiDataset(tmp_path, "val")[0]
+  unlabelled = data.SemanticKittiDataset(tmp_path, "val", label_map="spvnas", unlabelled=True)
+  assert unlabelled.ignore_index == 255 and (unlabelled[0]["labels"] == 255).all()
+  assert data.SemanticKittiDataset(tmp_path, "val").ignore_index == 0 == data.ignore_index("official")
+
+
+def test_real_scan_trains_with_the_spvnas_ignore_label():
+  # Regression: the spvnas map's 255 made the loss NaN.
+  if not (KITTI_SAMPLE / "000000.bin").exists():
+    pytest.skip(f"the SemanticKITTI sample is not at {KITTI_SAMPLE}")
+  import jax.numpy as jnp
+  from jsparse3d import training
+  scan = data.read_semantickitti(KITTI_SAMPLE / "000000.bin", KITTI_SAMPLE / "000000.label", label_map="spvnas")
+  ev = data.scan_to_voxels(scan, 0.05)
+  labels = ev["labels"]
+  assert (labels == 255).any() and labels[labels != 255].max() <= 18
+  logits = jnp.asarray(np.random.default_rng(0).standard_normal((len(labels), 19)).astype(np.float32))
+  events = jnp.zeros(len(labels), jnp.int32)
+  loss = training.segmentation_loss(logits, jnp.asarray(labels), events, 1, ignore_index=data.ignore_index("spvnas"))
+  assert np.isfinite(float(loss))
+  cm = training.ConfusionMatrix(19).add(training.confusion_matrix(logits, jnp.asarray(labels), 19, ignore_index=255))
+  assert cm.num_ignored == (labels == 255).sum() and cm.total + cm.num_ignored == len(labels)
 
 
 def test_real_scan_voxelizes_to_the_usual_workload():

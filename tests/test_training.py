@@ -15,6 +15,7 @@ import optax
 import pytest
 from flax import nnx
 
+from jsparse3d import data
 from jsparse3d import training
 from train import configs
 from train import train_lib
@@ -41,6 +42,37 @@ def test_segmentation_loss_matches_numpy(rng):
   np.testing.assert_allclose(float(got_w), want_w, rtol=1e-5)
 
 
+def test_ignore_index_leaves_the_loss_finite_and_counts_ignored_rows(rng):
+  # Regression: SemanticKITTI's ignore label 255 made the loss NaN and vanished from the confusion matrix.
+  logits = rng.standard_normal((40, 5)).astype(np.float32)
+  labels = rng.integers(0, 5, 40).astype(np.int32)
+  labels[[3, 9, 17, 30]] = 255
+  labels[36:] = -1  # padding
+  events = np.r_[np.zeros(20), np.ones(16), -np.ones(4)].astype(np.int32)
+  as_padding = np.where(labels == 255, -1, labels)
+  args = (jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(events), 2)
+  for weights in (None, "inverse_frequency"):
+    got = training.segmentation_loss(*args, class_weights=weights, ignore_index=255)
+    want = training.segmentation_loss(jnp.asarray(logits), jnp.asarray(as_padding), jnp.asarray(events), 2,
+                                      class_weights=weights)
+    assert np.isfinite(float(got)) and float(got) == pytest.approx(float(want), rel=1e-6)
+  with pytest.raises(ValueError, match=r"outside the 5 classes \(e.g. 255\); pass ignore_index=255"):
+    training.segmentation_loss(*args)
+  jitted = jax.jit(training.segmentation_loss, static_argnums=3)(*args)
+  assert np.isnan(float(jitted))  # under jit: loud, never a silent drop
+  cm = training.ConfusionMatrix(5).add(training.confusion_matrix(jnp.asarray(logits), jnp.asarray(labels), 5,
+                                                                ignore_index=255))
+  pred = logits.argmax(axis=1)
+  counted = (labels >= 0) & (labels != 255)
+  assert cm.total == counted.sum() and cm.num_ignored == 4
+  np.testing.assert_array_equal(cm.ignored, np.bincount(pred[labels == 255], minlength=5))
+  with pytest.raises(ValueError, match="outside the 5 classes"):
+    training.confusion_matrix(jnp.asarray(logits), jnp.asarray(np.where(labels == 255, 7, labels)), 5,
+                              ignore_index=255)
+  with pytest.raises(ValueError, match=r"shape \[\.\.\., 6, 5\]"):
+    cm.add(np.zeros((5, 5), np.int32))
+
+
 def test_confusion_metrics_match_numpy(rng):
   logits = rng.standard_normal((200, 3)).astype(np.float32)
   labels = rng.integers(-1, 3, 200).astype(np.int32)
@@ -58,7 +90,8 @@ def test_confusion_metrics_match_numpy(rng):
     assert cm.per_class_accuracy()[c] == pytest.approx((pred[valid & (labels == c)] == c).mean())
   tp = np.diag(want)
   assert cm.miou() == pytest.approx(np.mean(tp / (want.sum(0) + want.sum(1) - tp)))
-  cm.add(np.stack([want, want]))  # a leading device axis is summed
+  extended = np.concatenate([want, np.zeros((1, 3), np.int64)])  # confusion_matrix's ignored row
+  cm.add(np.stack([extended, extended]))  # a leading device axis is summed
   np.testing.assert_array_equal(cm.counts, 3 * want)
 
 
@@ -254,9 +287,21 @@ def test_main_job_reports_a_test_split_never_used_for_choices():
   cfg = configs.get_config("uresnet_lartpc")
   syn = cfg["data"]["synthetic"]
   assert len({syn["train_seed"], syn["eval_seed"], syn["test_seed"]}) == 3
-  assert syn["test_events"] >= 500 and syn["test_events"] % cfg["batch_size"] == 0
-  with pytest.raises(ValueError, match="multiple of batch_size"):
-    configs.get_config("uresnet_lartpc", ["data.synthetic.test_events=501"])
+  assert syn["test_events"] >= 500
+
+
+def test_evaluation_counts_every_event_of_a_split_that_is_not_whole_batches(tmp_path):
+  # Regression: evaluation skipped the last len % batch_size events.
+  cfg = configs.get_config("uresnet_lartpc_smoke", ["steps=1", "eval_every=1", "data.synthetic.eval_events=5",
+                                                     "data.synthetic.test_events=3"])
+  train_lib.train(cfg, tmp_path, progress=False)
+  records = {r["split"]: r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())}
+  syn = cfg["data"]["synthetic"]
+  for split, events, seed in (("eval", syn["eval_events"], syn["eval_seed"]), ("test", syn["test_events"],
+                                                                             syn["test_seed"])):
+    dataset = data.SyntheticLArTPC(events, seed=seed, size=cfg["data"]["size"], scheme=cfg["data"]["scheme"])
+    assert records[split]["counted"] == sum(len(ev["coords"]) for ev in dataset)
+    assert records[split]["ignored"] == 0
 
 
 def test_a_rerun_of_the_trainer_loads_its_compiled_steps_from_the_cache(tmp_path):

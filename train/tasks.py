@@ -41,6 +41,16 @@ class Task:
   forward: Callable  # (model, x) -> (logits [N, K], events int [N])
   transform: Callable | None = None  # per-event, applied by the loader
   test_set: object = None  # evaluated once, after training (None: the data kind has no test split configured)
+  ignore_index: int | None = None  # the label of unlabelled points, counted apart (SemanticKITTI's 255)
+  augment: Callable | None = None  # per-event training augmentation ``fn(event, rng)``, before ``transform``
+
+  def transform_for(self, training: bool) -> Callable | None:
+    """The per-event transform of the training (augmented) or evaluation loader."""
+    if not training or self.augment is None:
+      return self.transform
+    if self.transform is None:
+      return self.augment
+    return lambda event, rng: self.transform(self.augment(event, rng), rng)
 
 
 def build_model(cfg, *, rngs):
@@ -120,14 +130,21 @@ def build_task(cfg) -> Task:
   if model == "UResNet":
     names = data.class_names(d["scheme"])
     strides = tuple(2 ** i for i in range(1, cfg["model"].get("depth", 5)))
-    return Task(*sets, names, data.collate, dict(features=("energy",), level_strides=strides),
+    fractions = d.get("level_fractions")
+    if fractions is not None and len(fractions) != len(strides):
+      raise ValueError(f"config {cfg['name']!r}: data.level_fractions {fractions} needs one share per coarser level "
+                       f"of the depth-{len(strides) + 1} U-ResNet (strides {strides}).")
+    return Task(*sets, names, data.collate,
+                dict(features=("energy",), level_strides=strides, level_fractions=fractions),
                 training.sparse_logits, test_set=test_set)
+  augment = data.augment_lidar if d.get("augment") else None
   if model == "MinkUNet":
     transform = functools.partial(_voxels, voxel_size=d["voxel_size"])
     return Task(*sets, _kitti.CLASS_NAMES, data.collate, dict(features=("feats",), level_strides=(2, 4, 8, 16)),
-                training.sparse_logits, transform)
+                training.sparse_logits, transform, ignore_index=data.ignore_index("spvnas"), augment=augment)
   if model == "SPVCNN":
-    return Task(*sets, _kitti.CLASS_NAMES, data.collate_points, dict(voxel_size=d["voxel_size"]), _points_forward)
+    return Task(*sets, _kitti.CLASS_NAMES, data.collate_points, dict(voxel_size=d["voxel_size"]), _points_forward,
+                ignore_index=data.ignore_index("spvnas"), augment=augment)
   names = tuple(f"{_shapes.CATEGORIES[c]}/{j}" for c, n in enumerate(_shapes.PARTS_PER_CATEGORY) for j in range(n))
   return Task(*sets, names, data.collate_shapes, {}, _shapes_forward)
 

@@ -128,10 +128,11 @@ class _Layout:
     self.per_device = self.per_process // devices
     self.pmap = shards > 1
 
-  def loader(self, dataset, task, **kw):
-    """Batches of this process: with pmap, each leaf has a leading axis of the local devices."""
+  def loader(self, dataset, task, *, training=False, **kw):
+    """Batches of this process: with pmap, each leaf has a leading axis of the local devices. ``training`` adds
+    the task's augmentation."""
     loader = data.Loader(dataset, self.per_process, process_index=self.process, process_count=self.processes,
-                         devices=self.devices, transform=task.transform, collate_fn=task.collate_fn,
+                         devices=self.devices, transform=task.transform_for(training), collate_fn=task.collate_fn,
                          **task.collate_kwargs, **kw)
     if self.pmap and self.devices == 1:  # one local device of several processes: the Loader adds no axis
       return (jax.tree.map(lambda v: np.asarray(v)[None], batch) for batch in loader)
@@ -176,17 +177,21 @@ def _from_saved(saved, like):
 
 
 def evaluate(eval_step, state, dataset, task, layout, cfg):
+  """Loss and confusion over every event of ``dataset``: the last batch may hold fewer events (none dropped)."""
   cm = training.ConfusionMatrix(cfg["model"]["num_classes"])
-  losses = []
-  steps = len(dataset) // cfg["batch_size"]
+  losses, weights = [], []
+  global_batch = cfg["batch_size"]
+  steps = -(-len(dataset) // global_batch)
   if steps < 1:
-    raise ValueError(f"config {cfg['name']!r}: the eval split has {len(dataset)} events, fewer than one batch of "
-                     f"{cfg['batch_size']}.")
-  for x, y in layout.loader(dataset, task, shuffle=False, num_steps=steps, prefetch=0):
+    raise ValueError(f"config {cfg['name']!r}: the eval split {dataset!r} holds no events.")
+  loader = layout.loader(dataset, task, shuffle=False, num_steps=steps, prefetch=0, drop_remainder=False)
+  for step, (x, y) in enumerate(loader):
+    training.check_labels(y, cfg["model"]["num_classes"], task.ignore_index, what="evaluation labels")
     loss, counts = eval_step(state, x, y)
-    losses.append(float(layout.first(loss)))
+    losses.append(float(layout.first(loss)))  # the mean over this batch's events
+    weights.append(min(global_batch, len(dataset) - step * global_batch))
     cm.add(layout.first(counts))
-  return float(np.mean(losses)), cm
+  return float(np.average(losses, weights=weights)), cm
 
 
 class _Writer:
@@ -201,7 +206,8 @@ class _Writer:
 
   def record(self, split, step, loss, cm, **extra):
     rec = dict(split=split, step=int(step), loss=float(loss), nonzero_accuracy=cm.nonzero_accuracy(),
-               per_class_accuracy=cm.per_class_accuracy(), miou=cm.miou(), **extra)
+               per_class_accuracy=cm.per_class_accuracy(), miou=cm.miou(), counted=cm.total,
+               ignored=cm.num_ignored, **extra)
     if not self.active:
       return rec
     with self.path.open("a") as f:
@@ -287,7 +293,7 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
     nnx.replace_by_pure_dict(state, _from_saved(restored, like))
     start = step
   kw = dict(num_classes=cfg["model"]["num_classes"], num_events=layout.per_device, forward=task.forward,
-            axis_name=AXIS if layout.pmap else None)
+            ignore_index=task.ignore_index, axis_name=AXIS if layout.pmap else None)
   train_step = training.make_train_step(graphdef, class_weights=cfg["class_weights"], **kw)
   eval_step = training.make_eval_step(eval_graphdef, **kw)
   state = layout.replicate(state)
@@ -312,8 +318,8 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
       save_confusion_png(workdir / "confusion.png", cm, task.class_names)
     return rec
 
-  loader = layout.loader(task.train_set, task, seed=cfg["seed"], start_step=start, num_steps=cfg["steps"] - start,
-                         prefetch=2)
+  loader = layout.loader(task.train_set, task, training=True, seed=cfg["seed"], start_step=start,
+                         num_steps=cfg["steps"] - start, prefetch=2)
   bar = None
   if progress and layout.process == 0:
     from tqdm import tqdm
@@ -324,6 +330,7 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
   last = None
   with _Stop() as stop:
     for x, y in loader:
+      training.check_labels(y, cfg["model"]["num_classes"], task.ignore_index, what=f"the labels of step {step}")
       state, loss, counts = train_step(state, x, y)
       step += 1
       window.add(layout.first(counts))

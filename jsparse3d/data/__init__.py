@@ -6,6 +6,7 @@ or point clouds (``points`` float32[P, C] plus per-point arrays). :func:`collate
 :func:`collate_shapes` and :class:`Loader` turn them into padded batches.
 """
 
+from jsparse3d.data._augment import augment_lidar
 from jsparse3d.data._batching import DEFAULT_BUCKETS
 from jsparse3d.data._batching import Loader
 from jsparse3d.data._batching import bucket_capacity
@@ -13,6 +14,7 @@ from jsparse3d.data._batching import collate
 from jsparse3d.data._batching import collate_points
 from jsparse3d.data._calo import synthetic_calo_event
 from jsparse3d.data._kitti import SemanticKittiDataset
+from jsparse3d.data._kitti import ignore_index
 from jsparse3d.data._kitti import learning_map
 from jsparse3d.data._kitti import read_semantickitti
 from jsparse3d.data._kitti import scan_to_voxels
@@ -32,8 +34,8 @@ from jsparse3d.data._schemes import uresnet5_to_larcv5
 
 __all__ = [
     "DEFAULT_BUCKETS", "Larcv3Dataset", "Loader", "SemanticKittiDataset", "ShapeNetPart", "SyntheticLArTPC",
-    "SyntheticLidar", "SyntheticShapeParts", "bucket_capacity", "class_names", "collate", "collate_points",
-    "collate_shapes", "learning_map", "read_semantickitti", "scan_to_voxels", "synthetic_calo_event",
+    "SyntheticLidar", "SyntheticShapeParts", "augment_lidar", "bucket_capacity", "class_names", "collate", "collate_points",
+    "collate_shapes", "ignore_index", "learning_map", "read_semantickitti", "scan_to_voxels", "synthetic_calo_event",
     "synthetic_lartpc_event", "synthetic_lidar_scan", "synthetic_part_shape", "uresnet5_to_larcv5", "voxelize",
     "write_larcv3",
 ]

@@ -7,7 +7,8 @@ power of two (logged as a warning, since it compiles a new shape).
 
 Order: epoch ``e`` visits the events in ``permutation(seed, e)``; global batch ``b`` of the epoch is the slice
 ``[b * B * P, (b + 1) * B * P)`` of it (``B`` events per process, ``P`` processes), and process ``p`` takes the
-``p``-th ``B`` of them. Step ``s`` is batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``, so a loader
+``p``-th ``B`` of them. An epoch's last, incomplete global batch is dropped (``drop_remainder=True``, for
+training) or kept as a smaller batch (``drop_remainder=False``, for evaluation: every event is seen once). Step ``s`` is batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``, so a loader
 built with ``start_step=s`` continues exactly where one stopped after ``s`` steps.
 """
 
@@ -54,7 +55,7 @@ def _features(event: dict, keys: Sequence[str]) -> np.ndarray:
 
 def collate(events: Sequence[dict], *, features: Sequence[str] = ("energy",), labels: str | None = "labels",
             buckets: Sequence[int] = DEFAULT_BUCKETS, capacity: int | None = None, ignore_label: int = -1,
-            level_strides: Sequence[int] = ()):
+            level_strides: Sequence[int] = (), level_fractions: Sequence[float] | None = None):
   """Events -> ``(SparseTensor, labels)``: one tensor with batch index = position in ``events``.
 
   Args:
@@ -67,6 +68,9 @@ def collate(events: Sequence[dict], *, features: Sequence[str] = ("energy",), la
     level_strides: tensor strides of the coarser levels the model makes (``(2, 4, 8, 16)`` for a 5-level U-Net):
       their capacities are planned from these coordinates (:meth:`SparseTensor.plan_capacities`), so coarse levels
       carry little padding. Empty: every level keeps ``capacity``.
+    level_fractions: optional share of ``capacity`` reserved for each of ``level_strides`` (see
+      :meth:`SparseTensor.plan_capacities`), so that batches of one capacity share one plan and one compiled
+      program.
   Returns:
     ``(x, y)``: ``x`` a SparseTensor with rows sorted by (batch, x, y, z); ``y`` int32[capacity] labels aligned
     with ``x``'s rows (``ignore_label`` on padding), or None.
@@ -94,7 +98,7 @@ def collate(events: Sequence[dict], *, features: Sequence[str] = ("energy",), la
     raise ValueError(f"capacity {capacity} cannot hold the batch's {n} voxels; no voxel is ever dropped.")
   x = SparseTensor.from_coords(coords, feats, capacity=capacity, duplicates="error")
   if level_strides:
-    x = x.plan_capacities(level_strides, buckets)
+    x = x.plan_capacities(level_strides, buckets, fractions=level_fractions)
   if labels is None:
     return x, None
   y = np.full(capacity, ignore_label, np.int32)
@@ -104,18 +108,19 @@ def collate(events: Sequence[dict], *, features: Sequence[str] = ("energy",), la
 
 def collate_points(events: Sequence[dict], *, voxel_size: float, features: Sequence[str] = ("points",),
                    labels: str | None = "labels", buckets: Sequence[int] = DEFAULT_BUCKETS,
-                   capacity: int | None = None, ignore_labels: Sequence[int] = (255,)):
+                   capacity: int | None = None):
   """Point clouds -> ``((xyz, batch, feats), labels)`` for point-voxel models such as SPVCNN.
 
   Args:
     events: dicts with ``points`` float[P, >=3] (x, y, z first, in metres) and the ``features`` / ``labels`` keys.
     voxel_size: metres per voxel; ``xyz`` is returned in voxel units (``points[:, :3] / voxel_size``).
     features: keys whose arrays become the feature columns (default: every column of ``points``).
-    labels: key of the per-point class ids, or None. ignore_labels: ids that become -1 (not trained on).
+    labels: key of the per-point class ids (kept as they are: ignored ids are handled by the losses' and metrics'
+      ``ignore_index``), or None.
     buckets, capacity: point capacity, as in :func:`collate`.
   Returns:
     ``xyz`` float32[C, 3], ``batch`` int32[C] (-1 on padding), ``feats`` float32[C, F] and ``labels``
-    int32[C] (-1 on padding and ignored points), or None.
+    int32[C] (-1 on padding), or None.
   """
   if voxel_size <= 0:
     raise ValueError(f"voxel_size must be positive, got {voxel_size}.")
@@ -133,7 +138,7 @@ def collate_points(events: Sequence[dict], *, voxel_size: float, features: Seque
       lab = np.asarray(ev[labels]).astype(np.int32)
       if lab.shape != (len(pts),):
         raise ValueError(f"event {b}: {labels!r} must have one label per point ({len(pts)}), got {lab.shape}.")
-      labs.append(np.where(np.isin(lab, list(ignore_labels)), -1, lab))
+      labs.append(lab)
   n = sum(len(v) for v in xyz)
   if capacity is None:
     capacity = bucket_capacity(n, buckets)
@@ -170,13 +175,15 @@ class Loader:
       (seed, epoch, event index), so augmented batches are reproducible too.
     collate_fn: ``fn(events, capacity=None, **collate_kwargs) -> (x, y)``: :func:`collate` (voxel events with
       ``coords``), :func:`collate_points` (point clouds with ``points``) or your own.
+    drop_remainder: drop each epoch's incomplete last global batch (True; the count is logged), or keep it as a
+      smaller batch (False; some processes or devices may then get fewer events, or none).
     collate_kwargs: passed to ``collate_fn``.
   """
 
   def __init__(self, dataset, batch_size: int, *, seed: int = 0, shuffle: bool = True, start_step: int = 0,
                num_steps: int | None = None, process_index: int = 0, process_count: int = 1, devices: int = 1,
                prefetch: int = 2, transform: Callable | None = None, collate_fn: Callable = collate,
-               **collate_kwargs):
+               drop_remainder: bool = True, **collate_kwargs):
     if batch_size < 1 or batch_size % devices:
       raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of devices ({devices}).")
     if not 0 <= process_index < process_count:
@@ -189,10 +196,15 @@ class Loader:
     self.process_index, self.process_count, self.devices = process_index, process_count, devices
     self.prefetch, self.transform = prefetch, transform
     self.collate_fn, self.collate_kwargs = collate_fn, collate_kwargs
-    self.steps_per_epoch = len(dataset) // global_batch  # the incomplete last global batch is dropped
+    self.drop_remainder = drop_remainder
+    full, rest = divmod(len(dataset), global_batch)
+    self.steps_per_epoch = full + (1 if rest and not drop_remainder else 0)
+    if rest and drop_remainder:
+      log.info("each epoch drops its last %d of %d events (an incomplete global batch of %d); pass "
+               "drop_remainder=False to keep them", rest, len(dataset), global_batch)
 
   def indices(self, step: int) -> np.ndarray:
-    """Dataset indices of this process's events at ``step``."""
+    """Dataset indices of this process's events at ``step`` (fewer, or none, in a kept remainder batch)."""
     epoch, b = divmod(step, self.steps_per_epoch)
     n = len(self.dataset)
     order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)

@@ -17,6 +17,7 @@ CLASS_NAMES = ("car", "bicycle", "motorcycle", "truck", "other-vehicle", "person
                "parking", "sidewalk", "other-ground", "building", "fence", "vegetation", "trunk", "terrain", "pole",
                "traffic-sign")
 IGNORE = 255
+IGNORE_INDEX = {"official": 0, "spvnas": IGNORE}  # the label each map gives unlabelled and ignored points
 
 # raw id -> (name, official class or 0, spvnas class or IGNORE)
 _RAW = {
@@ -47,12 +48,24 @@ def learning_map(label_map: str = "official") -> np.ndarray:
   return table
 
 
+def ignore_index(label_map: str = "official") -> int:
+  """The label of unlabelled (ignored) points under ``label_map``: 0 for ``"official"``, 255 for ``"spvnas"``;
+  pass it as ``ignore_index=`` to the losses, metrics and train steps."""
+  learning_map(label_map)
+  return IGNORE_INDEX[label_map]
+
+
 def read_semantickitti(bin_path, label_path=None, *, label_map: str = "official") -> dict:
   """One scan: ``points`` float32[N, 4] (x, y, z in metres, remission) and ``labels`` int32[N].
 
   Labels are the low 16 bits of each ``.label`` word mapped by ``label_map`` (official: 0 unlabeled and 1..19;
-  spvnas: 0..18 and 255 ignore); without a label file every point is unlabeled (0 or 255). ``instances`` (the high
-  16 bits) come too when there is a label file.
+  spvnas: 0..18 and 255 ignore; :func:`ignore_index` gives the ignored value). ``label_path=None`` reads the scan
+  unlabelled: every point gets the ignored value. ``instances`` (the high 16 bits) come too when there is a label
+  file.
+
+  Example:
+    >>> scan = read_semantickitti("000000.bin", "000000.label", label_map="spvnas")
+    >>> loss = training.segmentation_loss(..., ignore_index=ignore_index("spvnas"))
   """
   table = learning_map(label_map)
   bin_path = Path(bin_path)
@@ -66,7 +79,7 @@ def read_semantickitti(bin_path, label_path=None, *, label_map: str = "official"
     raise ValueError(f"{bin_path}: {bad} points have NaN or infinite values; drop them before voxelizing.")
   out = {"points": points}
   if label_path is None:
-    out["labels"] = np.full(len(points), 0 if label_map == "official" else IGNORE, np.int32)
+    out["labels"] = np.full(len(points), IGNORE_INDEX[label_map], np.int32)
     return out
   label_path = Path(label_path)
   words = np.fromfile(label_path, np.uint32)
@@ -103,30 +116,37 @@ def voxelize(points: np.ndarray, voxel_size: float = 0.05):
   return coords, inverse.reshape(-1).astype(np.int32)
 
 
-def scan_to_voxels(scan: dict, voxel_size: float = 0.05, *, ignore_labels=(IGNORE,)) -> dict:
+def scan_to_voxels(scan: dict, voxel_size: float = 0.05) -> dict:
   """A scan -> a voxel event for sparse networks (MinkUNet): one row per occupied voxel.
 
   Each voxel takes the features (x, y, z, remission) and label of the first of its points in scan order, as
-  SPVNAS's quantization does; ``ignore_labels`` become -1. Returns ``coords`` int32[M, 3], ``feats``
-  float32[M, 4], ``labels`` int32[M] and ``inverse`` int32[N] (each point's voxel row, for per-point predictions).
+  SPVNAS's quantization does; ignored labels stay as they are (train with ``ignore_index=``). Returns ``coords``
+  int32[M, 3], ``feats`` float32[M, 4], ``labels`` int32[M] and ``inverse`` int32[N] (each point's voxel row, for
+  per-point predictions).
   """
   coords, inverse = voxelize(scan["points"], voxel_size)
   first = np.full(len(coords), len(inverse), np.int64)
   np.minimum.at(first, inverse, np.arange(len(inverse)))
   labels = np.asarray(scan["labels"], np.int32)[first]
   return {"coords": coords, "feats": np.asarray(scan["points"], np.float32)[first],
-          "labels": np.where(np.isin(labels, list(ignore_labels)), -1, labels).astype(np.int32), "inverse": inverse}
+          "labels": labels, "inverse": inverse}
 
 
 class SemanticKittiDataset:
   """Scans of a SemanticKITTI split: ``root/sequences/<seq>/velodyne/<frame>.bin`` and ``labels/<frame>.label``.
 
   ``ds[i]`` is :func:`read_semantickitti` of the i-th scan (sequences in order, frames sorted) plus ``sequence``
-  and ``frame``.
+  and ``frame``. A scan without its ``.label`` file is an error unless ``unlabelled=True`` (the test split has
+  none): then its points carry :attr:`ignore_index`.
+
+  Attributes:
+    ignore_index: the label of unlabelled points under ``label_map`` (see :func:`ignore_index`).
   """
 
-  def __init__(self, root, split: str = "train", *, label_map: str = "official", sequences=None):
-    learning_map(label_map)
+  def __init__(self, root, split: str = "train", *, label_map: str = "official", sequences=None,
+               unlabelled: bool = False):
+    self.ignore_index = ignore_index(label_map)
+    self.unlabelled = unlabelled
     if sequences is None:
       if split not in SPLITS:
         raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r} (or pass sequences=).")
@@ -148,5 +168,8 @@ class SemanticKittiDataset:
   def __getitem__(self, i: int) -> dict:
     seq, path = self.files[i]
     label = path.parent.parent / "labels" / (path.stem + ".label")
+    if not label.exists() and not self.unlabelled:
+      raise FileNotFoundError(f"{label} does not exist: scan {path} has no labels. Pass unlabelled=True to read "
+                              "scans without labels (every point then carries ignore_index).")
     out = read_semantickitti(path, label if label.exists() else None, label_map=self.label_map)
     return out | {"sequence": seq, "frame": path.stem}

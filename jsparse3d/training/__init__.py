@@ -1,5 +1,6 @@
 """Training pieces (no CLI, no file I/O): losses, metrics and jitted / pmapped step builders."""
 
+from jsparse3d.training._losses import check_labels as check_labels
 from jsparse3d.training._losses import class_weights_inverse_frequency as class_weights_inverse_frequency
 from jsparse3d.training._losses import segmentation_loss as segmentation_loss
 from jsparse3d.training._losses import segmentation_loss_terms as segmentation_loss_terms

@@ -5,17 +5,29 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from jsparse3d.training._losses import _check_if_concrete
+from jsparse3d.training._losses import _counted
 
-def confusion_matrix(logits, labels, num_classes: int):
-  """``int32[K, K]`` counts of (true class, predicted class) over rows with ``labels >= 0``.
+
+def confusion_matrix(logits, labels, num_classes: int, *, ignore_index: int | None = None):
+  """``int32[K + 1, K]`` counts of (true class, predicted class); the extra last row counts the rows labelled
+  ``ignore_index`` by predicted class, so ignored points are counted, not lost. Padding (negative labels) is not
+  counted. A label outside the classes that is not ``ignore_index`` is an error for concrete labels and lands
+  in no cell under ``jit`` (the loss of the same step is NaN).
 
   One step's counts fit int32 easily; accumulate them across steps with :class:`ConfusionMatrix` (int64).
+
+  Example:
+    >>> cm = ConfusionMatrix(19).add(confusion_matrix(logits, labels, 19, ignore_index=255))
   """
+  _check_if_concrete(labels, num_classes, ignore_index)
   pred = jnp.argmax(logits, axis=-1)
-  valid = labels >= 0
-  idx = jnp.where(valid, labels * num_classes + pred, num_classes * num_classes)
-  counts = jnp.zeros((num_classes * num_classes + 1,), jnp.int32).at[idx].add(1)
-  return counts[:-1].reshape(num_classes, num_classes)
+  row = jnp.where(_counted(labels, ignore_index) & (labels < num_classes), labels, -1)
+  if ignore_index is not None:
+    row = jnp.where(labels == ignore_index, num_classes, row)
+  idx = jnp.where(row >= 0, row * num_classes + pred, (num_classes + 1) * num_classes)
+  counts = jnp.zeros(((num_classes + 1) * num_classes + 1,), jnp.int32).at[idx].add(1)
+  return counts[:-1].reshape(num_classes + 1, num_classes)
 
 
 class ConfusionMatrix:
@@ -23,15 +35,28 @@ class ConfusionMatrix:
 
   Attributes:
     counts: ``int64[K, K]``, rows = true class, columns = predicted class.
+    ignored: ``int64[K]``, rows labelled ``ignore_index`` by predicted class (not in any metric).
   """
 
   def __init__(self, num_classes: int):
     self.counts = np.zeros((num_classes, num_classes), np.int64)
+    self.ignored = np.zeros((num_classes,), np.int64)
 
   def add(self, counts) -> "ConfusionMatrix":
+    """Adds :func:`confusion_matrix` output (``[K + 1, K]``, or with leading device axes, which are summed)."""
+    k = self.counts.shape[0]
     c = np.asarray(counts, np.int64)
-    self.counts += c.reshape((-1,) + self.counts.shape).sum(axis=0)  # a leading device axis is summed
+    if c.shape[-2:] != (k + 1, k):
+      raise ValueError(f"expected confusion counts of shape [..., {k + 1}, {k}] (from confusion_matrix), got "
+                       f"{c.shape}.")
+    c = c.reshape((-1, k + 1, k)).sum(axis=0)
+    self.counts += c[:k]
+    self.ignored += c[k]
     return self
+
+  @property
+  def num_ignored(self) -> int:
+    return int(self.ignored.sum())
 
   @property
   def total(self) -> int:

@@ -37,23 +37,25 @@ def per_device_keys(state, axis_name: str):
   return jax.tree.map(lambda v: jax.random.fold_in(v, index) if _is_key(v) else v, state)
 
 
-def _loss(logits, labels, events, num_events, class_weights, axis_name):
+def _loss(logits, labels, events, num_events, class_weights, ignore_index, axis_name):
   """The batch loss, or under pmap this device's share of the global batch's loss."""
   total, present = segmentation_loss_terms(logits, labels, events, num_events, class_weights=class_weights,
-                                           axis_name=axis_name)
+                                           ignore_index=ignore_index, axis_name=axis_name)
   if axis_name is not None:
     present = jax.lax.psum(present, axis_name)
   return total / jnp.maximum(present, 1.0)
 
 
 def make_train_step(graphdef, *, num_classes: int, num_events: int, class_weights=None,
-                    forward: Callable = sparse_logits, axis_name: str | None = None):
+                    ignore_index: int | None = None, forward: Callable = sparse_logits,
+                    axis_name: str | None = None):
   """``step(state, x, labels) -> (state, loss, confusion int32[K, K])``; ``labels`` are flattened to the rows of
   the logits (so ``[B, N]`` labels of fixed-size clouds work as well as ``[N]``).
 
   Args:
     graphdef: from ``nnx.split((model, optimizer))`` with the model in training mode.
-    num_classes, num_events: static (events per device batch). class_weights: as in :func:`segmentation_loss`.
+    num_classes, num_events: static (events per device batch). class_weights, ignore_index: as in
+      :func:`segmentation_loss` (the confusion counts then have the ignored row of :func:`confusion_matrix`).
     forward: ``forward(model, x) -> (logits [N, K], events int [N])``, the event index of each row.
     axis_name: None for ``jax.jit``; a name for ``jax.pmap`` (the step is then pmapped over it).
   """
@@ -64,11 +66,11 @@ def make_train_step(graphdef, *, num_classes: int, num_events: int, class_weight
 
     def loss_fn(model):
       logits, events = forward(model, x)
-      loss = _loss(logits, labels, events, num_events, class_weights, axis_name)
+      loss = _loss(logits, labels, events, num_events, class_weights, ignore_index, axis_name)
       return loss, logits
 
     (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-    cm = confusion_matrix(logits, labels, num_classes)
+    cm = confusion_matrix(logits, labels, num_classes, ignore_index=ignore_index)
     if axis_name is not None:
       grads = jax.lax.psum(grads, axis_name)
       loss = jax.lax.psum(loss, axis_name)
@@ -85,8 +87,8 @@ def make_train_step(graphdef, *, num_classes: int, num_events: int, class_weight
   return jax.pmap(step, axis_name=axis_name, donate_argnums=0)
 
 
-def make_eval_step(graphdef, *, num_classes: int, num_events: int, forward: Callable = sparse_logits,
-                   axis_name: str | None = None):
+def make_eval_step(graphdef, *, num_classes: int, num_events: int, ignore_index: int | None = None,
+                   forward: Callable = sparse_logits, axis_name: str | None = None):
   """``step(state, x, labels) -> (loss, confusion)`` with the model in eval mode (running batch-norm averages).
 
   ``graphdef`` must come from ``nnx.split((model, optimizer))`` taken after ``model.eval()``.
@@ -96,8 +98,8 @@ def make_eval_step(graphdef, *, num_classes: int, num_events: int, forward: Call
     labels = labels.reshape(-1)
     model, _ = nnx.merge(graphdef, state)
     logits, events = forward(model, x)
-    loss = _loss(logits, labels, events, num_events, None, axis_name)
-    cm = confusion_matrix(logits, labels, num_classes)
+    loss = _loss(logits, labels, events, num_events, None, ignore_index, axis_name)
+    cm = confusion_matrix(logits, labels, num_classes, ignore_index=ignore_index)
     if axis_name is not None:
       loss = jax.lax.psum(loss, axis_name)
       cm = jax.lax.psum(cm, axis_name)
