@@ -11,6 +11,9 @@ from jsparse3d.nn._layers import SparseConv3d as SparseConv3d
 from jsparse3d.nn._layers import SparseConvTranspose3d as SparseConvTranspose3d
 from jsparse3d.nn._layers import sync_batch_norm as sync_batch_norm
 from jsparse3d.nn._macs import count_macs as count_macs
+from jsparse3d.nn._norms import GroupNorm as GroupNorm
+from jsparse3d.nn._norms import InstanceNorm as InstanceNorm
+from jsparse3d.nn._norms import LayerNorm as LayerNorm
 from jsparse3d.ops import cat as cat
 from jsparse3d.ops import gelu as gelu
 from jsparse3d.ops import global_avg_pool as global_avg_pool

@@ -1,0 +1,70 @@
+"""Per-event GroupNorm / InstanceNorm and per-row LayerNorm against a loop over events, values and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jsparse3d as js
+from oracles import random_tensor
+
+
+def _oracle(feats, events, num_events, groups, eps=1e-5):
+  """Loop over events: each event's valid rows, reshaped into channel groups, normalised by jnp.mean / jnp.var."""
+  out = jnp.zeros_like(feats)
+  c = feats.shape[1]
+  for b in range(num_events):
+    rows = np.flatnonzero(events == b)
+    if not len(rows):
+      continue
+    f = feats[rows].reshape(len(rows), groups, c // groups)
+    mean = jnp.mean(f, axis=(0, 2), keepdims=True)
+    var = jnp.var(f, axis=(0, 2), keepdims=True)
+    out = out.at[rows].set(((f - mean) / jnp.sqrt(var + eps)).reshape(len(rows), c))
+  return out
+
+
+@pytest.mark.parametrize("kind, groups", [("group", 4), ("group", 1), ("instance", 8)])
+def test_per_event_norms_match_a_loop_over_events(rng, kind, groups):
+  x = random_tensor(rng, n_grid=8, density=0.3, channels=8, batch=3, capacity_extra=7)
+  x = x.replace(feats=x.feats * 3 + 1)
+  norm = js.nn.GroupNorm(8, groups, rngs=nnx.Rngs(0)) if kind == "group" else js.nn.InstanceNorm(8)
+  norm.scale.set_value(jnp.asarray(rng.standard_normal(8), jnp.float32))
+  norm.bias.set_value(jnp.asarray(rng.standard_normal(8), jnp.float32))
+  groups = 8 if kind == "instance" else groups
+  events = np.asarray(x.coords[:, 0])
+  ref = lambda f: jnp.where(x.valid_mask[:, None], _oracle(f, events, 3, groups) * norm.scale[None, :] + norm.bias[None, :],
+                            0.0)
+  y = norm(x)
+  np.testing.assert_allclose(y.feats, ref(x.feats), rtol=0, atol=2e-5)
+  assert not np.asarray(y.feats[int(x.num_valid):]).any()
+  jitted = nnx.jit(lambda m, x: m(x, num_events=3))(norm, x)
+  np.testing.assert_allclose(jitted.feats, y.feats, rtol=0, atol=2e-6)  # XLA fuses differently under jit
+  r = jnp.asarray(rng.standard_normal(x.feats.shape), jnp.float32)
+  got = jax.grad(lambda f: jnp.sum(norm(x.replace(feats=f), num_events=3).feats * r))(x.feats)
+  want = jax.grad(lambda f: jnp.sum(ref(f) * r))(x.feats)
+  np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
+  # an event's result does not depend on the other events
+  alone = js.SparseTensor.from_coords(np.asarray(x.coords)[events == 1] * [0, 1, 1, 1],
+                                      np.asarray(x.feats)[events == 1])
+  np.testing.assert_allclose(norm(alone).feats, np.asarray(y.feats)[events == 1], rtol=0, atol=2e-5)
+
+
+def test_layer_norm_normalises_each_row_and_keeps_padding_zero(rng):
+  x = random_tensor(rng, channels=6, capacity_extra=4)
+  y = js.nn.LayerNorm(6)(x)
+  f = np.asarray(x.feats, np.float64)[:int(x.num_valid)]
+  want = (f - f.mean(1, keepdims=True)) / np.sqrt(f.var(1, keepdims=True) + 1e-5)
+  np.testing.assert_allclose(np.asarray(y.feats)[:len(f)], want, rtol=0, atol=2e-5)
+  assert not np.asarray(y.feats[len(f):]).any()
+
+
+def test_norms_reject_bad_arguments(rng):
+  x = random_tensor(rng, channels=6)
+  with pytest.raises(ValueError, match="must divide num_features"):
+    js.nn.GroupNorm(6, 4)
+  with pytest.raises(ValueError, match="built for 8 channels"):
+    js.nn.InstanceNorm(8)(x)
+  with pytest.raises(ValueError, match="pass num_events"):
+    jax.jit(lambda x: js.nn.InstanceNorm(6)(x))(x)
