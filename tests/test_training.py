@@ -321,3 +321,18 @@ def test_a_rerun_of_the_trainer_loads_its_compiled_steps_from_the_cache(tmp_path
   first = run(tmp_path / "a")
   assert first, "the first run wrote nothing to the compilation cache"
   assert run(tmp_path / "b") == first
+
+
+def test_rerunning_a_finished_run_reports_it(tmp_path, capsys):
+  # Regression: the rerun resumed at the last step and exited 0 with no metrics.
+  from train import __main__ as cli
+  args = ["--config", "uresnet_lartpc_smoke", "--workdir", str(tmp_path), "--compile-cache", "off",
+          "--set", "steps=2", "--set", "eval_every=2"]
+  assert cli.main(args) == 0
+  first = capsys.readouterr().out
+  assert "compiling the train step for a new batch shape" in first and "step 2/2: loss" in first  # not a TTY
+  assert cli.main(args) == 0
+  again = capsys.readouterr().out
+  assert "already complete (step 2 of 2)" in again and "--no-resume" in again
+  final = [line for line in first.splitlines() if line.startswith("final:")]
+  assert final and final == [line for line in again.splitlines() if line.startswith("final:")]

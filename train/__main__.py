@@ -71,6 +71,9 @@ def main(argv=None):
     print(f"error: {e}", file=sys.stderr)
     return 2
   ev = result["eval"]
+  if result.get("complete"):
+    print(f"the run in {workdir} is already complete (step {result['step']} of {cfg['steps']}); its final metrics "
+          "follow. To train again, pass --no-resume or a fresh --workdir.")
   if result.get("test") is not None:
     t = result["test"]
     print(f"final: step {result['step']}, test non-zero accuracy {t['nonzero_accuracy']:.2%} (validation "

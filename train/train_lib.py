@@ -307,8 +307,14 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
         meta=ocp.args.JsonSave(dict(fingerprint=fingerprint, config=cfg["name"], step=int(step)))), force=True)
     ckpt.wait_until_finished()
 
+  def say(message):
+    if layout.process == 0:
+      (bar.write if bar is not None else print)(message)
+      sys.stdout.flush()
+
   def evaluate_and_report(split, dataset, title):
     """Evaluates ``dataset``, records it as ``split``, prints it (process 0) and draws its confusion matrix."""
+    say(f"evaluating the {len(dataset)} events of the {split} split (each new batch shape compiles once)...")
     loss, cm = evaluate(eval_step, state, dataset, task, layout, cfg)
     rec = writer.record(split, step, loss, cm)
     if layout.process == 0:
@@ -318,12 +324,21 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
       save_confusion_png(workdir / "confusion.png", cm, task.class_names)
     return rec
 
+  if start >= cfg["steps"]:  # a finished run: report it rather than silently doing nothing
+    writer.close()
+    ckpt.close()
+    _meet("finish")
+    return dict(step=start, state=layout.first(state), complete=True, stopped=None,
+                **_final_records(workdir, start))
   loader = layout.loader(task.train_set, task, training=True, seed=cfg["seed"], start_step=start,
                          num_steps=cfg["steps"] - start, prefetch=2)
   bar = None
-  if progress and layout.process == 0:
+  lines = progress and layout.process == 0 and not sys.stdout.isatty()  # files, pipes, batch systems
+  if progress and layout.process == 0 and not lines:
     from tqdm import tqdm
     bar = tqdm(total=cfg["steps"], initial=start, desc=cfg["name"], dynamic_ncols=True, file=sys.stdout)
+  shapes = set()
+  run_t0 = time.perf_counter()
   window = training.ConfusionMatrix(cfg["model"]["num_classes"])
   window_loss, window_t0, window_events = [], time.perf_counter(), 0
   step = start
@@ -331,6 +346,11 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
   with _Stop() as stop:
     for x, y in loader:
       training.check_labels(y, cfg["model"]["num_classes"], task.ignore_index, what=f"the labels of step {step}")
+      shape = (jax.tree.structure(x), tuple(np.shape(v) for v in jax.tree.leaves((x, y))))
+      if shape not in shapes:
+        shapes.add(shape)
+        say(f"step {step + 1}: compiling the train step for a new batch shape ({len(shapes)} so far; each shape "
+            "compiles once, and a rerun loads it from the compilation cache)...")
       state, loss, counts = train_step(state, x, y)
       step += 1
       window.add(layout.first(counts))
@@ -342,6 +362,11 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
                             learning_rate=float(schedule(step - 1)))
         if bar is not None:
           bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['nonzero_accuracy']:.3f}", ev_s=f"{rate:.1f}")
+        elif lines:
+          elapsed = time.perf_counter() - run_t0
+          eta = elapsed / (step - start) * (cfg["steps"] - step)
+          print(f"step {step}/{cfg['steps']}: loss {rec['loss']:.4f}, non-zero accuracy {rec['nonzero_accuracy']:.2%}"
+                f", {rate:.1f} events/s, elapsed {elapsed / 60:.1f} min, about {eta / 60:.1f} min left", flush=True)
         window = training.ConfusionMatrix(cfg["model"]["num_classes"])
         window_loss, window_t0, window_events = [], time.perf_counter(), 0
       if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
@@ -363,4 +388,16 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
   # Process 0 finishes later (it draws and writes the reports); jax's shutdown barrier gives up on a process that
   # arrives much later than the others, so they leave together.
   _meet("finish")
-  return dict(step=step, state=layout.first(state), eval=last, test=test, stopped=stop.signal)
+  return dict(step=step, state=layout.first(state), eval=last, test=test, stopped=stop.signal, complete=False)
+
+
+def _final_records(workdir: Path, step: int) -> dict:
+  """The last evaluation and test records of a finished run, from its metrics.jsonl."""
+  found = {"eval": None, "test": None}
+  path = workdir / "metrics.jsonl"
+  if path.exists():
+    for line in path.read_text().splitlines():
+      rec = json.loads(line)
+      if rec.get("split") in found and rec.get("step") == step:
+        found[rec["split"]] = rec
+  return found
