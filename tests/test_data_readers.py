@@ -1,5 +1,6 @@
 """The calorimeter generator, larcv3 files (write, read, compare exactly; bad files) and SemanticKITTI scans."""
 
+import os
 from pathlib import Path
 
 import h5py
@@ -10,7 +11,10 @@ from jsparse3d import data
 from jsparse3d.data import _calo
 from jsparse3d.data import _kitti
 
-KITTI_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "semantickitti-sample"
+# The real scan's licence forbids redistributing it: point JSPARSE3D_KITTI_SAMPLE at a folder holding
+# 000000.bin and 000000.label (sequence 00, frame 0); the tests that use it skip otherwise.
+KITTI_SAMPLE = Path(os.environ.get("JSPARSE3D_KITTI_SAMPLE", Path(__file__).resolve().parents[2] / "shared" / "data"
+                                   / "semantickitti-sample"))
 
 
 # -- calorimeter --------------------------------------------------------------------------------------------
@@ -259,7 +263,7 @@ def test_sequence_layout(tmp_path):
 def test_real_scan_trains_with_the_spvnas_ignore_label():
   # Regression: the spvnas map's 255 made the loss NaN.
   if not (KITTI_SAMPLE / "000000.bin").exists():
-    pytest.skip(f"the SemanticKITTI sample is not at {KITTI_SAMPLE}")
+    pytest.skip(f"the SemanticKITTI sample is not at {KITTI_SAMPLE}; set JSPARSE3D_KITTI_SAMPLE to its folder")
   import jax.numpy as jnp
   from jsparse3d import training
   scan = data.read_semantickitti(KITTI_SAMPLE / "000000.bin", KITTI_SAMPLE / "000000.label", label_map="spvnas")
@@ -276,7 +280,7 @@ def test_real_scan_trains_with_the_spvnas_ignore_label():
 
 def test_real_scan_voxelizes_to_the_usual_workload():
   if not (KITTI_SAMPLE / "000000.bin").exists():
-    pytest.skip(f"the SemanticKITTI sample is not at {KITTI_SAMPLE}")
+    pytest.skip(f"the SemanticKITTI sample is not at {KITTI_SAMPLE}; set JSPARSE3D_KITTI_SAMPLE to its folder")
   scan = data.read_semantickitti(KITTI_SAMPLE / "000000.bin", KITTI_SAMPLE / "000000.label")
   assert scan["points"].shape == (123389, 4)
   assert scan["labels"].max() <= 19 and (scan["labels"] > 0).mean() > 0.9
