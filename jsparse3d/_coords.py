@@ -55,17 +55,21 @@ def check_conv_geometry(kernel_size: Triple, stride: Triple, dilation: Triple) -
           f"strides 1..4 and dilations 1..3).")
 
 
-def kernel_offsets(kernel_size: Triple, dilation: Triple, in_stride: Triple) -> np.ndarray:
+def kernel_offsets(kernel_size: Triple, dilation: Triple, in_stride: Triple, padding: Triple | None = None
+                   ) -> np.ndarray:
   """The offsets of a kernel, in weight order.
 
-  Kernel index ``i`` along an axis of size ``k`` is offset ``(i - (k - 1) // 2) * dilation * in_stride``;
-  offsets are enumerated in C order over ``(ix, iy, iz)``, which is the order of
-  ``weight.reshape(kx * ky * kz, C_in, C_out)``.
+  Kernel index ``i`` along an axis of size ``k`` is offset ``(i - (k - 1) // 2) * dilation * in_stride``; with
+  an explicit ``padding`` p (the dense-convolution rule) it is ``(i * dilation - p) * in_stride``, which is the
+  same where ``p = (k - 1) // 2 * dilation``. Offsets are enumerated in C order over ``(ix, iy, iz)``, which is
+  the order of ``weight.reshape(kx * ky * kz, C_in, C_out)``.
 
   Returns:
     ``int32[kx * ky * kz, 3]`` offsets in finest-voxel units.
   """
-  axes = [(np.arange(k) - (k - 1) // 2) * d * s for k, d, s in zip(kernel_size, dilation, in_stride)]
+  if padding is None:
+    padding = tuple((k - 1) // 2 * d for k, d in zip(kernel_size, dilation))
+  axes = [(np.arange(k) * d - p) * s for k, d, p, s in zip(kernel_size, dilation, padding, in_stride)]
   return np.array(list(itertools.product(*axes)), dtype=np.int32).reshape(-1, 3)
 
 

@@ -297,3 +297,78 @@ def test_a_precomputed_kmap_gives_the_same_conv_and_keeps_map_building_out_of_ji
     js.ops.conv3d(x, w2, stride=2, kmap=sub)
   with pytest.raises(ValueError, match="needs the output geometry"):
     js.ops.conv3d(x, w2, stride=2, kmap=down[0])
+
+
+def _dense_padded(grid, w, stride, dilation, padding):
+  return jax.lax.conv_general_dilated(grid, w, (stride,) * 3, [(padding, padding)] * 3, rhs_dilation=(dilation,) * 3,
+                                      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+                                      precision=jax.lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize("k, s, p, d", [(3, 2, 1, 1), (3, 2, 0, 1), (2, 2, 0, 1), (3, 1, 1, 1), (3, 2, 2, 2),
+                                        (5, 3, 1, 1)])
+def test_padded_conv_has_the_dense_convolutions_sites_and_values(rng, impl, k, s, p, d):
+  # spconv's SparseConv3d(k, s, p): every dense output position whose receptive field holds an active input.
+  margin, g = (k - 1) * d, 10
+  size = g + 2 * (k - 1) * d
+  x = random_tensor(rng, n_grid=g, density=0.15, channels=3, batch=2, offset=(margin,) * 3)
+  w = jnp.asarray(rng.standard_normal((k, k, k, 3, 4)).astype(np.float32))
+  y = js.ops.conv3d(x, w, stride=s, dilation=d, padding=p, capacity=4000)
+  js.raise_if_error(y)
+  assert y.stride == (s,) * 3
+  cin, fin = valid_part(x)
+  grid = jnp.zeros((2, size, size, size, 3)).at[cin[:, 0], cin[:, 1], cin[:, 2], cin[:, 3]].set(fin)
+  dense = _dense_padded(grid, w, s, d, p)
+  reached = np.argwhere(np.asarray(_dense_padded((grid != 0).any(-1, keepdims=True).astype(jnp.float32),
+                                                 jnp.ones((k, k, k, 1, 1)), s, d, p))[..., 0] > 0)
+  cout, got = valid_part(y)
+  q = np.c_[cout[:, :1], cout[:, 1:] // s]
+  np.testing.assert_array_equal(cout[:, 1:] % s, 0)
+  np.testing.assert_array_equal(q, reached)  # the same sites, in (batch, x, y, z) order
+  assert_close(got, dense[q[:, 0], q[:, 1], q[:, 2], q[:, 3]], jnp.float32, k ** 3 * 3)
+  # the gradient and the transposed conv with the same padding: both adjoints of the dense conv
+  r = jnp.asarray(rng.standard_normal(got.shape).astype(np.float32))
+  rows = jnp.zeros(y.feats.shape).at[:len(r)].set(r)
+  g_sparse = jax.grad(lambda f: jnp.vdot(js.ops.conv3d(x.replace(feats=f), w, stride=s, dilation=d, padding=p,
+                                                       capacity=4000).feats, rows))(x.feats)
+  ct = jnp.zeros(dense.shape).at[q[:, 0], q[:, 1], q[:, 2], q[:, 3]].set(r)
+  g_dense = jax.vjp(lambda g: _dense_padded(g, w, s, d, p), grid)[1](ct)[0]
+  want = g_dense[cin[:, 0], cin[:, 1], cin[:, 2], cin[:, 3]]
+  assert_close(g_sparse[:len(cin)], want, jnp.float32, k ** 3 * 4)
+  back = js.ops.conv_transpose3d(y.replace(feats=rows), jnp.swapaxes(w, 3, 4), stride=s, dilation=d, padding=p)
+  assert back.coords is x.coords
+  assert_close(back.feats[:len(cin)], want, jnp.float32, k ** 3 * 4)
+
+
+@pytest.mark.parametrize("k, s, p", [(2, 2, None), (3, 2, None), (3, 2, 1), (3, 1, None)])
+def test_generative_transposed_conv_makes_every_reached_site(rng, impl, k, s, p):
+  g, margin = 6, 2 * k
+  coarse = random_tensor(rng, n_grid=g, density=0.2, channels=4, batch=2, offset=(margin,) * 3)
+  c, f = valid_part(coarse)
+  y = js.SparseTensor.from_coords(c * [1, s, s, s], f, stride=s)  # a stride-s tensor
+  w = jnp.asarray(rng.standard_normal((k, k, k, 4, 3)).astype(np.float32))
+  out = js.ops.conv_transpose3d(y, w, stride=s, padding=p, generative=True, capacity=3000)
+  js.raise_if_error(out)
+  assert out.stride == (1, 1, 1)
+  pad = (k - 1) // 2 if p is None else p
+  offs = np.array(list(itertools.product(range(k), repeat=3))) - pad
+  cy = np.asarray(valid_part(y)[0])
+  want_sites = np.unique(np.concatenate([np.c_[cy[:, :1], cy[:, 1:] + o] for o in offs]), axis=0)
+  cout, got = valid_part(out)
+  np.testing.assert_array_equal(cout, want_sites)
+  # values: the adjoint (vjp) of the dense strided conv with this padding, read at the reached sites
+  size = (g + 2 * margin) * s + 2 * k
+  wd = jnp.swapaxes(w, 3, 4)
+  zero = jnp.zeros((2, size, size, size, 3))
+  dense_out = jax.eval_shape(lambda v: _dense_padded(v, wd, s, 1, pad), zero).shape
+  ct = jnp.zeros(dense_out).at[cy[:, 0], cy[:, 1] // s, cy[:, 2] // s, cy[:, 3] // s].set(valid_part(y)[1])
+  fine = jax.vjp(lambda v: _dense_padded(v, wd, s, 1, pad), zero)[1](ct)[0]
+  assert_close(got, fine[cout[:, 0], cout[:, 1], cout[:, 2], cout[:, 3]], jnp.float32, k ** 3 * 4)
+  small = lambda y: js.ops.conv_transpose3d(y, w, stride=s, padding=p, generative=True,
+                                             capacity=len(want_sites) - 1)
+  with pytest.raises(ValueError, match="capacity overflow"):
+    small(y)  # eagerly at once
+  with pytest.raises(ValueError, match="capacity overflow"):
+    js.raise_if_error(jax.jit(small)(y))  # under jit: flagged on the result
+  with pytest.raises(ValueError, match="needs capacity="):
+    js.ops.conv_transpose3d(y, w, stride=s, generative=True)

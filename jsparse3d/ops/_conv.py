@@ -42,15 +42,20 @@ def ensure_index(x: SparseTensor, implementation: str | None = None):
   return index, _with_cache(x, index=index).replace(errors=x.errors | index.errors)
 
 
-def kernel_map(x: SparseTensor, kernel_size, *, stride=1, dilation=1, capacity: int | None = None,
+def kernel_map(x: SparseTensor, kernel_size, *, stride=1, dilation=1, padding=None, capacity: int | None = None,
                implementation: str | None = None) -> tuple[_kernel_map.KernelMap, SparseTensor]:
   """The kernel map of a convolution on ``x``, from the cache or built now.
 
   Args:
     x: input tensor.
     kernel_size: int or 3 ints. stride: int or 3 ints (1 = submanifold). dilation: int or 3 ints.
-    capacity: rows of a strided map's output tensor; default ``x.planned_capacity(...)`` (``x.capacity`` unless
-      :meth:`SparseTensor.plan_capacities` planned less). More output sites than that set ``CAPACITY_OVERFLOW``.
+    padding: None (the Minkowski rule above), or int / 3 ints: the dense-convolution rule of spconv's
+      ``SparseConv3d(k, s, p)``: the output sites are every multiple ``q`` of the output stride whose window
+      ``q + (i * dilation - padding) * s_in`` holds an active input (at any stride, 1 included: a regular,
+      non-submanifold conv). See docs/conventions.md.
+    capacity: rows of a strided (or padded) map's output tensor; default ``x.planned_capacity(...)``
+      (``x.capacity`` unless :meth:`SparseTensor.plan_capacities` planned less). More output sites than that set
+      ``CAPACITY_OVERFLOW``; a padded conv can make more sites than its input has, so pass enough.
     implementation: how a map not yet cached is built: ``"native"`` (the CPU kernels, no hash index),
       ``"xla"`` (through the tensor's hash index, cached as ``"index"``) or None: native on the CPU backend where
       the kernels build, else the index (the Pallas one on a GPU). Every implementation gives the same map.
@@ -72,6 +77,8 @@ def kernel_map(x: SparseTensor, kernel_size, *, stride=1, dilation=1, capacity: 
   if implementation == "native":
     _native.require()
   native = _native_maps(x) if implementation is None else implementation == "native"
+  if padding is not None:
+    return _padded_map(x, ks, st, dil, _padding(padding, ks, dil), capacity, native)
   if st == (1, 1, 1):
     key = _key("subm", ks, dilation=dil)
     if key in x.cache:
@@ -108,6 +115,35 @@ def kernel_map(x: SparseTensor, kernel_size, *, stride=1, dilation=1, capacity: 
   _errors.check_now(errors, "strided conv")
   y = SparseTensor(out_coords, jnp.zeros((capacity, 0), x.feats.dtype), out_nv, errors,
                    {**cache, "parent": x.geometry, _key("down", ks, st, dil): kmap}, factor, x.capacities)
+  return kmap, y
+
+
+def _padding(padding, kernel_size, dilation):
+  pad = _coords.as_triple(padding, "padding")
+  if any(p < 0 or p > (k - 1) * d for p, k, d in zip(pad, kernel_size, dilation)):
+    raise ValueError(f"padding {pad} must be in 0..(k - 1) * dilation per axis for kernel {kernel_size} and "
+                     f"dilation {dilation} (larger padding reaches sites no input touches).")
+  return pad
+
+
+def _padded_map(x: SparseTensor, ks, st, dil, pad, capacity, native):
+  """The map and output geometry of the dense-rule (padded) convolution."""
+  factor = tuple(a * b for a, b in zip(x.stride, st))
+  key = _key("pad", ks, st, dil) + "/p" + "x".join(map(str, pad))
+  if capacity is None:
+    capacity = x.planned_capacity(factor) if st != (1, 1, 1) else x.capacity
+  offsets = _coords.kernel_offsets(ks, dil, x.stride, pad)
+  out_coords, out_nv, errors = _kernel_map.reached_coords(x.coords, x.num_valid, tuple(map(tuple, (-offsets).tolist())),
+                                                          factor, int(capacity))
+  index = None
+  if not native:
+    index, x = ensure_index(x)
+  kmap, map_errors = _kernel_map.strided_map(x.coords, x.num_valid, index, out_coords, out_nv, None, ks, st, dil,
+                                             x.stride, padding=pad)
+  errors = x.errors | errors | map_errors
+  _errors.check_now(errors, "padded conv")
+  y = SparseTensor(out_coords, jnp.zeros((int(capacity), 0), x.feats.dtype), out_nv, errors,
+                   {"parent": x.geometry, key: kmap}, factor, x.capacities if st != (1, 1, 1) else ())
   return kmap, y
 
 
@@ -174,7 +210,7 @@ def _apply(x_feats, weight, kmap, bias, y: SparseTensor, implementation: str) ->
   return y.replace(feats=out)
 
 
-def conv3d(x: SparseTensor, weight: jax.Array, *, stride=1, dilation=1, bias: jax.Array | None = None,
+def conv3d(x: SparseTensor, weight: jax.Array, *, stride=1, dilation=1, padding=None, bias: jax.Array | None = None,
            capacity: int | None = None, kmap=None, implementation: str | None = None) -> SparseTensor:
   """Sparse 3D convolution (cross-correlation).
 
@@ -187,6 +223,8 @@ def conv3d(x: SparseTensor, weight: jax.Array, *, stride=1, dilation=1, bias: ja
     x: input with ``C_in`` channels.
     weight: ``[kx, ky, kz, C_in, C_out]``, same dtype as ``x.feats``; kernel sizes 1..7.
     stride: 1..4 per axis. dilation: 1..3 per axis.
+    padding: None (the Minkowski rule; stride 1 is submanifold), or the dense-convolution rule of spconv's
+      ``SparseConv3d(k, s, p)`` (SECOND / CenterPoint backbones use k3 s2 p1): see :func:`kernel_map`.
     bias: optional ``[C_out]``, added on valid rows.
     capacity: output rows of a strided conv (see :func:`kernel_map`); default the planned or the input capacity.
     kmap: a precomputed map: what :func:`kernel_map` returned for ``x`` with this kernel size, stride and
@@ -208,17 +246,18 @@ def conv3d(x: SparseTensor, weight: jax.Array, *, stride=1, dilation=1, bias: ja
   _check_weight(x, weight, 3, "conv3d")
   implementation = _resolve_implementation(implementation, x.feats.dtype)
   if kmap is None:
-    kmap, y = kernel_map(x, weight.shape[:3], stride=stride, dilation=dilation, capacity=capacity)
+    kmap, y = kernel_map(x, weight.shape[:3], stride=stride, dilation=dilation, padding=padding, capacity=capacity)
   else:
-    kmap, y = _given_map(kmap, x, weight.shape[:3], stride, dilation)
+    kmap, y = _given_map(kmap, x, weight.shape[:3], stride, dilation, padding)
   return _apply(x.feats, weight, kmap, bias, y, implementation)
 
 
-def _given_map(given, x: SparseTensor, kernel_size, stride, dilation):
+def _given_map(given, x: SparseTensor, kernel_size, stride, dilation, padding):
   """``(kmap, y)`` from a ``kmap=`` argument, checked against the convolution it is used for."""
   st = _coords.as_triple(stride, "stride")
+  submanifold = st == (1, 1, 1) and padding is None
   if isinstance(given, _kernel_map.KernelMap):
-    if st != (1, 1, 1):
+    if not submanifold:
       raise ValueError("a strided conv needs the output geometry too: pass kmap=kernel_map(x, ..., stride=...), "
                        "the (KernelMap, y) pair.")
     given = (given, x)
@@ -234,14 +273,14 @@ def _given_map(given, x: SparseTensor, kernel_size, stride, dilation):
     raise ValueError(f"kmap was built for kernel {have[0]}, dilation {have[1]}, strides {have[2]}->{have[3]} and "
                      f"{have[4]} input rows; this conv has {want[0]}, {want[1]}, {want[2]}->{want[3]} and {want[4]}. "
                      "Build it with kernel_map(x, kernel_size, stride=..., dilation=...) on this x.")
-  if st == (1, 1, 1):
+  if submanifold:
     y = x
   return kmap, y.replace(errors=y.errors | x.errors)
 
 
-def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, dilation=1,
-                     target: SparseTensor | None = None, bias: jax.Array | None = None,
-                     implementation: str | None = None) -> SparseTensor:
+def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, dilation=1, padding=None,
+                     target: SparseTensor | None = None, generative: bool = False, capacity: int | None = None,
+                     bias: jax.Array | None = None, implementation: str | None = None) -> SparseTensor:
   """Transposed sparse convolution: the exact adjoint of :func:`conv3d` with the same kernel size, stride and
   dilation.
 
@@ -253,6 +292,12 @@ def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, dilation=1
     weight: ``[kx, ky, kz, C_coarse, C_fine]``.
     stride: the stride of the strided op this undoes (1 gives the adjoint of a submanifold conv).
     dilation: the dilation of the conv this undoes (int or 3 ints).
+    padding: the padding of the conv this undoes (None: the Minkowski rule; see :func:`conv3d`).
+    generative: make new output coordinates instead of returning to a finer tensor's: every site
+      ``c + offset`` reached by an input site and a kernel offset (at the finer stride), deduplicated and sorted,
+      as torchsparse's ``generative=True``, MinkowskiEngine's generative transpose and spconv's
+      ``SparseConvTranspose3d`` do; the decoder of completion and upsampling networks. Needs ``capacity``.
+    capacity: output rows of a generative transposed conv; more sites set ``CAPACITY_OVERFLOW``.
     target: the finer tensor whose coordinates the output takes. Optional when ``x`` descends from a strided op
       on that tensor (the geometry is cached on ``x``). When ``target`` is that tensor (or carries the same
       coordinate arrays), the cached map is reused; any other target costs one map build.
@@ -270,13 +315,21 @@ def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, dilation=1
   st = _coords.as_triple(stride, "stride")
   dil = _coords.as_triple(dilation, "dilation")
   _coords.check_conv_geometry(ks, st, dil)
-  if st == (1, 1, 1):
-    kmap, x = kernel_map(x, ks, dilation=dil)
-    return _apply(x.feats, weight, kmap.T, bias, x, implementation)
-  fine_stride = tuple(a // b for a, b in zip(x.stride, st))
+  pad = None if padding is None else _padding(padding, ks, dil)
   if any(a % b for a, b in zip(x.stride, st)):
     raise ValueError(f"conv_transpose3d stride {st} does not divide the tensor stride {x.stride}.")
-  key = _key("down", ks, st, dil)
+  fine_stride = tuple(a // b for a, b in zip(x.stride, st))
+  if generative:
+    if target is not None:
+      raise ValueError("conv_transpose3d: generative=True makes its own output coordinates; drop target=.")
+    return _generative(x, weight, ks, st, dil, pad, fine_stride, capacity, bias, implementation)
+  if capacity is not None:
+    raise ValueError("conv_transpose3d: capacity= is for generative=True; without it the output takes the finer "
+                     "tensor's coordinates and capacity.")
+  if st == (1, 1, 1) and pad is None:
+    kmap, x = kernel_map(x, ks, dilation=dil)
+    return _apply(x.feats, weight, kmap.T, bias, x, implementation)
+  key = _key("down", ks, st, dil) if pad is None else _key("pad", ks, st, dil) + "/p" + "x".join(map(str, pad))
   parent = x.cache.get("parent")
   if target is not None:
     if not isinstance(target, SparseTensor):
@@ -307,8 +360,30 @@ def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, dilation=1
       index, fine_x = ensure_index(fine_x)
     fine = fine_x.geometry
     kmap, map_errors = _kernel_map.strided_map(fine.coords, fine.num_valid, index, x.coords, x.num_valid, None,
-                                               ks, st, dil, fine.stride)
+                                               ks, st, dil, fine.stride, padding=pad)
     errors = errors | map_errors
     _errors.check_now(errors, "conv_transpose3d")
   y = SparseTensor.from_geometry(fine, jnp.zeros((fine.coords.shape[0], 0), x.feats.dtype), errors=errors)
   return _apply(x.feats, weight, kmap.T, bias, y, implementation)
+
+
+def _generative(x: SparseTensor, weight, ks, st, dil, pad, fine_stride, capacity, bias, implementation):
+  """The generative transposed conv: output sites made from ``x``'s sites and the kernel offsets."""
+  if capacity is None:
+    raise ValueError("conv_transpose3d(generative=True) needs capacity= (the static number of output rows; up to "
+                     f"{math.prod(ks)} x the input's valid rows can be reached). Overflow is flagged, never dropped.")
+  if not isinstance(capacity, (int, np.integer)) or isinstance(capacity, bool) or capacity < 0:
+    raise TypeError(f"capacity must be a non-negative int, got {capacity!r}.")
+  offsets = _coords.kernel_offsets(ks, dil, fine_stride, pad)
+  coords, num_valid, errors = _kernel_map.reached_coords(x.coords, x.num_valid, tuple(map(tuple, offsets.tolist())),
+                                                         fine_stride, int(capacity))
+  fine = SparseTensor(coords, jnp.zeros((int(capacity), 0), x.feats.dtype), num_valid, x.errors | errors, {},
+                      fine_stride)
+  index = None
+  if not _native_maps(fine):
+    index, fine = ensure_index(fine)
+  kmap, map_errors = _kernel_map.strided_map(fine.coords, fine.num_valid, index, x.coords, x.num_valid, None, ks,
+                                             st, dil, fine_stride, padding=pad)
+  fine = fine.replace(errors=fine.errors | map_errors)
+  _errors.check_now(fine.errors, "generative conv_transpose3d")
+  return _apply(x.feats, weight, kmap.T, bias, fine, implementation)

@@ -296,6 +296,41 @@ def downsample_coords(coords, num_valid, factor, capacity=None):
   return out_coords, out_num_valid, _hash.HashIndex(slots, out_hi, out_lo, num_overflow, errors), out_row
 
 
+@functools.partial(jax.jit, static_argnames=("offsets", "factor", "capacity"))
+def reached_coords(coords, num_valid, offsets, factor, capacity):
+  """The distinct sites ``c + offsets[o]`` over the valid rows ``c`` that are multiples of ``factor``: the output
+  coordinates of the padded (dense-rule) convolution and of the generative transposed convolution.
+
+  Args:
+    coords: ``int32[N, 4]``; num_valid: ``int32[]``.
+    offsets: static tuple of ``(dx, dy, dz)`` added to every row (batch kept).
+    factor: static output stride: a reached site is kept where every axis is a multiple of it.
+    capacity: static output rows; more distinct sites set ``CAPACITY_OVERFLOW``.
+  Returns:
+    ``(out_coords int32[capacity, 4] sorted by (batch, x, y, z), out_num_valid int32[], errors int32[])``.
+  """
+  n, k = coords.shape[0], len(offsets)
+  shift = jnp.asarray(np.asarray(offsets, np.int32).reshape(k, 3))
+  cand = jnp.concatenate([jnp.broadcast_to(coords[:, None, :1], (n, k, 1)), coords[:, None, 1:] + shift[None]],
+                         axis=2).reshape(n * k, 4)
+  reached = jnp.repeat(_coords.valid_rows(n, num_valid), k)
+  reached = reached & jnp.all(cand[:, 1:] % jnp.asarray([factor], jnp.int32) == 0, axis=1)
+  ok = _coords.in_range(cand)
+  keep = reached & ok
+  hi, lo = _coords.pack_keys(cand)
+  drop, hi, lo, rows = lax.sort(((~keep).astype(jnp.uint32), hi, lo, jnp.arange(n * k, dtype=jnp.int32)),
+                                num_keys=3)
+  first = (drop == 0) & jnp.concatenate([jnp.ones((1,), bool), (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])])
+  rank = jnp.cumsum(first, dtype=jnp.int32) - 1
+  count = jnp.sum(first, dtype=jnp.int32)
+  target = jnp.where(first & (rank < capacity), rank, capacity)
+  out = jnp.broadcast_to(jnp.array([-1, 0, 0, 0], jnp.int32), (capacity, 4)).at[target].set(
+      cand[rows], mode="drop", unique_indices=True)
+  errors = (_errors.flag(jnp.any(reached & ~ok), _errors.OUT_OF_RANGE)
+            | _errors.flag(count > capacity, _errors.CAPACITY_OVERFLOW))
+  return out, jnp.minimum(count, capacity), errors
+
+
 @functools.partial(jax.jit, static_argnames=("factor", "capacity"))
 def downsample_coords_native(coords, num_valid, factor, capacity=None):
   """:func:`downsample_coords` by the native CPU kernel, without the output's hash index.
@@ -313,22 +348,24 @@ def downsample_coords_native(coords, num_valid, factor, capacity=None):
       coords, jnp.asarray(num_valid, jnp.int32), fx=fx, fy=fy, fz=fz)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel_size", "stride", "dilation", "in_stride"))
+@functools.partial(jax.jit, static_argnames=("kernel_size", "stride", "dilation", "in_stride", "padding"))
 def strided_map(coords, num_valid, index, out_coords, out_num_valid, out_row, kernel_size, stride, dilation,
-                in_stride) -> tuple[KernelMap, jax.Array]:
+                in_stride, padding=None) -> tuple[KernelMap, jax.Array]:
   """The map of a strided convolution from ``coords`` (fine) to ``out_coords`` (coarse), and the error flags of
   building it (out-of-range or duplicate rows seen by the native kernels, a full Pallas table).
 
   ``out_row`` (from :func:`downsample_coords`, or None) enables the fast path when the kernel tiles the stride
   exactly (``k == s <= 2``, dilation 1): every input row then lies in exactly one output's window, at a known
   offset, and no hash query is needed. ``index`` (the hash index of ``coords``) None builds the map with the
-  native CPU kernels instead (the same map).
+  native CPU kernels instead (the same map). ``padding`` (per axis, or None) selects the dense-rule offsets of
+  :func:`jsparse3d._coords.kernel_offsets`.
   """
   n, n_out = coords.shape[0], out_coords.shape[0]
-  offsets = _coords.kernel_offsets(kernel_size, dilation, in_stride)
+  offsets = _coords.kernel_offsets(kernel_size, dilation, in_stride, padding)
   k = len(offsets)
   bs = block_size_for(max(n, n_out))
-  tiles = all(kk == s and kk <= 2 for kk, s in zip(kernel_size, stride)) and dilation == (1, 1, 1)
+  tiles = (all(kk == s and kk <= 2 for kk, s in zip(kernel_size, stride)) and dilation == (1, 1, 1)
+           and padding is None)
   errors = _errors.no_errors()
   if tiles and out_row is not None:
     q = jnp.take(out_coords, jnp.maximum(out_row, 0), axis=0)
