@@ -68,3 +68,24 @@ def test_norms_reject_bad_arguments(rng):
     js.nn.InstanceNorm(8)(x)
   with pytest.raises(ValueError, match="pass num_events"):
     jax.jit(lambda x: js.nn.InstanceNorm(6)(x))(x)
+
+
+def test_weights_round_trip_through_orbax_and_refuse_another_architecture(tmp_path, rng):
+  from jsparse3d import data
+  make = lambda seed, filters=4: js.models.UResNet(in_features=1, num_classes=3, filters=filters, depth=3, reps=1,
+                                                  rngs=nnx.Rngs(seed))
+  ev = data.synthetic_lartpc_event(seed=0, size=32)
+  x = js.SparseTensor.from_coords(ev["coords"], ev["energy"][:, None])
+  trained = make(0)
+  trained(x)  # training mode: the batch-norm statistics move away from their initial values
+  trained.eval()
+  js.nn.save_weights(trained, tmp_path / "w")
+  fresh = make(1)
+  fresh.eval()
+  assert not np.array_equal(fresh(x).feats, trained(x).feats)
+  js.nn.load_weights(fresh, tmp_path / "w")
+  np.testing.assert_array_equal(fresh(x).feats, trained(x).feats)
+  with pytest.raises(ValueError, match="another architecture"):
+    js.nn.load_weights(make(0, filters=8), tmp_path / "w")
+  with pytest.raises(FileExistsError):
+    js.nn.save_weights(trained, tmp_path / "w")
