@@ -1,8 +1,8 @@
 """Sparse convolution on CPU: jsparse3d's XLA path, a GEMM baseline from the same run, and spconv side by side.
 
-Workloads: the shared benchmark inputs (`../shared/data/bench/`: a LArTPC-like event, 16->16 channels; a LiDAR-like
-scan, 32->32) and the real SemanticKITTI scan (`../shared/data/semantickitti-sample/`) voxelized at 0.05 m
-(32->32). For each, as medians over repeated runs after warm-up (jitted, float32):
+Workloads: the benchmark inputs in `benchmarks/data/` (a LArTPC-like event, 16->16 channels; a LiDAR-like scan,
+32->32; the inputs the peer timings were measured on) and, where `JSPARSE3D_KITTI_SAMPLE` names the folder holding
+it, the real SemanticKITTI scan 000000 voxelized at 0.05 m (32->32). For each, as medians over repeated runs after warm-up (jitted, float32):
 
   index        hash index build (these are timed as plain repeated calls, like the peers)
   kmap         submanifold 3^3 kernel-map build (index included)
@@ -17,8 +17,8 @@ plus the MACs over real pairs, and a dense [pairs, C_in] x [C_in, C_out] matmul 
 GEMM throughput at that shape), timed in alternation with the cached conv, and the ratio of the two throughputs.
 
 With the `bench` extra installed (CPU torch 2.13.0 and spconv 2.3.8), or with `--peer-python PY` naming another
-virtualenv's Python that has them, the shared peer harness `../shared/tools/bench_peers.py` runs spconv on the identical inputs
-in the same session and the table prints our time / spconv time per op. The machine is shared and noisy: compare
+virtualenv's Python that has them, a peer harness (the script named by `JSPARSE3D_PEER_HARNESS`, which takes
+`--peers`, `--workloads` and `--json`) runs spconv on the identical inputs in the same session and the table prints our time / spconv time per op. The machine is shared and noisy: compare
 ratios, not absolute times.
 
     python benchmarks/conv_cpu.py [--peer-python /path/to/python] [--out results/conv_cpu.json]
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import json
 import platform
 import statistics
@@ -44,10 +45,9 @@ import jsparse3d as js
 from _timing import times_ms
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-BENCH = SHARED / "data" / "bench"
-KITTI = SHARED / "data" / "semantickitti-sample" / "000000.bin"
-PEERS = SHARED / "tools" / "bench_peers.py"
+BENCH = ROOT / "benchmarks" / "data"
+KITTI = Path(os.environ.get("JSPARSE3D_KITTI_SAMPLE", "/nonexistent")) / "000000.bin"
+PEERS = Path(os.environ.get("JSPARSE3D_PEER_HARNESS", "/nonexistent"))
 # Peer op names (bench_peers.py) for our ops.
 PEER_OPS = {"subm_cached": "subm3_fwd_cached", "subm_cached_xla": "subm3_fwd_cached", "subm_fwd": "subm3_fwd", "subm_fwd_bwd": "subm3_fwd_bwd",
             "down2": "down2_fwd", "up2": "up2_fwd"}
@@ -75,16 +75,21 @@ def load_workloads(names):
   for name in names:
     if name == "kitti":
       if not KITTI.exists():
-        print(f"skip kitti: {KITTI} not found")
+        print("skip kitti: set JSPARSE3D_KITTI_SAMPLE to the folder holding SemanticKITTI's 000000.bin")
         continue
       pts = np.fromfile(KITTI, np.float32).reshape(-1, 4)
       coords = np.unique(np.floor(pts[:, :3] / 0.05).astype(np.int32), axis=0)
       feats = np.random.default_rng(13).standard_normal((len(coords), 32), dtype=np.float32)
       out[name] = (coords, feats, 32, 32)
       continue
-    if name not in meta:
-      print(f"skip {name}: {BENCH} not found")
+    wide = name.removeprefix("lidar")
+    if wide.isdigit():  # lidar64, lidar128, lidar256: the LiDAR sites at wide channels, C -> C
+      coords = np.load(BENCH / meta["lidar"]["file"])
+      feats = np.random.default_rng(13).standard_normal((len(coords), int(wide)), dtype=np.float32)
+      out[name] = (coords, feats, int(wide), int(wide))
       continue
+    if name not in meta:
+      raise SystemExit(f"error: no benchmark input {name!r} in {BENCH} (known: {sorted(meta)}); nothing measured.")
     m = meta[name]
     coords = np.load(BENCH / m["file"])
     feats = np.random.default_rng(m["feat_seed"]).standard_normal((len(coords), m["channels_in"]), dtype=np.float32)
@@ -141,8 +146,8 @@ def summarize(r):
 
 
 def run_peers(python, workloads, reps):
-  if not PEERS.exists():
-    print(f"peer harness {PEERS} not found: no peer timings")
+  if not PEERS.is_file():
+    print("no peer timings: set JSPARSE3D_PEER_HARNESS to the peer harness script")
     return {}
   with tempfile.TemporaryDirectory() as tmp:
     out = Path(tmp) / "peers.json"
@@ -161,7 +166,9 @@ def run_peers(python, workloads, reps):
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--workloads", default="lartpc,lidar,kitti")
+  ap.add_argument("--workloads", default="lartpc,lidar,kitti",
+                  help="comma-separated: lartpc, lidar, kitti, and lidar<C> (the LiDAR sites at C -> C channels, "
+                       "e.g. lidar64,lidar128,lidar256)")
   ap.add_argument("--warmup", type=int, default=3)
   ap.add_argument("--reps", type=int, default=15)
   ap.add_argument("--rounds", type=int, default=2,
@@ -173,6 +180,8 @@ def main():
     args.peer_python = sys.executable  # the bench extra is installed here
 
   workloads = load_workloads(args.workloads.split(","))
+  if not workloads:
+    raise SystemExit("error: no workload could be loaded; nothing measured.")
   raw, peer_samples = {}, {}
   for round_ in range(args.rounds):
     for name, (coords, feats, c_in, c_out) in workloads.items():
@@ -184,7 +193,8 @@ def main():
       else:
         raw[name] = r
     if args.peer_python:
-      for wl, by_peer in run_peers(args.peer_python, [w for w in workloads if w != "kitti"], args.reps).items():
+      peer_workloads = [w for w in workloads if w in ("lartpc", "lidar")]
+      for wl, by_peer in run_peers(args.peer_python, peer_workloads, args.reps).items():
         for peer, ops in by_peer.items():
           for op, t in ops.items():
             peer_samples.setdefault(wl, {}).setdefault(peer, {}).setdefault(op, []).extend(t)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -31,7 +32,8 @@ from jsparse3d import models
 from _timing import times_ms
 
 ROOT = Path(__file__).resolve().parents[1]
-KITTI = ROOT.parent / "shared" / "data" / "semantickitti-sample" / "000000.bin"
+# SemanticKITTI scan 000000 where JSPARSE3D_KITTI_SAMPLE names its folder, else a synthetic 64-beam scan.
+KITTI = Path(os.environ.get("JSPARSE3D_KITTI_SAMPLE", "/nonexistent")) / "000000.bin"
 
 
 def measure(model, loss_fn, args, *, reps, macs_args):
@@ -68,7 +70,10 @@ def voxel_loss(model, x, y):
 
 
 def kitti_points():
-  scan = np.fromfile(KITTI, np.float32).reshape(-1, 4)
+  if KITTI.exists():
+    scan = np.fromfile(KITTI, np.float32).reshape(-1, 4)
+  else:
+    scan = data.synthetic_lidar_scan(0)["points"].astype(np.float32)
   xyz = scan[:, :3] / 0.05
   xyz = xyz - np.floor(xyz.min(axis=0))
   labels = np.zeros(len(scan), np.int32)
@@ -114,28 +119,27 @@ def main():
   if "dense_uresnet_192" in only:
     run("dense_uresnet_192", dense_uresnet)
 
-  if KITTI.exists():
-    def minkunet():
-      xyz, batch, feats, _ = kitti_points()
-      x, row = js.ops.voxelize(xyz, batch, feats)
-      y = jnp.zeros((x.capacity,), jnp.int32)
-      r = measure(models.MinkUNet(cr=0.5, rngs=nnx.Rngs(0)), voxel_loss, (x, y), reps=args.reps, macs_args=(x,))
-      return r | {"voxels": int(x.num_valid)}
-    run("minkunet_cr0.5", minkunet)
+  print("LiDAR input:", KITTI if KITTI.exists() else "synthetic scan (set JSPARSE3D_KITTI_SAMPLE for the real one)")
 
-    def spvcnn():
-      xyz, batch, feats, labels = kitti_points()
+  def minkunet():
+    xyz, batch, feats, _ = kitti_points()
+    x, row = js.ops.voxelize(xyz, batch, feats)
+    y = jnp.zeros((x.capacity,), jnp.int32)
+    r = measure(models.MinkUNet(cr=0.5, rngs=nnx.Rngs(0)), voxel_loss, (x, y), reps=args.reps, macs_args=(x,))
+    return r | {"voxels": int(x.num_valid)}
+  run("minkunet_cr0.5", minkunet)
 
-      def loss(m, xyz, batch, feats, labels):
-        logits = m(xyz, batch, feats)
-        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
+  def spvcnn():
+    xyz, batch, feats, labels = kitti_points()
 
-      r = measure(models.SPVCNN(cr=0.5, rngs=nnx.Rngs(0)), loss, (xyz, batch, feats, labels), reps=args.reps,
-                  macs_args=(xyz, batch, feats))
-      return r | {"points": int(xyz.shape[0])}
-    run("spvcnn_cr0.5", spvcnn)
-  else:
-    print(f"skip minkunet / spvcnn: {KITTI} not found")
+    def loss(m, xyz, batch, feats, labels):
+      logits = m(xyz, batch, feats)
+      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
+
+    r = measure(models.SPVCNN(cr=0.5, rngs=nnx.Rngs(0)), loss, (xyz, batch, feats, labels), reps=args.reps,
+                macs_args=(xyz, batch, feats))
+    return r | {"points": int(xyz.shape[0])}
+  run("spvcnn_cr0.5", spvcnn)
 
   def pvcnn():
     rng = np.random.default_rng(0)

@@ -35,8 +35,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-KITTI_ENV = "JSPARSE3D_KITTI_SCAN"  # a SemanticKITTI velodyne .bin (its .label beside it is not needed)
-KITTI_DEFAULT = ROOT.parent / "shared" / "data" / "semantickitti-sample" / "000000.bin"
+KITTI_ENV = "JSPARSE3D_KITTI_SAMPLE"  # the folder holding SemanticKITTI's velodyne scan 000000.bin
 WORKLOADS = ("uresnet_4x192", "uresnet_512", "minkunet_cr0.5", "minkunet_cr1.0", "spvcnn_cr0.5")
 VOXEL = 0.05
 
@@ -47,7 +46,7 @@ VOXEL = 0.05
 
 
 def kitti_scan_path() -> Path | None:
-  path = Path(os.environ.get(KITTI_ENV, KITTI_DEFAULT))
+  path = Path(os.environ.get(KITTI_ENV, "/nonexistent")) / "000000.bin"
   return path if path.exists() else None
 
 
