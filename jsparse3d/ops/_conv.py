@@ -19,10 +19,11 @@ from jsparse3d.ops import _native
 IMPLEMENTATIONS = ("xla", "native", "pallas")
 
 
-def _key(kind: str, kernel_size, stride=None, dilation=(1, 1, 1)) -> str:
+def _key(kind: str, kernel_size, stride=None, dilation=(1, 1, 1), padding=None) -> str:
+  """The cache key of a kernel map: ``down/k2x2x2/s2x2x2/d1x1x1``, with ``/p..`` for the padded rule."""
   fmt = lambda t: "x".join(map(str, t))
   parts = [kind, f"k{fmt(kernel_size)}"] + ([f"s{fmt(stride)}"] if stride is not None else []) + [f"d{fmt(dilation)}"]
-  return "/".join(parts)
+  return "/".join(parts + ([f"p{fmt(padding)}"] if padding is not None else []))
 
 
 def _with_cache(x: SparseTensor, **entries) -> SparseTensor:
@@ -129,7 +130,7 @@ def _padding(padding, kernel_size, dilation):
 def _padded_map(x: SparseTensor, ks, st, dil, pad, capacity, native):
   """The map and output geometry of the dense-rule (padded) convolution."""
   factor = tuple(a * b for a, b in zip(x.stride, st))
-  key = _key("pad", ks, st, dil) + "/p" + "x".join(map(str, pad))
+  key = _key("pad", ks, st, dil, pad)
   if capacity is None:
     capacity = x.planned_capacity(factor) if st != (1, 1, 1) else x.capacity
   offsets = _coords.kernel_offsets(ks, dil, x.stride, pad)
@@ -329,7 +330,7 @@ def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, dilation=1
   if st == (1, 1, 1) and pad is None:
     kmap, x = kernel_map(x, ks, dilation=dil)
     return _apply(x.feats, weight, kmap.T, bias, x, implementation)
-  key = _key("down", ks, st, dil) if pad is None else _key("pad", ks, st, dil) + "/p" + "x".join(map(str, pad))
+  key = _key("down", ks, st, dil) if pad is None else _key("pad", ks, st, dil, pad)
   parent = x.cache.get("parent")
   if target is not None:
     if not isinstance(target, SparseTensor):
