@@ -2,10 +2,12 @@
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jsparse3d import data
+from jsparse3d import training
 from jsparse3d.data import _lidar
 from jsparse3d.data import _shapes
 from jsparse3d.data._kitti import CLASS_NAMES
@@ -169,3 +171,32 @@ def test_lidar_augmentation_is_a_seeded_similarity_transform():
   assert 0.007 < np.std(jittered["points"][:, :3] - scan["points"][:, :3]) < 0.013
   with pytest.raises(ValueError, match="scale must be"):
     data.augment_lidar(scan, np.random.default_rng(0), scale=(1.1, 0.9))
+
+
+def test_voxel_events_collate_with_every_point_pointing_at_its_voxel(rng):
+  scans = [data.synthetic_lidar_scan(s, beams=16, azimuths=64) for s in (0, 1)]
+  events = [data.scan_to_voxels(s, voxel_size=0.2) for s in scans]
+  (x, rows), labels = data.collate_voxel_points(events, point_capacity=4096)
+  n = sum(len(s["points"]) for s in scans)
+  assert rows.shape == labels.shape == (4096,) and (rows[n:] == -1).all() and (labels[n:] == -1).all()
+  coords = np.asarray(x.coords)[rows[:n]]
+  want = np.concatenate([np.c_[np.full(len(s["points"]), b), np.floor(s["points"][:, :3] / 0.2)]
+                         for b, s in enumerate(scans)]).astype(np.int32)
+  np.testing.assert_array_equal(coords, want)  # each point's row holds its own voxel
+  np.testing.assert_array_equal(labels[:n], np.concatenate([s["labels"] for s in scans]))
+  logits = np.asarray(rng.standard_normal((x.capacity, 3)), np.float32)
+
+  class Voxelwise:  # a stand-in model: fixed per-voxel logits
+    def __call__(self, x):
+      return x.replace(feats=jnp.asarray(logits))
+
+  per_point, events_of = training.voxel_point_logits(Voxelwise(), (x, jnp.asarray(rows)))
+  np.testing.assert_array_equal(np.asarray(per_point)[:n], logits[rows[:n]])
+  np.testing.assert_array_equal(np.asarray(events_of)[:n], want[:, 0])
+  assert (np.asarray(events_of)[n:] == -1).all()
+  with pytest.raises(ValueError, match="cannot hold"):
+    data.collate_voxel_points(events, point_capacity=n - 1)
+  loader = data.Loader(events, 2, devices=2, collate_fn=data.collate_voxel_points, level_strides=(2,), prefetch=0,
+                       num_steps=1, shuffle=False)
+  (xs, rows2), labels2 = next(iter(loader))  # device shares of one capacity, one plan and one point capacity
+  assert xs.coords.shape[0] == rows2.shape[0] == labels2.shape[0] == 2

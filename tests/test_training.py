@@ -336,3 +336,15 @@ def test_rerunning_a_finished_run_reports_it(tmp_path, capsys):
   assert "already complete (step 2 of 2)" in again and "--no-resume" in again
   final = [line for line in first.splitlines() if line.startswith("final:")]
   assert final and final == [line for line in again.splitlines() if line.startswith("final:")]
+
+
+def test_minkunet_is_scored_per_point_on_its_scans(tmp_path):
+  # SemanticKITTI's mIoU is per point: every point of the eval scans is counted, not one per voxel.
+  cfg = configs.get_config("minkunet_kitti_smoke", ["steps=1", "eval_every=1"])
+  train_lib.train(cfg, tmp_path, progress=False)
+  rec = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["split"] == "eval"]
+  syn = cfg["data"]["synthetic"]
+  scans = data.SyntheticLidar(syn["eval_events"], seed=syn["eval_seed"], beams=syn["beams"], azimuths=syn["azimuths"])
+  points = sum(len(s["points"]) for s in scans)
+  voxels = sum(len(data.scan_to_voxels(s, cfg["data"]["voxel_size"])["coords"]) for s in scans)
+  assert rec[-1]["counted"] + rec[-1]["ignored"] == points > voxels

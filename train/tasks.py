@@ -43,6 +43,16 @@ class Task:
   test_set: object = None  # evaluated once, after training (None: the data kind has no test split configured)
   ignore_index: int | None = None  # the label of unlabelled points, counted apart (SemanticKITTI's 255)
   augment: Callable | None = None  # per-event training augmentation ``fn(event, rng)``, before ``transform``
+  # Evaluation batching and forward where they differ from training's (MinkUNet: scored per point).
+  eval_collate_fn: Callable | None = None
+  eval_collate_kwargs: dict | None = None
+  eval_forward: Callable | None = None
+
+  def batching(self, training: bool) -> tuple[Callable, dict]:
+    """The collate function and its arguments of the training or evaluation loader."""
+    if training or self.eval_collate_fn is None:
+      return self.collate_fn, self.collate_kwargs
+    return self.eval_collate_fn, self.eval_collate_kwargs or {}
 
   def transform_for(self, training: bool) -> Callable | None:
     """The per-event transform of the training (augmented) or evaluation loader."""
@@ -140,8 +150,11 @@ def build_task(cfg) -> Task:
   augment = data.augment_lidar if d.get("augment") else None
   if model == "MinkUNet":
     transform = functools.partial(_voxels, voxel_size=d["voxel_size"])
-    return Task(*sets, _kitti.CLASS_NAMES, data.collate, dict(features=("feats",), level_strides=(2, 4, 8, 16)),
-                training.sparse_logits, transform, ignore_index=data.ignore_index("spvnas"), augment=augment)
+    levels = dict(features=("feats",), level_strides=(2, 4, 8, 16))
+    return Task(*sets, _kitti.CLASS_NAMES, data.collate, levels, training.sparse_logits, transform,
+                ignore_index=data.ignore_index("spvnas"), augment=augment,
+                eval_collate_fn=data.collate_voxel_points, eval_collate_kwargs=levels,
+                eval_forward=training.voxel_point_logits)
   if model == "SPVCNN":
     return Task(*sets, _kitti.CLASS_NAMES, data.collate_points, dict(voxel_size=d["voxel_size"]), _points_forward,
                 ignore_index=data.ignore_index("spvnas"), augment=augment)

@@ -131,9 +131,10 @@ class _Layout:
   def loader(self, dataset, task, *, training=False, **kw):
     """Batches of this process: with pmap, each leaf has a leading axis of the local devices. ``training`` adds
     the task's augmentation."""
+    collate_fn, collate_kwargs = task.batching(training)
     loader = data.Loader(dataset, self.per_process, process_index=self.process, process_count=self.processes,
-                         devices=self.devices, transform=task.transform_for(training), collate_fn=task.collate_fn,
-                         **task.collate_kwargs, **kw)
+                         devices=self.devices, transform=task.transform_for(training), collate_fn=collate_fn,
+                         **collate_kwargs, **kw)
     if self.pmap and self.devices == 1:  # one local device of several processes: the Loader adds no axis
       return (jax.tree.map(lambda v: np.asarray(v)[None], batch) for batch in loader)
     return loader
@@ -295,7 +296,7 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
   kw = dict(num_classes=cfg["model"]["num_classes"], num_events=layout.per_device, forward=task.forward,
             ignore_index=task.ignore_index, axis_name=AXIS if layout.pmap else None)
   train_step = training.make_train_step(graphdef, class_weights=cfg["class_weights"], **kw)
-  eval_step = training.make_eval_step(eval_graphdef, **kw)
+  eval_step = training.make_eval_step(eval_graphdef, **(kw | dict(forward=task.eval_forward or task.forward)))
   state = layout.replicate(state)
   writer = _Writer(workdir, task.class_names, active=layout.process == 0)
   schedule = build_schedule(cfg)

@@ -12,6 +12,7 @@ from jsparse3d.data._batching import Loader
 from jsparse3d.data._batching import bucket_capacity
 from jsparse3d.data._batching import collate
 from jsparse3d.data._batching import collate_points
+from jsparse3d.data._batching import collate_voxel_points
 from jsparse3d.data._calo import synthetic_calo_event
 from jsparse3d.data._kitti import SemanticKittiDataset
 from jsparse3d.data._kitti import ignore_index
@@ -34,8 +35,8 @@ from jsparse3d.data._schemes import uresnet5_to_larcv5
 
 __all__ = [
     "DEFAULT_BUCKETS", "Larcv3Dataset", "Loader", "SemanticKittiDataset", "ShapeNetPart", "SyntheticLArTPC",
-    "SyntheticLidar", "SyntheticShapeParts", "augment_lidar", "bucket_capacity", "class_names", "collate", "collate_points",
-    "collate_shapes", "ignore_index", "learning_map", "read_semantickitti", "scan_to_voxels", "synthetic_calo_event",
-    "synthetic_lartpc_event", "synthetic_lidar_scan", "synthetic_part_shape", "uresnet5_to_larcv5", "voxelize",
-    "write_larcv3",
+    "SyntheticLidar", "SyntheticShapeParts", "augment_lidar", "bucket_capacity", "class_names", "collate",
+    "collate_points", "collate_voxel_points", "collate_shapes", "ignore_index", "learning_map",
+    "read_semantickitti", "scan_to_voxels", "synthetic_calo_event", "synthetic_lartpc_event",
+    "synthetic_lidar_scan", "synthetic_part_shape", "uresnet5_to_larcv5", "voxelize", "write_larcv3",
 ]

@@ -106,6 +106,49 @@ def collate(events: Sequence[dict], *, features: Sequence[str] = ("energy",), la
   return x, y
 
 
+def collate_voxel_points(events: Sequence[dict], *, features: Sequence[str] = ("feats",),
+                         buckets: Sequence[int] = DEFAULT_BUCKETS, capacity: int | None = None,
+                         point_capacity: int | None = None, level_strides: Sequence[int] = (),
+                         level_fractions: Sequence[float] | None = None):
+  """Voxel events with their points -> ``((x, point_rows), point_labels)``, to score a voxel model per point (as
+  SemanticKITTI's mIoU is): each point takes the prediction of its voxel.
+
+  Args:
+    events: voxel events from :func:`scan_to_voxels` (``coords``, the ``features``, ``inverse`` and
+      ``point_labels``).
+    features, buckets, capacity, level_strides, level_fractions: as in :func:`collate` (voxel capacity).
+    point_capacity: rows of the point arrays (default: the smallest bucket that holds every point).
+  Returns:
+    ``x`` (as :func:`collate` makes it), ``point_rows`` int32[P] (the row of ``x`` holding each point's voxel; -1
+    on padding) and ``point_labels`` int32[P] (-1 on padding).
+  """
+  x, _ = collate(events, features=features, labels=None, buckets=buckets, capacity=capacity,
+                 level_strides=level_strides, level_fractions=level_fractions)
+  rows, labels, start = [], [], 0
+  for b, ev in enumerate(events):
+    c = np.asarray(ev["coords"])
+    for key in ("inverse", "point_labels"):
+      if key not in ev:
+        raise KeyError(f"event {b} has no {key!r}: build voxel events with scan_to_voxels to evaluate per point.")
+    order = np.lexsort((c[:, 2], c[:, 1], c[:, 0]))  # collate's row order within the event
+    position = np.empty(len(c), np.int64)
+    position[order] = np.arange(len(c))
+    rows.append(start + position[np.asarray(ev["inverse"])])
+    labels.append(np.asarray(ev["point_labels"], np.int32))
+    start += len(c)
+  n = sum(len(r) for r in rows)
+  if point_capacity is None:
+    point_capacity = bucket_capacity(n, buckets)
+  elif point_capacity < n:
+    raise ValueError(f"point_capacity {point_capacity} cannot hold the batch's {n} points; no point is dropped.")
+  point_rows = np.full(point_capacity, -1, np.int32)
+  point_labels = np.full(point_capacity, -1, np.int32)
+  if n:
+    point_rows[:n] = np.concatenate(rows)
+    point_labels[:n] = np.concatenate(labels)
+  return (x, point_rows), point_labels
+
+
 def collate_points(events: Sequence[dict], *, voxel_size: float, features: Sequence[str] = ("points",),
                    labels: str | None = "labels", buckets: Sequence[int] = DEFAULT_BUCKETS,
                    capacity: int | None = None):
@@ -225,11 +268,12 @@ class Loader:
     per = self.batch_size // self.devices
     shares = [events[d * per:(d + 1) * per] for d in range(self.devices)]
     kwargs = dict(self.collate_kwargs)
+    buckets = kwargs.pop("buckets", DEFAULT_BUCKETS)
     if "capacity" not in kwargs:  # one capacity for all devices, so the shares stack
-      largest = max(sum(_rows(ev) for ev in share) for share in shares)
-      kwargs["capacity"] = bucket_capacity(largest, kwargs.pop("buckets", DEFAULT_BUCKETS))
-    else:
-      kwargs.pop("buckets", None)
+      kwargs["capacity"] = bucket_capacity(max(sum(_rows(ev) for ev in share) for share in shares), buckets)
+    if self.collate_fn is collate_voxel_points and "point_capacity" not in kwargs:
+      kwargs["point_capacity"] = bucket_capacity(max(sum(len(ev["inverse"]) for ev in share) for share in shares),
+                                                 buckets)
     parts = _common_plan([self.collate_fn(share, **kwargs) for share in shares])
     return jax.tree.map(lambda *leaves: np.stack([np.asarray(v) for v in leaves]), *parts)
 
@@ -244,8 +288,10 @@ class Loader:
 
 
 def _common_plan(parts):
-  """Device shares with one capacity plan (the largest of each level), so that they stack."""
-  tensors = [p[0] for p in parts]
+  """Device shares with one capacity plan (the largest of each level), so that they stack. The tensor is the
+  first element of each share's inputs (``(x, y)`` or ``((x, point_rows), y)``)."""
+  nested = [isinstance(p[0], tuple) for p in parts]
+  tensors = [p[0][0] if n else p[0] for p, n in zip(parts, nested)]
   if not all(isinstance(t, SparseTensor) and t.capacities for t in tensors):
     return parts
   plan = {}
@@ -253,7 +299,11 @@ def _common_plan(parts):
     for stride, cap in t.capacities:
       plan[stride] = max(plan.get(stride, 0), cap)
   merged = tuple(sorted(plan.items()))
-  return [(t.replace(capacities=merged), *p[1:]) for t, p in zip(tensors, parts)]
+  out = []
+  for t, p, n in zip(tensors, parts, nested):
+    t = t.replace(capacities=merged)
+    out.append(((t, *p[0][1:]), *p[1:]) if n else (t, *p[1:]))
+  return out
 
 
 def _count(start):

@@ -121,15 +121,15 @@ def scan_to_voxels(scan: dict, voxel_size: float = 0.05) -> dict:
 
   Each voxel takes the features (x, y, z, remission) and label of the first of its points in scan order, as
   SPVNAS's quantization does; ignored labels stay as they are (train with ``ignore_index=``). Returns ``coords``
-  int32[M, 3], ``feats`` float32[M, 4], ``labels`` int32[M] and ``inverse`` int32[N] (each point's voxel row, for
-  per-point predictions).
+  int32[M, 3], ``feats`` float32[M, 4], ``labels`` int32[M], ``inverse`` int32[N] (each point's voxel row, for
+  per-point predictions) and ``point_labels`` int32[N] (every point's own label, for per-point evaluation).
   """
   coords, inverse = voxelize(scan["points"], voxel_size)
   first = np.full(len(coords), len(inverse), np.int64)
   np.minimum.at(first, inverse, np.arange(len(inverse)))
   labels = np.asarray(scan["labels"], np.int32)[first]
   return {"coords": coords, "feats": np.asarray(scan["points"], np.float32)[first],
-          "labels": labels, "inverse": inverse}
+          "labels": labels, "inverse": inverse, "point_labels": np.asarray(scan["labels"], np.int32)}
 
 
 class SemanticKittiDataset:

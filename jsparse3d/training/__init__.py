@@ -10,3 +10,4 @@ from jsparse3d.training._steps import make_eval_step as make_eval_step
 from jsparse3d.training._steps import make_train_step as make_train_step
 from jsparse3d.training._steps import per_device_keys as per_device_keys
 from jsparse3d.training._steps import sparse_logits as sparse_logits
+from jsparse3d.training._steps import voxel_point_logits as voxel_point_logits

@@ -26,6 +26,17 @@ def sparse_logits(model, x):
   return model(x).feats, x.coords[:, 0]
 
 
+def voxel_point_logits(model, inputs):
+  """Per-point logits of a voxel model (MinkUNet): each point takes its voxel's logits, so that a SemanticKITTI
+  scan is scored per point as its benchmark is. ``inputs = (x, point_rows)`` from
+  :func:`jsparse3d.data.collate_voxel_points`; returns ``(logits [P, K], events int32[P])``, -1 on padding."""
+  x, rows = inputs
+  logits = model(x).feats
+  valid = rows >= 0
+  safe = jnp.where(valid, rows, 0)
+  return logits[safe], jnp.where(valid, x.coords[safe, 0], -1)
+
+
 def _is_key(v) -> bool:
   return jax.dtypes.issubdtype(getattr(v, "dtype", None), jax.dtypes.prng_key)
 
