@@ -270,39 +270,19 @@ def _spconv_modules():
   return torch, spc, UResNet, MinkUNet
 
 
-def js_parameters(module) -> list:
-  """jsparse3d's parameter arrays in the order its modules were built (attribute order, lists in order), which is
-  the order torch's ``parameters()`` lists the twin's."""
-  from flax import nnx
-
-  from jsparse3d import nn
-  if isinstance(module, (nn.SparseConv3d, nn.SparseConvTranspose3d)):
-    return [module.kernel] + ([module.bias] if module.bias is not None else [])
-  if isinstance(module, nn.BatchNorm):
-    return [module.norm.scale, module.norm.bias]
-  if isinstance(module, nn.Linear):
-    return [module.linear.kernel] + ([module.linear.bias] if module.linear.bias is not None else [])
-  children = list(module) if isinstance(module, nnx.List) else [
-      v for v in vars(module).values() if isinstance(v, (nnx.Module, nnx.List))]
-  return [p for child in children for p in js_parameters(child)]
-
-
 def copy_weights(js_model, torch_model) -> None:
-  """jsparse3d's parameters into the twin, converting each layout."""
+  """jsparse3d's parameters into the twin, converting each layout (the library's own mapping, which
+  ``jsparse3d.nn.import_torch_weights`` inverts; batch-norm statistics stay at their initial values)."""
   import torch
-  ours = [np.asarray(v[...]) for v in js_parameters(js_model)]
+  from jsparse3d.nn import _weights
+  ours = [(_weights._to_torch(np.asarray(var[...]), kind), kind) for _, var, kind in _weights._torch_slots(js_model)
+          if kind not in ("bn_mean", "bn_var")]
   theirs = list(torch_model.parameters())
   if len(ours) != len(theirs):
     raise RuntimeError(f"parameter tensors differ: jsparse3d {len(ours)}, spconv {len(theirs)}")
   with torch.no_grad():
-    for w, p in zip(ours, theirs):
-      if w.ndim == 5 and w.shape[:3] == (1, 1, 1):  # spconv's 1x1 conv reads its weight's memory as [C_in, C_out]
-        w = w.reshape(w.shape[3], w.shape[4])
-      elif w.ndim == 5:  # [kx, ky, kz, C_in, C_out] -> [C_out, kx, ky, kz, C_in], offsets in the same order
-        w = np.moveaxis(w, 4, 0)
-      elif w.ndim == 2:  # Linear [in, out] -> [out, in]
-        w = w.T
-      if w.size != p.numel() or (w.ndim == p.ndim and tuple(w.shape) != tuple(p.shape) and w.ndim != 2):
+    for (w, kind), p in zip(ours, theirs):
+      if w.size != p.numel() or (kind != "conv" and tuple(w.shape) != tuple(p.shape)):
         raise RuntimeError(f"parameter shapes differ: jsparse3d {w.shape}, spconv {tuple(p.shape)}")
       p.copy_(torch.from_numpy(np.ascontiguousarray(w)).reshape(p.shape))
 

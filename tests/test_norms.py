@@ -89,3 +89,19 @@ def test_weights_round_trip_through_orbax_and_refuse_another_architecture(tmp_pa
     js.nn.load_weights(make(0, filters=8), tmp_path / "w")
   with pytest.raises(FileExistsError):
     js.nn.save_weights(trained, tmp_path / "w")
+
+
+@pytest.mark.parametrize("make", [lambda r: js.models.MinkUNet(cr=0.25, rngs=r),
+                                  lambda r: js.models.UResNet(in_features=1, num_classes=3, filters=4, depth=3,
+                                                              rngs=r)])
+def test_torch_layout_weights_round_trip(tmp_path, make):
+  a, b = make(nnx.Rngs(0)), make(nnx.Rngs(1))
+  nnx.update(a, jax.tree.map(lambda v: v + 0.5, nnx.state(a, nnx.BatchStat)))  # statistics off their initial values
+  path = js.nn.export_torch_weights(a, tmp_path / "w.npz")
+  js.nn.import_torch_weights(b, path)
+  for x, y in zip(jax.tree.leaves(nnx.state(a, (nnx.Param, nnx.BatchStat))),
+                  jax.tree.leaves(nnx.state(b, (nnx.Param, nnx.BatchStat)))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  with pytest.raises(ValueError, match="holds .* tensors"):
+    js.nn.import_torch_weights(js.models.MinkUNet(cr=0.5, rngs=nnx.Rngs(0)) if isinstance(a, js.models.UResNet)
+                               else js.models.UResNet(rngs=nnx.Rngs(0)), path)

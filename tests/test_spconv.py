@@ -48,3 +48,44 @@ def test_padded_conv_matches_spconv(name, k, s, p):
   np.testing.assert_array_equal(np.c_[got[:, :1], got[:, 1:] // s], ref_idx)
   scale = np.abs(ref_feats).max()
   assert np.abs(np.asarray(y.feats)[:n] - ref_feats).max() <= 1e-5 * scale
+
+
+def test_an_spconv_minkunet_state_dict_imports_with_the_same_forward(tmp_path):
+  # A state dict of the spconv twin (benchmarks/networks_cpu.py builds it layer for layer), with random weights and
+  # batch statistics, saved to .npz without pickle: jsparse3d's MinkUNet loaded from it gives the same logits.
+  import sys
+  from pathlib import Path
+  from flax import nnx
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+  import networks_cpu
+  torch.set_num_threads(1)
+  _, _, _, TwinMinkUNet = networks_cpu._spconv_modules()
+  torch.manual_seed(0)
+  twin = TwinMinkUNet(0.5)
+  with torch.no_grad():
+    for name, t in twin.state_dict().items():
+      if name.endswith("running_mean"):
+        t.copy_(torch.randn_like(t) * 0.1)
+      elif name.endswith("running_var"):
+        t.copy_(torch.rand_like(t) + 0.5)
+      elif t.is_floating_point():
+        t.copy_(torch.randn_like(t) * 0.1)
+  twin.eval()
+  np.savez(tmp_path / "twin.npz", **{k: v.numpy() for k, v in twin.state_dict().items()})
+  model = js.nn.import_torch_weights(js.models.MinkUNet(cr=0.5, rngs=nnx.Rngs(1)), tmp_path / "twin.npz")
+  model.eval()
+
+  from test_data_readers import KITTI_SAMPLE
+  real = KITTI_SAMPLE / "000000.bin"
+  scan = (data.read_semantickitti(real) if real.exists() else  # the real scan where it is available
+          data.synthetic_lidar_scan(2, beams=32, azimuths=512))
+  ev = data.scan_to_voxels(scan, 0.05)
+  coords = ev["coords"].astype(np.int64) - ev["coords"].min(axis=0)
+  x = js.SparseTensor.from_coords(coords, ev["feats"], duplicates="error")
+  ours = np.asarray(model(x).feats)[:int(x.num_valid)]
+  shape = [int(v) + (-int(v)) % 32 + 32 for v in coords.max(axis=0) + 1]
+  idx = torch.from_numpy(np.c_[np.zeros(len(coords)), np.asarray(x.coords)[:int(x.num_valid), 1:]].astype(np.int32))
+  with torch.no_grad():
+    feats = torch.from_numpy(np.array(x.feats[:int(x.num_valid)]))
+    theirs = twin(spc.SparseConvTensor(feats, idx, shape, 1)).numpy()
+  assert np.abs(ours - theirs).max() <= 1e-4 * max(1.0, np.abs(theirs).max())

@@ -14,6 +14,8 @@ from jsparse3d.nn._macs import count_macs as count_macs
 from jsparse3d.nn._norms import GroupNorm as GroupNorm
 from jsparse3d.nn._norms import InstanceNorm as InstanceNorm
 from jsparse3d.nn._norms import LayerNorm as LayerNorm
+from jsparse3d.nn._weights import export_torch_weights as export_torch_weights
+from jsparse3d.nn._weights import import_torch_weights as import_torch_weights
 from jsparse3d.nn._weights import load_weights as load_weights
 from jsparse3d.nn._weights import save_weights as save_weights
 from jsparse3d.ops import cat as cat
