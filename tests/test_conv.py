@@ -335,6 +335,13 @@ def test_padded_conv_has_the_dense_convolutions_sites_and_values(rng, impl, k, s
   g_dense = jax.vjp(lambda g: _dense_padded(g, w, s, d, p), grid)[1](ct)[0]
   want = g_dense[cin[:, 0], cin[:, 1], cin[:, 2], cin[:, 3]]
   assert_close(g_sparse[:len(cin)], want, jnp.float32, k ** 3 * 4)
+  tangent = jnp.where(x.valid_mask[:, None], jnp.asarray(rng.standard_normal(x.feats.shape), jnp.float32), 0.0)
+  conv = lambda f: js.ops.conv3d(x.replace(feats=f), w, stride=s, dilation=d, padding=p, capacity=4000).feats
+  _, jvp = jax.jvp(conv, (x.feats,), (tangent,))
+  t_grid = jnp.zeros((2, size, size, size, 3)).at[cin[:, 0], cin[:, 1], cin[:, 2], cin[:, 3]].set(
+      tangent[:len(cin)])
+  assert_close(jvp[:len(q)], _dense_padded(t_grid, w, s, d, p)[q[:, 0], q[:, 1], q[:, 2], q[:, 3]], jnp.float32,
+               k ** 3 * 3)
   back = js.ops.conv_transpose3d(y.replace(feats=rows), jnp.swapaxes(w, 3, 4), stride=s, dilation=d, padding=p)
   assert back.coords is x.coords
   assert_close(back.feats[:len(cin)], want, jnp.float32, k ** 3 * 4)

@@ -1,6 +1,8 @@
 """With the ``bench`` extra (torch + spconv 2.3.8): the padded strided conv against spconv's SparseConv3d(k, s, p)
 on LArTPC and LiDAR-like inputs: the same output sites and values, and the transposed convs agree."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -19,10 +21,11 @@ def _inputs():
   xyz = np.floor(scan["points"][:, :3] / 0.1).astype(np.int64)
   xyz -= xyz.min(axis=0)
   lidar, _ = np.unique(xyz, axis=0, return_index=True)
-  return {"lartpc": ev["coords"].astype(np.int64), "lidar": lidar}
+  bench = np.load(Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "lartpc_coords.npy")
+  return {"lartpc": ev["coords"].astype(np.int64), "lidar": lidar, "bench_lartpc": bench.astype(np.int64)}
 
 
-@pytest.mark.parametrize("name", ["lartpc", "lidar"])
+@pytest.mark.parametrize("name", ["lartpc", "lidar", "bench_lartpc"])
 @pytest.mark.parametrize("k, s, p", [(3, 2, 1), (3, 1, 1), (2, 2, 0)])
 def test_padded_conv_matches_spconv(name, k, s, p):
   torch.set_num_threads(1)  # spconv's CPU scatter is racy with more threads
