@@ -2,7 +2,8 @@
 
 Workloads: the benchmark inputs in `benchmarks/data/` (a LArTPC-like event, 16->16 channels; a LiDAR-like scan,
 32->32; the inputs the peer timings were measured on) and, where `JSPARSE3D_KITTI_SAMPLE` names the folder holding
-it, the real SemanticKITTI scan 000000 voxelized at 0.05 m (32->32). For each, as medians over repeated runs after warm-up (jitted, float32):
+it, the real SemanticKITTI scan 000000 voxelized at 0.05 m (32->32). For each, as medians over repeated runs
+after warm-up (jitted, float32):
 
   index        hash index build (these are timed as plain repeated calls, like the peers)
   kmap         submanifold 3^3 kernel-map build (index included)
@@ -18,8 +19,8 @@ GEMM throughput at that shape), timed in alternation with the cached conv, and t
 
 With the `bench` extra installed (CPU torch 2.13.0 and spconv 2.3.8), or with `--peer-python PY` naming another
 virtualenv's Python that has them, a peer harness (the script named by `JSPARSE3D_PEER_HARNESS`, which takes
-`--peers`, `--workloads` and `--json`) runs spconv on the identical inputs in the same session and the table prints our time / spconv time per op. The machine is shared and noisy: compare
-ratios, not absolute times.
+`--peers`, `--workloads` and `--json`) runs spconv on the identical inputs in the same session, and the table
+prints our time / spconv time per op. The machine is shared and noisy: compare ratios, not absolute times.
 
     python benchmarks/conv_cpu.py [--peer-python /path/to/python] [--out results/conv_cpu.json]
 """
@@ -49,8 +50,8 @@ BENCH = ROOT / "benchmarks" / "data"
 KITTI = Path(os.environ.get("JSPARSE3D_KITTI_SAMPLE", "/nonexistent")) / "000000.bin"
 PEERS = Path(os.environ.get("JSPARSE3D_PEER_HARNESS", "/nonexistent"))
 # Peer op names (bench_peers.py) for our ops.
-PEER_OPS = {"subm_cached": "subm3_fwd_cached", "subm_cached_xla": "subm3_fwd_cached", "subm_fwd": "subm3_fwd", "subm_fwd_bwd": "subm3_fwd_bwd",
-            "down2": "down2_fwd", "up2": "up2_fwd"}
+PEER_OPS = {"subm_cached": "subm3_fwd_cached", "subm_cached_xla": "subm3_fwd_cached", "subm_fwd": "subm3_fwd",
+            "subm_fwd_bwd": "subm3_fwd_bwd", "down2": "down2_fwd", "up2": "up2_fwd"}
 
 
 def interleaved_ms(fa, a_args, fb, b_args, *, warmup: int, reps: int) -> tuple[list[float], list[float]]:

@@ -10,7 +10,8 @@ from jsparse3d import _coords
 
 
 def test_offsets_follow_conventions_and_weight_order():
-  # docs/conventions.md: index i along an axis of size k is offset (i - (k-1)//2) * dilation * s_in, C order over (x, y, z).
+  # docs/conventions.md: index i along an axis of size k is offset (i - (k-1)//2) * dilation * s_in, in C order
+  # over (x, y, z).
   for ks, dil, s_in in [((3, 3, 3), (1, 1, 1), (1, 1, 1)), ((2, 2, 2), (1, 1, 1), (2, 2, 2)),
                         ((5, 1, 2), (2, 1, 3), (1, 4, 1)), ((4, 4, 4), (1, 1, 1), (1, 1, 1))]:
     got = _coords.kernel_offsets(ks, dil, s_in)

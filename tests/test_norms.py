@@ -34,8 +34,8 @@ def test_per_event_norms_match_a_loop_over_events(rng, kind, groups):
   norm.bias.set_value(jnp.asarray(rng.standard_normal(8), jnp.float32))
   groups = 8 if kind == "instance" else groups
   events = np.asarray(x.coords[:, 0])
-  ref = lambda f: jnp.where(x.valid_mask[:, None], _oracle(f, events, 3, groups) * norm.scale[None, :] + norm.bias[None, :],
-                            0.0)
+  ref = lambda f: jnp.where(x.valid_mask[:, None],
+                            _oracle(f, events, 3, groups) * norm.scale[None, :] + norm.bias[None, :], 0.0)
   y = norm(x)
   np.testing.assert_allclose(y.feats, ref(x.feats), rtol=0, atol=2e-5)
   assert not np.asarray(y.feats[int(x.num_valid):]).any()

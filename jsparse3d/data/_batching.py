@@ -8,8 +8,9 @@ power of two (logged as a warning, since it compiles a new shape).
 Order: epoch ``e`` visits the events in ``permutation(seed, e)``; global batch ``b`` of the epoch is the slice
 ``[b * B * P, (b + 1) * B * P)`` of it (``B`` events per process, ``P`` processes), and process ``p`` takes the
 ``p``-th ``B`` of them. An epoch's last, incomplete global batch is dropped (``drop_remainder=True``, for
-training) or kept as a smaller batch (``drop_remainder=False``, for evaluation: every event is seen once). Step ``s`` is batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``, so a loader
-built with ``start_step=s`` continues exactly where one stopped after ``s`` steps.
+training) or kept as a smaller batch (``drop_remainder=False``, for evaluation: every event is seen once). Step
+``s`` is batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``, so a loader built with
+``start_step=s`` continues exactly where one stopped after ``s`` steps.
 """
 
 from __future__ import annotations

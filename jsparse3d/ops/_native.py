@@ -5,9 +5,10 @@ XLA:CPU runs the pure-jnp convolution loop on one core, and at 16 channels that 
 dispatch rather than arithmetic. The two kernels in ``_cpu_kernels.cc`` compute the same sums with vector
 registers on all of XLA's intra-op threads, in an order fixed by the kernel map (so results do not depend on
 the thread count). ``_cpu_maps.cc`` builds the kernel maps themselves, equal to the XLA path's, in one pass
-over a hash table instead of hundreds of HLO ops that take seconds to compile. Nothing is compiled at install time: the first convolution on a CPU compiles the file with the
-system C++ compiler against the FFI headers that ship with jaxlib, into a per-user cache keyed by the source, the
-headers, the compiler and this CPU's instruction set. Without a compiler the XLA path is used (with one warning).
+over a hash table instead of hundreds of HLO ops that take seconds to compile. Nothing is compiled at install
+time: the first convolution on a CPU compiles the files with the system C++ compiler against the FFI headers that
+ship with jaxlib (announced on stderr, once), into a per-user cache keyed by the sources, the headers, the compiler
+and this CPU's instruction set. Without a compiler the XLA path is used (with one warning).
 
 Environment:
   JSPARSE3D_NATIVE=0         never build or use the native kernels.
