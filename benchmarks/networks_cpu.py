@@ -450,8 +450,8 @@ def main():
     have_spconv = False
     print("spconv is not installed (pip install -e '.[bench]'): timing jsparse3d alone, without ratios.")
   if any(n.startswith(("minkunet", "spvcnn")) for n in names) and kitti_scan_path() is None:
-    print(f"No SemanticKITTI scan at {KITTI_DEFAULT} (set {KITTI_ENV}=path/to/000000.bin): the LiDAR workloads "
-          "use a synthetic scan instead.")
+    print(f"No SemanticKITTI scan (set {KITTI_ENV} to the folder holding 000000.bin): the LiDAR workloads use a "
+          "synthetic scan instead.")
   results = {}
   with tempfile.TemporaryDirectory() as tmp:
     for name in names:
