@@ -61,7 +61,7 @@ def test_any_channel_count_matches_numpy(rng, c_in, c_out):
 
 
 @needs_native
-@pytest.mark.parametrize("c_in, c_out", [(5, 13), (16, 16), (33, 40)])
+@pytest.mark.parametrize("c_in, c_out", [(5, 13), (16, 16), (33, 40), (72, 50)])
 def test_gradients_for_any_channel_count_match_the_dense_oracle(rng, c_in, c_out):
   x = random_tensor(rng, n_grid=8, density=0.3, channels=c_in)
   w = jnp.asarray(rng.standard_normal((3, 3, 3, c_in, c_out)).astype(np.float32) / np.sqrt(c_in))
@@ -84,11 +84,12 @@ def _big_tensor(rng, channels=8):
 
 
 @needs_native
-def test_results_do_not_depend_on_the_number_of_threads(rng, monkeypatch):
-  x = _big_tensor(rng)
+@pytest.mark.parametrize("channels", [8, 40])  # 40: the 512-bit tiles and the packed weight gradient, where present
+def test_results_do_not_depend_on_the_number_of_threads(rng, monkeypatch, channels):
+  x = _big_tensor(rng, channels)
   assert int(x.num_valid) > 7 * 2048
-  w = jnp.asarray(rng.standard_normal((3, 3, 3, 8, 8)).astype(np.float32) / 8)
-  w2 = jnp.asarray(rng.standard_normal((2, 2, 2, 8, 8)).astype(np.float32) / 8)
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, channels, channels)).astype(np.float32) / np.sqrt(channels))
+  w2 = jnp.asarray(rng.standard_normal((2, 2, 2, channels, channels)).astype(np.float32) / np.sqrt(channels))
 
   def loss(f, w, w2):
     h = js.ops.relu(js.ops.conv3d(x.replace(feats=f), w, implementation="native"))

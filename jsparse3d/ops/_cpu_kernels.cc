@@ -28,7 +28,7 @@
 #include <mutex>
 #include <vector>
 
-#ifdef __FMA__
+#if defined(__FMA__) || defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -68,8 +68,8 @@ inline v8 madd8(v8 a, v8 b, v8 c) {
 #endif
 }
 
-// The same operations as templates, for the tile templates below. (512-bit vectors were tried on this AVX-512 CPU:
-// no faster at 16-128 channels, forward or backward.)
+// The same operations as templates, for the tile templates below, in 256-bit and (where the CPU has them) 512-bit
+// vectors. A lane's result does not depend on the vector width that computed it.
 template <class V>
 inline V loadv(const float* p) {
   V v;
@@ -82,12 +82,35 @@ inline void storev(float* p, V v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
+// A broadcast straight from memory. (`V{} + a` would add 0.0f first, an extra dependent operation per row on the
+// port that also runs the second 512-bit FMA unit: half the speed at 64-256 channels.)
 template <class V>
 inline V splatv(float a) {
   return V{} + a;
 }
 
+#ifdef __AVX__
+template <>
+inline v8 splatv<v8>(float a) {
+  return reinterpret_cast<v8>(_mm256_set1_ps(a));
+}
+#endif
+
 inline v8 maddv(v8 a, v8 b, v8 c) { return madd8(a, b, c); }
+
+#ifdef __AVX512F__
+typedef float v16 __attribute__((vector_size(64)));
+
+template <>
+inline v16 splatv<v16>(float a) {
+  return reinterpret_cast<v16>(_mm512_set1_ps(a));
+}
+
+inline v16 maddv(v16 a, v16 b, v16 c) {
+  return reinterpret_cast<v16>(
+      _mm512_fmadd_ps(reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(b), reinterpret_cast<__m512>(c)));
+}
+#endif
 
 inline float madd(float a, float b, float c) {
 #ifdef __FMA__
@@ -124,6 +147,10 @@ template <int P, int64_t N>
 void rows_times_matrix(const float* const* x, const float* w, float* const* out, int64_t m, int64_t n_) {
   const int64_t n = N ? N : n_;
   int64_t j = 0;
+#ifdef __AVX512F__
+  for (; j + 32 <= n; j += 32) rows_tile<v16, 2, P>(x, w, out, m, n, j);
+  for (; j + 16 <= n; j += 16) rows_tile<v16, 1, P>(x, w, out, m, n, j);
+#endif
   for (; j + 16 <= n; j += 16) rows_tile<v8, 2, P>(x, w, out, m, n, j);
   for (; j + 8 <= n; j += 8) rows_tile<v8, 1, P>(x, w, out, m, n, j);
   for (; j < n; ++j)
@@ -134,15 +161,23 @@ void rows_times_matrix(const float* const* x, const float* w, float* const* out,
     }
 }
 
-// out[d_q] += x[s_q] @ w for the q < count rows listed, four at a time.
+#ifdef __AVX512F__
+constexpr int kRowsAtOnce = 8;  // 8 rows x 32 columns: 16 of the 32 vector registers accumulate
+#else
+constexpr int kRowsAtOnce = 4;  // 4 rows x 16 columns: 8 of the 16
+#endif
+
+// out[d_q] += x[s_q] @ w for the q < count rows listed, kRowsAtOnce at a time.
 template <int64_t N>
 void gather_gemm_scatter_n(const float* x, const int32_t* s, const int32_t* d, int64_t count, const float* w,
                            float* out, int64_t m, int64_t n) {
+  constexpr int P = kRowsAtOnce;
   int64_t q = 0;
-  for (; q + 4 <= count; q += 4) {
-    const float* xr[4] = {x + s[q] * m, x + s[q + 1] * m, x + s[q + 2] * m, x + s[q + 3] * m};
-    float* orr[4] = {out + d[q] * n, out + d[q + 1] * n, out + d[q + 2] * n, out + d[q + 3] * n};
-    rows_times_matrix<4, N>(xr, w, orr, m, n);
+  for (; q + P <= count; q += P) {
+    const float* xr[P];
+    float* orr[P];
+    for (int p = 0; p < P; ++p) xr[p] = x + s[q + p] * m, orr[p] = out + d[q + p] * n;
+    rows_times_matrix<P, N>(xr, w, orr, m, n);
   }
   for (; q < count; ++q) {
     const float* xr[1] = {x + s[q] * m};
@@ -166,10 +201,10 @@ void gather_gemm_scatter(const float* x, const int32_t* s, const int32_t* d, int
   }
 }
 
-// g[0:R, 0:J * lanes] += at[r, 0:np] . bp[0:np, :] with at rows `ld` apart and bp, g rows `n` apart: R x J
+// g[0:R, 0:J * lanes] += ap[0:np, 0:R]^T bp[0:np, :] with ap rows `ld` apart and bp, g rows `n` apart: R x J
 // vector accumulators stay in registers over the whole panel, each element summed in pair order.
 template <class V, int R, int J>
-inline void panel_tile(const float* at, int64_t ld, const float* bp, int64_t np, float* g, int64_t n) {
+inline void panel_tile(const float* ap, int64_t ld, const float* bp, int64_t np, float* g, int64_t n) {
   constexpr int64_t L = sizeof(V) / sizeof(float);
   V acc[R][J];
   for (int r = 0; r < R; ++r)
@@ -178,7 +213,7 @@ inline void panel_tile(const float* at, int64_t ld, const float* bp, int64_t np,
     V bq[J];
     for (int v = 0; v < J; ++v) bq[v] = loadv<V>(bp + q * n + L * v);
     for (int r = 0; r < R; ++r) {
-      const V ar = splatv<V>(at[r * ld + q]);
+      const V ar = splatv<V>(ap[q * ld + r]);
       for (int v = 0; v < J; ++v) acc[r][v] = maddv(ar, bq[v], acc[r][v]);
     }
   }
@@ -188,18 +223,18 @@ inline void panel_tile(const float* at, int64_t ld, const float* bp, int64_t np,
 
 // Rows [0, R) of g over one packed panel: the widest tiles that fit, then 8 columns, then single columns.
 template <int R>
-inline void panel_rows(const float* at, int64_t ld, const float* bp, int64_t np, float* g, int64_t n) {
+inline void panel_rows(const float* ap, int64_t ld, const float* bp, int64_t np, float* g, int64_t n) {
   int64_t j = 0;
 #ifdef __AVX512F__
-  // 32 vector registers: a 4 x 32 tile (16 accumulators).
-  for (; j + 32 <= n; j += 32) panel_tile<v8, R, 4>(at, ld, bp + j, np, g + j, n);
+  for (; j + 32 <= n; j += 32) panel_tile<v16, R, 2>(ap, ld, bp + j, np, g + j, n);
+  for (; j + 16 <= n; j += 16) panel_tile<v16, R, 1>(ap, ld, bp + j, np, g + j, n);
 #endif
-  for (; j + 16 <= n; j += 16) panel_tile<v8, R, 2>(at, ld, bp + j, np, g + j, n);
-  for (; j + 8 <= n; j += 8) panel_tile<v8, R, 1>(at, ld, bp + j, np, g + j, n);
+  for (; j + 16 <= n; j += 16) panel_tile<v8, R, 2>(ap, ld, bp + j, np, g + j, n);
+  for (; j + 8 <= n; j += 8) panel_tile<v8, R, 1>(ap, ld, bp + j, np, g + j, n);
   for (; j < n; ++j)
     for (int r = 0; r < R; ++r) {
       float acc = g[r * n + j];
-      for (int64_t q = 0; q < np; ++q) acc = madd(at[r * ld + q], bp[q * n + j], acc);
+      for (int64_t q = 0; q < np; ++q) acc = madd(ap[q * ld + r], bp[q * n + j], acc);
       g[r * n + j] = acc;
     }
 }
@@ -251,23 +286,24 @@ void outer_products_direct(const float* a, int64_t lda, const float* b, int64_t 
 }
 
 // g[0:m, 0:n] += sum over the pairs p of a[s_p, 0:m]^T b[d_p, 0:n] (g rows `n` apart), every element summed in
-// pair order. The gathered rows are packed a panel of pairs at a time (a transposed, b as is), so that the tiles
-// read contiguous, cached memory instead of gathering every row again for every tile.
+// pair order. The gathered rows are copied a panel of pairs at a time, so that the tiles read contiguous, cached
+// memory instead of gathering every row again for every tile.
 void outer_products(const float* a, int64_t lda, const float* b, int64_t ldb, const int32_t* s, const int32_t* d,
                     int64_t num_pairs, float* g, int64_t m, int64_t n) {
   if (m * n <= 512) return outer_products_direct(a, lda, b, ldb, s, d, num_pairs, g, m, n);
-  constexpr int64_t kPanel = 128;  // pairs per panel: the packed b panel stays in L1/L2 at up to 256 channels
-  std::vector<float> at(static_cast<size_t>(m * kPanel)), bp(static_cast<size_t>(kPanel * n));
+  constexpr int64_t kPanel = 128;  // pairs per panel: both panels stay in L2 at up to 256 channels
+  std::vector<float> ap(static_cast<size_t>(kPanel * m)), bp(static_cast<size_t>(kPanel * n));
   for (int64_t p0 = 0; p0 < num_pairs; p0 += kPanel) {
     const int64_t np = std::min(kPanel, num_pairs - p0);
     for (int64_t q = 0; q < np; ++q) {
-      const float* ar = a + s[p0 + q] * lda;
-      for (int64_t i = 0; i < m; ++i) at[i * kPanel + q] = ar[i];
+      std::memcpy(ap.data() + q * m, a + s[p0 + q] * lda, sizeof(float) * static_cast<size_t>(m));
       std::memcpy(bp.data() + q * n, b + d[p0 + q] * ldb, sizeof(float) * static_cast<size_t>(n));
     }
     int64_t i = 0;
-    for (; i + 4 <= m; i += 4) panel_rows<4>(at.data() + i * kPanel, kPanel, bp.data(), np, g + i * n, n);
-    for (; i < m; ++i) panel_rows<1>(at.data() + i * kPanel, kPanel, bp.data(), np, g + i * n, n);
+    for (; i + kRowsAtOnce <= m; i += kRowsAtOnce)
+      panel_rows<kRowsAtOnce>(ap.data() + i, m, bp.data(), np, g + i * n, n);
+    for (; i + 4 <= m; i += 4) panel_rows<4>(ap.data() + i, m, bp.data(), np, g + i * n, n);
+    for (; i < m; ++i) panel_rows<1>(ap.data() + i, m, bp.data(), np, g + i * n, n);
   }
 }
 
