@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -210,7 +210,7 @@ def main():
     print(header)
     for op, ms in r["ms"].items():
       line = f"{op:<16}{ms:>13.2f}"
-      for p, t in spc.items():
+      for t in spc.values():
         pt = t.get(PEER_OPS.get(op, ""))
         line += f"{pt:>14.2f}{ms / pt:>8.2f}" if pt else f"{'':>14}{'':>8}"
       print(line)

@@ -60,7 +60,7 @@ def main():
   synthetic = data.SyntheticLArTPC(10_000, seed=3)
   for prefetch in (0, 2):
     loader = data.Loader(synthetic, 8, seed=0, num_steps=5, prefetch=prefetch)
-    results[f"loader_192_prefetch{prefetch}"] = rate(lambda: list(loader), 40, args.reps)
+    results[f"loader_192_prefetch{prefetch}"] = rate(lambda loader=loader: list(loader), 40, args.reps)
 
   print(f"{'op':<24}{'events/s':>10}{'/ 50 target':>13}")
   for op, r in results.items():

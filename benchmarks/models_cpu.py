@@ -27,9 +27,9 @@ import numpy as np
 from flax import nnx
 
 import jsparse3d as js
+from _timing import times_ms
 from jsparse3d import data
 from jsparse3d import models
-from _timing import times_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 # SemanticKITTI scan 000000 where JSPARSE3D_KITTI_SAMPLE names its folder, else a synthetic 64-beam scan.

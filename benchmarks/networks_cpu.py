@@ -93,7 +93,8 @@ class JsparseNet:
     from flax import nnx
 
     import jsparse3d as js
-    from jsparse3d import models, training
+    from jsparse3d import models
+    from jsparse3d import training
     self.jax = jax
     n = len(inputs["coords"])
     self.num_events = int(inputs["coords"][:, 0].max()) + 1
@@ -147,8 +148,8 @@ class JsparseNet:
 
 
 def _spconv_modules():
-  import torch
   import spconv.pytorch as spc
+  import torch
   from spconv.pytorch import ops as spc_ops
   if not torch.cuda.is_available():
     # spconv 2.3.8 asks for a CUDA stream in its CPU backward before it takes the CPU branch.
@@ -274,6 +275,7 @@ def copy_weights(js_model, torch_model) -> None:
   """jsparse3d's parameters into the twin, converting each layout (the library's own mapping, which
   ``jsparse3d.nn.import_torch_weights`` inverts; batch-norm statistics stay at their initial values)."""
   import torch
+
   from jsparse3d.nn import _weights
   ours = [(_weights._to_torch(np.asarray(var[...]), kind), kind) for _, var, kind in _weights._torch_slots(js_model)
           if kind not in ("bn_mean", "bn_var")]

@@ -13,7 +13,8 @@ export runs on the GPU generation it was compiled for.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
+from typing import Sequence
 
 import jax
 from jax import export as jax_export
@@ -34,9 +35,12 @@ def export(fun: Callable, *, platforms: Sequence[str] | None = None,
     ``fn(*args, **kwargs) -> jax.export.Exported`` (arguments may be ``jax.ShapeDtypeStruct``).
 
   Example:
-    >>> f = lambda coords, feats, n: model(SparseTensor(coords, feats, n, ...)).feats
-    >>> blob = jsparse3d.export(jax.jit(f))(coords, feats, n).serialize()
-    >>> jsparse3d.deserialize(blob).call(coords, feats, n)     # in another process
+    >>> w = jax.random.normal(key, (3, 3, 3, 32, 32)) * 0.05
+    >>> rebuild = lambda coords, feats, n: jsparse3d.SparseTensor(coords, feats, n, jnp.zeros((), jnp.int32), {},
+    ...                                                          (1, 1, 1))   # no flags, no cache, stride 1
+    >>> f = lambda coords, feats, n: jsparse3d.ops.conv3d(rebuild(coords, feats, n), w).feats
+    >>> blob = jsparse3d.export(jax.jit(f))(x.coords, x.feats, x.num_valid).serialize()
+    >>> out = jsparse3d.deserialize(blob).call(x.coords, x.feats, x.num_valid)   # in another process too
   """
   checks = [jax_export.DisabledSafetyCheck.custom_call(t) for t in _native.TARGETS] + list(disabled_checks)
   jitted = fun if hasattr(fun, "lower") else jax.jit(fun)

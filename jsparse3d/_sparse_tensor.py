@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -62,8 +63,11 @@ class SparseTensor(_errors.Flagged):
       sets the ``CAPACITY_OVERFLOW`` flag (no row is dropped silently).
 
   Example:
-    >>> x = SparseTensor.from_coords(coords, feats, capacity=4096)
-    >>> y = jsparse3d.ops.conv3d(x, weight)
+    >>> coords = np.array([[0, 1, 2, 3], [0, 1, 2, 4], [1, 5, 5, 5]], np.int32)   # (batch, x, y, z)
+    >>> x = SparseTensor.from_coords(coords, np.ones((3, 16), np.float32), capacity=4096)
+    >>> y = jsparse3d.ops.conv3d(x, jax.random.normal(key, (3, 3, 3, 16, 32)))
+    >>> y.feats.shape, int(y.num_valid)
+    ((4096, 32), 3)
   """
 
   coords: jax.Array
@@ -146,9 +150,13 @@ class SparseTensor(_errors.Flagged):
 
     Example:
       >>> x = SparseTensor.from_coords(coords, feats, capacity=12288).plan_capacities((2, 4, 8, 16))
+      >>> w = jax.random.normal(key, (2, 2, 2, 32, 64)) * 0.05
       >>> y = jsparse3d.ops.conv3d(x, w, stride=2)   # y.capacity is the planned one for stride 2
+      >>> y.capacity == x.planned_capacity(2) < x.capacity
+      True
     """
-    from jsparse3d.data._batching import DEFAULT_BUCKETS, bucket_capacity  # data imports this module
+    from jsparse3d.data._batching import DEFAULT_BUCKETS  # data imports this module
+    from jsparse3d.data._batching import bucket_capacity  # data imports this module
     strides = tuple(strides)
     if fractions is not None:
       fractions = tuple(fractions)
@@ -187,8 +195,9 @@ class SparseTensor(_errors.Flagged):
       A :class:`SparseTensor` with ``capacity`` rows.
 
     Example:
+      >>> points = np.random.default_rng(0).random((5000, 4), dtype=np.float32) * [10, 10, 2, 1]  # x, y, z, r
       >>> xyz = np.floor(points[:, :3] / 0.05).astype(np.int32)
-      >>> x = SparseTensor.from_coords(xyz, points[:, 3:], capacity=120_000)
+      >>> x = SparseTensor.from_coords(xyz, points[:, 3:], capacity=8192, duplicates="mean")
     """
     coords = np.asarray(coords)
     feats = np.asarray(feats)

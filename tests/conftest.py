@@ -22,6 +22,7 @@ def require_native_kernels() -> None:
   """Skips where the native kernels cannot exist (no C++ compiler, or JSPARSE3D_NATIVE=0); fails where a compiler
   exists but the build failed, so that a broken kernel source fails CI instead of skipping its tests."""
   import shutil
+
   from jsparse3d.ops import _native
   ok, why = _native._load()
   if ok:

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 import jsparse3d as js
-from oracles import dense_sparse_conv, dense_sparse_conv_transpose, random_tensor, valid_part
+from oracles import dense_sparse_conv
+from oracles import dense_sparse_conv_transpose
+from oracles import random_tensor
+from oracles import valid_part
 
 G = 8
 

@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 import jsparse3d as js
-from oracles import (dense_sparse_conv, dense_sparse_conv_transpose, np_conv, np_downsample, random_tensor,
-                     valid_part)
+from oracles import dense_sparse_conv
+from oracles import dense_sparse_conv_transpose
+from oracles import np_conv
+from oracles import np_downsample
+from oracles import random_tensor
+from oracles import valid_part
 
 G = 9  # dense box edge
 

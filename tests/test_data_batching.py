@@ -167,5 +167,5 @@ def test_collate_plans_level_capacities_and_device_shares_share_one_plan():
                        num_steps=1, shuffle=False)
   xs, _ = next(iter(loader))  # stacking the two shares needs one static plan
   shares = [data.collate(events[:2], level_strides=(2, 4))[0], data.collate(events[2:], level_strides=(2, 4))[0]]
-  for (stride, cap), *per_share in zip(xs.capacities, *[s.capacities for s in shares]):
+  for (_, cap), *per_share in zip(xs.capacities, *[s.capacities for s in shares]):
     assert cap == max(c for _, c in per_share)

@@ -7,7 +7,8 @@ import pytest
 
 from jsparse3d import data
 from jsparse3d.data import _lartpc
-from jsparse3d.data._schemes import HIP, MIP
+from jsparse3d.data._schemes import HIP
+from jsparse3d.data._schemes import MIP
 
 URESNET = dict(HIP=0, MIP=1, shower=2, delta=3, michel=4)
 
@@ -187,7 +188,9 @@ def test_generates_at_least_50_events_per_second_on_one_core():
 
 
 def test_michel_ionisation_is_michel_and_its_photons_are_shower():
-  from jsparse3d.data._schemes import LESCATTER, MICHEL, SHOWER
+  from jsparse3d.data._schemes import LESCATTER
+  from jsparse3d.data._schemes import MICHEL
+  from jsparse3d.data._schemes import SHOWER
   kinds = set()
   for seed in range(6):
     ev = _lartpc._Event(np.random.default_rng(seed), 192)

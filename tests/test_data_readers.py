@@ -265,6 +265,7 @@ def test_real_scan_trains_with_the_spvnas_ignore_label():
   if not (KITTI_SAMPLE / "000000.bin").exists():
     pytest.skip(f"the SemanticKITTI sample is not at {KITTI_SAMPLE}; set JSPARSE3D_KITTI_SAMPLE to its folder")
   import jax.numpy as jnp
+
   from jsparse3d import training
   scan = data.read_semantickitti(KITTI_SAMPLE / "000000.bin", KITTI_SAMPLE / "000000.label", label_map="spvnas")
   ev = data.scan_to_voxels(scan, 0.05)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import jsparse3d as js
-from oracles import np_downsample, np_neighbor_table, random_tensor
+from oracles import np_downsample
+from oracles import np_neighbor_table
+from oracles import random_tensor
 
 
 def _sorted_rows(c):
@@ -101,7 +103,8 @@ def test_map_1e5_coordinates(rng):
   x = _big_tensor(rng, 100_000, 64)
   kmap, _ = js.ops.kernel_map(x, 3)
   c = np.asarray(x.coords)
-  np.testing.assert_array_equal(np.asarray(kmap.neighbor_table()), np_neighbor_table(c, c, (3,) * 3, (1,) * 3, (1,) * 3))
+  want = np_neighbor_table(c, c, (3,) * 3, (1,) * 3, (1,) * 3)
+  np.testing.assert_array_equal(np.asarray(kmap.neighbor_table()), want)
 
 
 @pytest.mark.slow
@@ -109,7 +112,8 @@ def test_map_1e6_coordinates(rng):
   x = _big_tensor(rng, 1_000_000, 160)
   kmap, y = js.ops.kernel_map(x, 3)
   c = np.asarray(x.coords)
-  np.testing.assert_array_equal(np.asarray(kmap.neighbor_table()), np_neighbor_table(c, c, (3,) * 3, (1,) * 3, (1,) * 3))
+  want = np_neighbor_table(c, c, (3,) * 3, (1,) * 3, (1,) * 3)
+  np.testing.assert_array_equal(np.asarray(kmap.neighbor_table()), want)
   down, y = js.ops.kernel_map(x, 2, stride=2)
   m = int(y.num_valid)
   cy = np.asarray(y.coords)[:m]
@@ -147,7 +151,8 @@ def test_duplicate_coordinates_are_flagged_by_either_builder(implementation):
   for stride in (1, 2):
     with pytest.raises(ValueError, match="more than once|duplicate"):
       js.ops.kernel_map(x, 3, stride=stride, implementation=implementation)
-    traced = jax.jit(lambda x: js.ops.kernel_map(x, 3, stride=stride, implementation=implementation)[1])(x)
+    build = lambda x, stride=stride: js.ops.kernel_map(x, 3, stride=stride, implementation=implementation)[1]
+    traced = jax.jit(build)(x)
     with pytest.raises(ValueError, match="more than once|duplicate"):
       js.raise_if_error(traced)
 

@@ -269,6 +269,6 @@ def test_every_model_runs_forward_and_backward_in_bfloat16(rng):
       call = _standard_promotion(call)                            # mixes bfloat16 and float32 implicitly
     out = nnx.jit(call)(model)
     assert out.dtype == jnp.bfloat16 and np.isfinite(np.asarray(out, np.float32)).all(), type(model).__name__
-    grads = nnx.jit(nnx.grad(lambda m: jnp.sum(call(m).astype(jnp.float32) ** 2)))(model)
+    grads = nnx.jit(nnx.grad(lambda m, call=call: jnp.sum(call(m).astype(jnp.float32) ** 2)))(model)
     leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
     assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in leaves), type(model).__name__

@@ -13,8 +13,12 @@ import numpy as np
 import pytest
 
 import jsparse3d as js
+from jsparse3d.ops import _backend
 from jsparse3d.ops import _native
-from oracles import dense_sparse_conv, np_conv, random_tensor, valid_part
+from oracles import dense_sparse_conv
+from oracles import np_conv
+from oracles import random_tensor
+from oracles import valid_part
 
 needs_native = pytest.mark.usefixtures("native_kernels")  # skips without a compiler, fails on a broken build
 
@@ -145,6 +149,7 @@ def test_without_a_compiler_the_xla_path_is_used(tmp_path):
 def test_a_broken_build_fails_the_suite_where_a_compiler_exists(monkeypatch):
   # Regression: a failed build skipped the native tests, so a broken kernel could not fail CI.
   import shutil
+
   from conftest import require_native_kernels
   monkeypatch.setattr(_native, "_load", lambda: (False, "compiling _cpu_kernels.cc failed:\nerror: boom"))
   monkeypatch.setenv("JSPARSE3D_NATIVE", "1")
@@ -188,7 +193,7 @@ def test_four_processes_starting_together_compile_once(tmp_path):
 def test_a_failed_compile_is_remembered_with_the_fix(tmp_path):
   cxx, log = _logging_compiler(tmp_path, body='echo "error: no such header" >&2; exit 1')
   env = dict(os.environ, CXX=str(cxx), JSPARSE3D_CACHE_DIR=str(tmp_path / "cache"))
-  for attempt in range(2):
+  for _ in range(2):
     p = _build_in_subprocess(env)
     _, err = p.communicate(timeout=300)
     assert p.returncode != 0 and "error: no such header" in err
@@ -204,3 +209,28 @@ def test_an_unwritable_cache_home_falls_back_to_a_temporary_folder(tmp_path, mon
   import tempfile
   path = _native.cache_dir()
   assert path.parent == Path(tempfile.gettempdir()) and path.name.startswith("jsparse3d-")
+
+
+def test_every_op_resolves_implementation_in_one_place(rng):
+  """One set of names and one message for every op; a name an op lacks says which ones it has."""
+  x = random_tensor(rng, channels=2)
+  w = jnp.ones((3, 3, 3, 2, 2), jnp.float32)
+  xyz, batch = jnp.zeros((4, 3), jnp.float32), jnp.zeros(4, jnp.int32)
+  calls = {
+      "conv": lambda impl: js.ops.conv3d(x, w, implementation=impl),
+      "kernel_map": lambda impl: js.ops.kernel_map(x, 3, implementation=impl),
+      "index": lambda impl: js.ops.build_index(x.coords, x.num_valid, implementation=impl),
+      "voxel_to_point": lambda impl: js.ops.voxel_to_point(x, xyz, batch, implementation=impl),
+  }
+  for op, call in calls.items():
+    with pytest.raises(ValueError, match=rf"{op}: implementation must be one of .* got 'cuda'"):
+      call("cuda")
+    for name in {"xla", "native", "pallas"} - set(_backend.SUPPORTED[op]):
+      with pytest.raises(ValueError, match=rf"{op} has no '{name}' implementation; use one of"):
+        call(name)
+  # The defaults on this CPU backend: native where an op has it, else XLA.
+  for op, supported in _backend.SUPPORTED.items():
+    want = "native" if "native" in supported and _native.available() else "xla"
+    assert _backend.resolve(op, None) == want
+    with jax.enable_x64(True):
+      assert _backend.resolve(op, None, jnp.float64) == "xla"

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 import jsparse3d as js
-from oracles import np_downsample, np_lookup, random_tensor, valid_part
+from oracles import np_downsample
+from oracles import np_lookup
+from oracles import random_tensor
+from oracles import valid_part
 
 
 def _np_pool(cin, fin, cout, reduce):
@@ -58,8 +61,8 @@ def test_global_pools_per_batch_item(rng):
     js.ops.global_avg_pool(x, batch_size=0)
 
 
-@pytest.mark.parametrize("fn, ref", [(js.ops.relu, lambda v: np.maximum(v, 0)), (js.ops.sigmoid, lambda v: 1 / (1 + np.exp(-v))),
-                                     (js.ops.tanh, np.tanh)])
+@pytest.mark.parametrize("fn, ref", [(js.ops.relu, lambda v: np.maximum(v, 0)),
+                                     (js.ops.sigmoid, lambda v: 1 / (1 + np.exp(-v))), (js.ops.tanh, np.tanh)])
 def test_elementwise_keeps_padding_zero(rng, fn, ref):
   x = random_tensor(rng, capacity_extra=4)
   y = fn(x)

@@ -10,7 +10,11 @@ import pytest
 
 import jsparse3d as js
 from jsparse3d import _errors
-from oracles import dense_sparse_conv, dense_sparse_conv_transpose, np_lookup, random_tensor, valid_part
+from oracles import dense_sparse_conv
+from oracles import dense_sparse_conv_transpose
+from oracles import np_lookup
+from oracles import random_tensor
+from oracles import valid_part
 from pallas_kernels.conv import api as conv_api
 from pallas_kernels.conv import reference as conv_ref
 from pallas_kernels.devoxelize import api as devox_api

@@ -3,10 +3,9 @@ on LArTPC and LiDAR-like inputs: the same output sites and values, and the trans
 
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import jax.numpy as jnp
 
 import jsparse3d as js
 from jsparse3d import data
@@ -58,6 +57,7 @@ def test_an_spconv_minkunet_state_dict_imports_with_the_same_forward(tmp_path):
   # batch statistics, saved to .npz without pickle: jsparse3d's MinkUNet loaded from it gives the same logits.
   import sys
   from pathlib import Path
+
   from flax import nnx
   sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
   import networks_cpu

@@ -104,7 +104,8 @@ def _check_workdir(workdir) -> Path:
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
-    raise ValueError(f"workdir {workdir} is not writable ({e.strerror}); pass --workdir to a folder you can write.")
+    raise ValueError(
+        f"workdir {workdir} is not writable ({e.strerror}); pass --workdir to a folder you can write.") from None
   return workdir
 
 

@@ -20,18 +20,18 @@ from jsparse3d.data._kitti import learning_map
 from jsparse3d.data._kitti import read_semantickitti
 from jsparse3d.data._kitti import scan_to_voxels
 from jsparse3d.data._kitti import voxelize
-from jsparse3d.data._lartpc import SyntheticLArTPC
-from jsparse3d.data._lartpc import synthetic_lartpc_event
 from jsparse3d.data._larcv3 import Larcv3Dataset
 from jsparse3d.data._larcv3 import write_larcv3
+from jsparse3d.data._lartpc import SyntheticLArTPC
+from jsparse3d.data._lartpc import synthetic_lartpc_event
 from jsparse3d.data._lidar import SyntheticLidar
 from jsparse3d.data._lidar import synthetic_lidar_scan
+from jsparse3d.data._schemes import class_names
+from jsparse3d.data._schemes import uresnet5_to_larcv5
 from jsparse3d.data._shapes import ShapeNetPart
 from jsparse3d.data._shapes import SyntheticShapeParts
 from jsparse3d.data._shapes import collate_shapes
 from jsparse3d.data._shapes import synthetic_part_shape
-from jsparse3d.data._schemes import class_names
-from jsparse3d.data._schemes import uresnet5_to_larcv5
 
 __all__ = [
     "DEFAULT_BUCKETS", "Larcv3Dataset", "Loader", "SemanticKittiDataset", "ShapeNetPart", "SyntheticLArTPC",

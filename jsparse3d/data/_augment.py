@@ -22,7 +22,11 @@ def augment_lidar(scan: dict, rng: np.random.Generator, *, rotate: bool = True, 
     ``scan`` with new ``points``.
 
   Example:
-    >>> loader = Loader(dataset, 2, transform=augment_lidar, collate_fn=collate_points, voxel_size=0.05)
+    >>> from jsparse3d import data
+    >>> dataset = data.SyntheticLidar(4, beams=16, azimuths=256)
+    >>> loader = data.Loader(dataset, 2, transform=augment_lidar, collate_fn=data.collate_points, voxel_size=0.05,
+    ...                      num_steps=2)
+    >>> batches = list(loader)
   """
   points = np.asarray(scan["points"], np.float32)
   if points.ndim != 2 or points.shape[1] < 3:

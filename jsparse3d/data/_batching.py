@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Callable, Iterator, Sequence
+from typing import Callable
+from typing import Iterator
+from typing import Sequence
 
 import jax
 import numpy as np

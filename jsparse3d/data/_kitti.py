@@ -64,8 +64,11 @@ def read_semantickitti(bin_path, label_path=None, *, label_map: str = "official"
   file.
 
   Example:
+    >>> np.random.default_rng(0).random((100, 4), dtype=np.float32).tofile("000000.bin")  # a scan's format
+    >>> np.full(100, 40, np.uint32).tofile("000000.label")                                 # 40: road
     >>> scan = read_semantickitti("000000.bin", "000000.label", label_map="spvnas")
-    >>> loss = training.segmentation_loss(..., ignore_index=ignore_index("spvnas"))
+    >>> ignore_index("spvnas")   # for segmentation_loss(..., ignore_index=...)
+    255
   """
   table = learning_map(label_map)
   bin_path = Path(bin_path)

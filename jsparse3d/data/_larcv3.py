@@ -97,7 +97,7 @@ class Larcv3Dataset:
     if "Events" not in f or "event_id" not in f["Events"]:
       raise ValueError(f"{self.path} has no Events/event_id table: is it a larcv3 file?")
     self._len = len(f["Events/event_id"])
-    for role, group in self._groups.items():
+    for group in self._groups.values():
       n = len(f[group]["extents"])
       if n != self._len:
         raise ValueError(f"{self.path}: product {group} has {n} entries but the file has {self._len} events; "

@@ -30,7 +30,13 @@ import numpy as np
 
 from jsparse3d.data import _schemes
 from jsparse3d.data._deposits import merge_deposits
-from jsparse3d.data._schemes import DELTA, HIP, LESCATTER, MICHEL, MIP, NUM_KINDS, SHOWER
+from jsparse3d.data._schemes import DELTA
+from jsparse3d.data._schemes import HIP
+from jsparse3d.data._schemes import LESCATTER
+from jsparse3d.data._schemes import MICHEL
+from jsparse3d.data._schemes import MIP
+from jsparse3d.data._schemes import NUM_KINDS
+from jsparse3d.data._schemes import SHOWER
 
 PITCH_CM = 0.3
 STEP_CM = 0.345             # the mean step length (one voxel along the dominant axis of a random direction)

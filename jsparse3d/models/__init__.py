@@ -4,8 +4,8 @@ Parameter counts match the published implementations exactly (tests check them);
 gives each model's MACs over real data.
 """
 
-from jsparse3d.models._minkunet import MinkUNet as MinkUNet
 from jsparse3d.models._minkunet import SPVCNN as SPVCNN
+from jsparse3d.models._minkunet import MinkUNet as MinkUNet
 from jsparse3d.models._pvcnn import PVCNN as PVCNN
 from jsparse3d.models._uresnet import UResNet as UResNet
 from jsparse3d.models._uresnet_dense import DenseUResNet as DenseUResNet

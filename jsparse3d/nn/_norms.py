@@ -86,8 +86,8 @@ class GroupNorm(_PerEventNorm):
     epsilon, use_scale, use_bias, dtype, param_dtype: as in :class:`flax.nnx.GroupNorm`.
 
   Example:
-    >>> norm = GroupNorm(64, 8, rngs=nnx.Rngs(0))
-    >>> y = norm(x, num_events=4)          # num_events is static (the batch size) under jit
+    >>> norm = GroupNorm(32, 8, rngs=nnx.Rngs(0))
+    >>> y = norm(x, num_events=2)          # num_events is static (the batch size) under jit
   """
 
   def __init__(self, num_features: int, num_groups: int = 32, *, epsilon: float = 1e-5, use_scale: bool = True,

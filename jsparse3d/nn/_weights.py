@@ -17,8 +17,9 @@ def save_weights(model: nnx.Module, path) -> Path:
   """Writes ``model``'s parameters and batch-norm statistics to the folder ``path`` (orbax; must not exist).
 
   Example:
-    >>> save_weights(model, "uresnet_weights")
-    >>> load_weights(UResNet(in_features=1, num_classes=5, rngs=nnx.Rngs(0)), "uresnet_weights")
+    >>> from jsparse3d.models import UResNet
+    >>> path = save_weights(UResNet(in_features=1, num_classes=5, rngs=nnx.Rngs(0)), "uresnet_weights")
+    >>> model = load_weights(UResNet(in_features=1, num_classes=5, rngs=nnx.Rngs(1)), path)
   """
   path = Path(path).absolute()
   if path.exists():
@@ -112,7 +113,7 @@ def _from_torch(value: np.ndarray, like: tuple, kind: str) -> np.ndarray:
 
 def export_torch_weights(model: nnx.Module, path) -> Path:
   """Writes ``model``'s weights as an ``.npz`` state dict in spconv's layout, in its twin's order (see
-  :func:`import_torch_weights`); entry names are jsparse3d's module paths."""
+  :func:`import_torch_weights`); entry names are jsparse3d's module paths. Returns the file's path."""
   path = Path(path)
   entries = {f"{i:04d}.{name}": _to_torch(np.asarray(var[...]), kind)
              for i, (name, var, kind) in enumerate(_torch_slots(model))}
@@ -130,7 +131,9 @@ def import_torch_weights(model: nnx.Module, path) -> nnx.Module:
   transposed. A count or shape that does not fit is an error naming both entries.
 
   Example:
-    >>> model = import_torch_weights(MinkUNet(cr=0.5, rngs=nnx.Rngs(0)), "minkunet_spconv.npz")
+    >>> from jsparse3d.models import MinkUNet
+    >>> path = export_torch_weights(MinkUNet(cr=0.5, rngs=nnx.Rngs(1)), "minkunet_spconv.npz")  # or spconv's
+    >>> model = import_torch_weights(MinkUNet(cr=0.5, rngs=nnx.Rngs(0)), path)
   """
   with np.load(path, allow_pickle=False) as z:
     entries = [(k, z[k]) for k in z.files if not k.endswith("num_batches_tracked")]

@@ -19,13 +19,13 @@ from jsparse3d.ops._hash import HashIndex as HashIndex
 from jsparse3d.ops._hash import build_index as build_index
 from jsparse3d.ops._hash import query_index as query_index
 from jsparse3d.ops._kernel_map import KernelMap as KernelMap
-from jsparse3d.ops._pool import avg_pool as avg_pool
-from jsparse3d.ops._pool import global_avg_pool as global_avg_pool
-from jsparse3d.ops._pool import global_max_pool as global_max_pool
-from jsparse3d.ops._pool import max_pool as max_pool
 from jsparse3d.ops._point_voxel import avg_voxelize_dense as avg_voxelize_dense
 from jsparse3d.ops._point_voxel import normalize_dense_coords as normalize_dense_coords
 from jsparse3d.ops._point_voxel import point_to_voxel as point_to_voxel
 from jsparse3d.ops._point_voxel import trilinear_devoxelize_dense as trilinear_devoxelize_dense
 from jsparse3d.ops._point_voxel import voxel_to_point as voxel_to_point
 from jsparse3d.ops._point_voxel import voxelize as voxelize
+from jsparse3d.ops._pool import avg_pool as avg_pool
+from jsparse3d.ops._pool import global_avg_pool as global_avg_pool
+from jsparse3d.ops._pool import global_max_pool as global_max_pool
+from jsparse3d.ops._pool import max_pool as max_pool

@@ -11,12 +11,10 @@ import numpy as np
 from jsparse3d import _coords
 from jsparse3d import _errors
 from jsparse3d._sparse_tensor import SparseTensor
+from jsparse3d.ops import _backend
 from jsparse3d.ops import _conv_primitive
 from jsparse3d.ops import _hash
 from jsparse3d.ops import _kernel_map
-from jsparse3d.ops import _native
-
-IMPLEMENTATIONS = ("xla", "native", "pallas")
 
 
 def _key(kind: str, kernel_size, stride=None, dilation=(1, 1, 1), padding=None) -> str:
@@ -73,11 +71,7 @@ def kernel_map(x: SparseTensor, kernel_size, *, stride=1, dilation=1, padding=No
   st = _coords.as_triple(stride, "stride")
   dil = _coords.as_triple(dilation, "dilation")
   _coords.check_conv_geometry(ks, st, dil)
-  if implementation not in (None, "native", "xla"):
-    raise ValueError(f"kernel_map implementation must be 'native', 'xla' or None, got {implementation!r}.")
-  if implementation == "native":
-    _native.require()
-  native = _native_maps(x) if implementation is None else implementation == "native"
+  native = _native_maps(x, implementation)
   if padding is not None:
     return _padded_map(x, ks, st, dil, _padding(padding, ks, dil), capacity, native)
   if st == (1, 1, 1):
@@ -148,13 +142,13 @@ def _padded_map(x: SparseTensor, ks, st, dil, pad, capacity, native):
   return kmap, y
 
 
-def _native_maps(x: SparseTensor) -> bool:
+def _native_maps(x: SparseTensor, implementation: str | None = None) -> bool:
   """Whether ``x``'s kernel maps are built by the native CPU kernels (equal maps, far cheaper to compile and run):
-  on the CPU backend where they build, unless ``x`` already carries a Pallas (GPU) index."""
+  by default on the CPU backend where they build, unless ``x`` already carries a Pallas (GPU) index."""
   cached = x.cache.get("index")
-  if cached is not None and _hash.implementation_of(cached) != "xla":
+  if implementation is None and cached is not None and _hash.implementation_of(cached) != "xla":
     return False
-  return jax.default_backend() == "cpu" and _native.available()
+  return _backend.resolve("kernel_map", implementation) == "native"
 
 
 def _check_weight(x: SparseTensor, weight, c_in_axis: int, what: str):
@@ -176,32 +170,8 @@ def _check_weight(x: SparseTensor, weight, c_in_axis: int, what: str):
         f"{what} takes one SparseTensor with feats [N, C], got feats {x.feats.shape}. Use jax.vmap for a stack.")
 
 
-def _resolve_implementation(implementation, dtype) -> str:
-  """``None`` picks the Pallas kernels on a GPU backend and, on the CPU backend, the native kernels when they
-  build (float32 and narrower), else XLA."""
-  if implementation not in (None,) + IMPLEMENTATIONS:
-    raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None (the default), got {implementation!r}.")
-  wide = jnp.dtype(dtype) == jnp.float64
-  if implementation is None:
-    if _hash.on_gpu() and not wide:
-      return "pallas"
-    cpu = jax.default_backend() == "cpu"
-    return "native" if cpu and not wide and _native.available() else "xla"
-  if implementation == "native":
-    if jax.default_backend() != "cpu":
-      raise ValueError(f"implementation='native' runs on the CPU backend only (the default backend is "
-                       f"{jax.default_backend()!r}). Use implementation='xla' or None.")
-    if wide:
-      raise ValueError("implementation='native' computes in float32; use implementation='xla' for float64.")
-    _native.require()
-  if implementation == "pallas" and wide:
-    raise ValueError("implementation='pallas' takes float32, bfloat16 or float16; use implementation='xla' for "
-                     "float64.")
-  return implementation
-
-
 def _apply(x_feats, weight, kmap, bias, y: SparseTensor, implementation: str) -> SparseTensor:
-  """``implementation``: already resolved by :func:`_resolve_implementation`."""
+  """``implementation``: already resolved by :func:`_backend.resolve`."""
   w = weight.reshape(math.prod(weight.shape[:3]), weight.shape[3], weight.shape[4])
   out = _conv_primitive.conv(x_feats, w, kmap, implementation=implementation)
   if bias is not None:
@@ -240,12 +210,13 @@ def conv3d(x: SparseTensor, weight: jax.Array, *, stride=1, dilation=1, padding=
     SparseTensor with ``C_out`` channels; its cache holds the kernel map for the next layer of the same shape.
 
   Example:
-    >>> w = jax.random.normal(key, (3, 3, 3, 16, 32)) * 0.05
-    >>> y = conv3d(x, w)               # submanifold
+    >>> w = jax.random.normal(key, (3, 3, 3, 32, 64)) * 0.05
+    >>> y = conv3d(x, w)               # submanifold: x's coordinates, 64 channels
+    >>> w2 = jax.random.normal(key, (2, 2, 2, 64, 64)) * 0.05
     >>> z = conv3d(y, w2, stride=2)    # downsample; conv_transpose3d(z, ...) returns to y's coordinates
   """
   _check_weight(x, weight, 3, "conv3d")
-  implementation = _resolve_implementation(implementation, x.feats.dtype)
+  implementation = _backend.resolve("conv", implementation, x.feats.dtype)
   if kmap is None:
     kmap, y = kernel_map(x, weight.shape[:3], stride=stride, dilation=dilation, padding=padding, capacity=capacity)
   else:
@@ -307,11 +278,15 @@ def conv_transpose3d(x: SparseTensor, weight: jax.Array, *, stride=2, dilation=1
     SparseTensor on the finer coordinates, with the finer tensor's cache.
 
   Example:
-    >>> d = conv3d(x, w_down, stride=2)                  # [2, 2, 2, C, 2C]
-    >>> u = conv_transpose3d(d, w_up)                     # [2, 2, 2, 2C, C], on x's coordinates, row for row
+    >>> w_down = jax.random.normal(key, (2, 2, 2, 32, 64)) * 0.05   # [2, 2, 2, C, 2C]
+    >>> w_up = jax.random.normal(key, (2, 2, 2, 64, 32)) * 0.05     # [2, 2, 2, 2C, C]
+    >>> d = conv3d(x, w_down, stride=2)
+    >>> u = conv_transpose3d(d, w_up)   # on x's coordinates, row for row
+    >>> bool((u.coords == x.coords).all())
+    True
   """
   _check_weight(x, weight, 3, "conv_transpose3d")
-  implementation = _resolve_implementation(implementation, x.feats.dtype)
+  implementation = _backend.resolve("conv", implementation, x.feats.dtype)
   ks = tuple(int(k) for k in weight.shape[:3])
   st = _coords.as_triple(stride, "stride")
   dil = _coords.as_triple(dilation, "dilation")

@@ -25,6 +25,7 @@ from jax import lax
 
 from jsparse3d import _coords
 from jsparse3d import _errors
+from jsparse3d.ops import _backend
 
 _SALTS = (0x9E3779B9, 0x7F4A7C15, 0x94D049BB, 0xBF58476D, 0x2545F491)
 _SINGLE = 4  # single-choice levels before the overflow level
@@ -180,11 +181,6 @@ def _check_coords_array(coords, name: str) -> None:
     raise TypeError(f"{name} must be int32, got {coords.dtype}. Convert with .astype(jnp.int32).")
 
 
-def on_gpu() -> bool:
-  """Whether the default backend is a GPU (where the Pallas kernels are the default implementation)."""
-  return jax.default_backend() in ("gpu", "cuda", "rocm")
-
-
 def implementation_of(index) -> str:
   """``"xla"`` for a :class:`HashIndex`, ``"pallas"`` for the GPU kernels' table."""
   if isinstance(index, HashIndex):
@@ -219,15 +215,12 @@ def build_index(coords: jax.Array, num_valid: jax.Array | int, *, implementation
   _check_coords_array(coords, "coords")
   if coords.ndim != 2:
     raise ValueError(f"coords must have shape [N, 4], got {coords.shape}.")
-  if implementation is None:
-    implementation = "pallas" if on_gpu() else "xla"
+  implementation = _backend.resolve("index", implementation)
   if implementation == "pallas":
     from pallas_kernels.hash import api as pallas_hash
     index = pallas_hash.build_table(coords, num_valid)
-  elif implementation == "xla":
-    index = _build(coords, jnp.asarray(num_valid, jnp.int32))
   else:
-    raise ValueError(f"implementation must be 'xla', 'pallas' or None, got {implementation!r}.")
+    index = _build(coords, jnp.asarray(num_valid, jnp.int32))
   _errors.check_now(index.errors, "build_index")
   return index
 
@@ -259,7 +252,7 @@ def query_index(index, query_coords: jax.Array, *, implementation: str | None = 
     or outside the supported range; with ``with_errors``, ``(rows, errors int32[])``.
   """
   kind = implementation_of(index)
-  if implementation is not None and implementation != kind:
+  if implementation is not None and _backend.resolve("index", implementation) != kind:
     raise ValueError(f"query_index(implementation={implementation!r}) got an index built with {kind!r}; build it "
                      f"with build_index(..., implementation={implementation!r}).")
   _check_coords_array(query_coords, "query_coords")

@@ -24,6 +24,7 @@ import numpy as np
 
 from jsparse3d import _errors
 from jsparse3d._sparse_tensor import SparseTensor
+from jsparse3d.ops import _backend
 from jsparse3d.ops import _conv
 from jsparse3d.ops import _hash
 from jsparse3d.ops import _kernel_map
@@ -108,9 +109,7 @@ def voxel_to_point(x: SparseTensor, xyz, batch, *, implementation: str | None = 
   error flags of ``x`` and of the lookup (the Pallas probe's ``TABLE_FULL``), for use under ``jit``.
   """
   _check_points(xyz, batch)
-  if implementation not in (None, "xla", "pallas"):
-    raise ValueError(f"implementation must be 'xla', 'pallas' or None, got {implementation!r}.")
-  if implementation == "pallas" or (implementation is None and _hash.on_gpu()):
+  if _backend.resolve("voxel_to_point", implementation, x.feats.dtype) == "pallas":
     from pallas_kernels.devoxelize import api as pallas_devoxelize
     table, x = _conv.ensure_index(x, "pallas")
     out, errors = pallas_devoxelize.devoxelize(table, x.feats, xyz, batch.astype(jnp.int32), stride=x.stride)

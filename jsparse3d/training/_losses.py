@@ -67,6 +67,8 @@ def segmentation_loss(logits, labels, events, num_events: int, *, class_weights=
     scalar float32 loss.
 
   Example:
+    >>> logits = jax.random.normal(key, (x.capacity, 19))
+    >>> labels = jnp.where(jnp.arange(x.capacity) % 7 == 0, 255, 3)
     >>> loss = segmentation_loss(logits, labels, x.coords[:, 0], num_events=2, ignore_index=255)
   """
   total, present = segmentation_loss_terms(logits, labels, events, num_events, class_weights=class_weights,

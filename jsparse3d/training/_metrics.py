@@ -18,7 +18,11 @@ def confusion_matrix(logits, labels, num_classes: int, *, ignore_index: int | No
   One step's counts fit int32 easily; accumulate them across steps with :class:`ConfusionMatrix` (int64).
 
   Example:
+    >>> logits = jax.random.normal(key, (100, 19))
+    >>> labels = jnp.where(jnp.arange(100) % 10 == 0, 255, jnp.arange(100) % 19)   # every tenth unlabelled
     >>> cm = ConfusionMatrix(19).add(confusion_matrix(logits, labels, 19, ignore_index=255))
+    >>> cm.num_ignored
+    10
   """
   _check_if_concrete(labels, num_classes, ignore_index)
   pred = jnp.argmax(logits, axis=-1)

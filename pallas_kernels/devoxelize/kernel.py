@@ -21,6 +21,7 @@ from jax.experimental import pallas as pl
 from pallas_kernels import _config
 from pallas_kernels.hash import kernel as hash_kernel
 
+
 def _forward_kernel(p_ref, batch_ref, slots_ref, key_hi_ref, key_lo_ref, feats_ref, out_ref, rows_ref, w_ref,
                     status_ref, *, bm: int, capacity: int, stride: tuple):
   start = pl.program_id(0) * bm
