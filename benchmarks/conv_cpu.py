@@ -17,6 +17,11 @@ after warm-up (jitted, float32):
 plus the MACs over real pairs, and a dense [pairs, C_in] x [C_in, C_out] matmul of the same MACs (this machine's
 GEMM throughput at that shape), timed in alternation with the cached conv, and the ratio of the two throughputs.
 
+The wide workloads `lidar64`, `lidar128`, `lidar256` (the LiDAR sites at C -> C channels) also time each gradient
+alone on the cached map (`subm_dgrad`: input, `subm_wgrad`: weights) with their throughputs, and, with spconv
+installed in this Python, spconv's `SubMConv3d` on the same sites right after each round (1 and 2 threads;
+`subm_fwd` and `subm_fwd_bwd`, index pairs rebuilt in every call on both sides).
+
 With the `bench` extra installed (CPU torch 2.13.0 and spconv 2.3.8), or with `--peer-python PY` naming another
 virtualenv's Python that has them, a peer harness (the script named by `JSPARSE3D_PEER_HARNESS`, which takes
 `--peers`, `--workloads` and `--json`) runs spconv on the identical inputs in the same session, and the table
@@ -36,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -98,7 +104,7 @@ def load_workloads(names):
   return out
 
 
-def bench_workload(coords, feats, c_in, c_out, *, warmup, reps):
+def bench_workload(coords, feats, c_in, c_out, *, warmup, reps, gradients=False):
   rng = np.random.default_rng(0)
   x = js.SparseTensor.from_coords(coords, feats)
   w3 = jnp.asarray(rng.standard_normal((3, 3, 3, c_in, c_out), dtype=np.float32) * 0.1)
@@ -125,6 +131,11 @@ def bench_workload(coords, feats, c_in, c_out, *, warmup, reps):
       "down2": (jax.jit(lambda x, w: js.ops.conv3d(x, w, stride=2).feats), (x, w2)),
       "up2": (jax.jit(lambda y, w: js.ops.conv_transpose3d(y, w).feats), (y_down, w2t)),
   }
+  if gradients:  # each gradient alone, on the cached map: [N, C_in] input gradient, [27, C_in, C_out] weights
+    dgrad = lambda x, f, w: jax.grad(lambda f: jnp.vdot(js.ops.conv3d(x.replace(feats=f), w).feats, probe))(f)
+    wgrad = lambda x, w: jax.grad(lambda w: jnp.vdot(js.ops.conv3d(x, w).feats, probe))(w)
+    fns["subm_dgrad"] = (jax.jit(dgrad), (x_cached, x.feats, w3))
+    fns["subm_wgrad"] = (jax.jit(wgrad), (x_cached, w3))
   samples = {op: times_ms(f, *a, warmup=warmup, reps=reps) for op, (f, a) in fns.items()}
   # For the throughput ratio: the cached conv and a GEMM of the same MACs ([pairs, C_in] x [C_in, C_out]), timed
   # in alternation. (Alternating costs the conv ~15% here, as the GEMM's 2 x 14 MB evict its data; the plain
@@ -142,8 +153,51 @@ def summarize(r):
   ms = {op: statistics.median(t) for op, t in r["samples_ms"].items()}
   conv_gflops = 2 * r["macs"] / ms["subm_cached_alt"] / 1e6
   gemm_gflops = 2 * r["macs"] / ms["gemm_same_macs"] / 1e6
-  return dict({k: v for k, v in r.items() if k != "samples_ms"}, ms=ms, conv_gflops=conv_gflops,
-              gemm_gflops=gemm_gflops, conv_over_gemm=conv_gflops / gemm_gflops)
+  out = dict({k: v for k, v in r.items() if k != "samples_ms"}, ms=ms, conv_gflops=conv_gflops,
+             gemm_gflops=gemm_gflops, conv_over_gemm=conv_gflops / gemm_gflops)
+  for grad in ("dgrad", "wgrad"):  # each gradient is one pass over the pairs with the forward's MACs
+    if f"subm_{grad}" in ms:
+      out[f"{grad}_gflops"] = 2 * r["macs"] / ms[f"subm_{grad}"] / 1e6
+      out[f"{grad}_over_gemm"] = out[f"{grad}_gflops"] / gemm_gflops
+  return out
+
+
+def spconv_layer_ms(coords, feats, c_out, *, reps: int, threads: int) -> dict:
+  """spconv 2.3.8's ``SubMConv3d`` on the same sites (batch 0) and features, in this process: forward, and forward
+  + backward (input and weight gradients), both rebuilding the index pairs in every call as the jsparse3d
+  ``subm_fwd`` / ``subm_fwd_bwd`` ops do."""
+  import spconv.pytorch as spc
+  import torch
+  from spconv.pytorch import ops as spc_ops
+  if not torch.cuda.is_available():
+    spc_ops.get_current_stream = lambda: 0  # spconv's CPU backward asks for a CUDA stream first
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  conv = spc.SubMConv3d(feats.shape[1], c_out, 3, bias=False)
+  indices = torch.from_numpy(np.c_[np.zeros(len(coords)), coords].astype(np.int32))
+  shape = [int(v) + 1 for v in coords.max(axis=0)]
+  f = torch.from_numpy(feats)
+  probe = torch.from_numpy(np.random.default_rng(0).standard_normal((len(coords), c_out), dtype=np.float32))
+
+  def forward():
+    with torch.no_grad():
+      conv(spc.SparseConvTensor(f, indices, shape, 1))
+
+  def forward_backward():
+    fg = f.clone().requires_grad_(True)
+    conv.weight.grad = None
+    (conv(spc.SparseConvTensor(fg, indices, shape, 1)).features * probe).sum().backward()
+
+  out = {}
+  for op, fn in (("subm_fwd", forward), ("subm_fwd_bwd", forward_backward)):
+    fn()
+    times = []
+    for _ in range(reps):
+      t0 = time.perf_counter()
+      fn()
+      times.append(1e3 * (time.perf_counter() - t0))
+    out[op] = times
+  return out
 
 
 def run_peers(python, workloads, reps):
@@ -180,6 +234,7 @@ def main():
   if args.peer_python is None and importlib.util.find_spec("spconv") and importlib.util.find_spec("torch"):
     args.peer_python = sys.executable  # the bench extra is installed here
 
+  have_spconv = bool(importlib.util.find_spec("spconv") and importlib.util.find_spec("torch"))
   workloads = load_workloads(args.workloads.split(","))
   if not workloads:
     raise SystemExit("error: no workload could be loaded; nothing measured.")
@@ -187,14 +242,19 @@ def main():
   for round_ in range(args.rounds):
     for name, (coords, feats, c_in, c_out) in workloads.items():
       print(f"round {round_ + 1}/{args.rounds}: {name}: {len(coords)} voxels, {c_in}->{c_out} channels", flush=True)
-      r = bench_workload(coords, feats, c_in, c_out, warmup=args.warmup, reps=args.reps)
+      wide = name.removeprefix("lidar").isdigit()
+      r = bench_workload(coords, feats, c_in, c_out, warmup=args.warmup, reps=args.reps, gradients=wide)
       if name in raw:
         for op, t in r["samples_ms"].items():
           raw[name]["samples_ms"][op] += t
       else:
         raw[name] = r
-    if args.peer_python:
-      peer_workloads = [w for w in workloads if w in ("lartpc", "lidar")]
+      if wide and have_spconv:  # the harness has no wide layers: spconv runs here, right after ours
+        for threads in (1, 2):
+          for op, t in spconv_layer_ms(coords, feats, c_out, reps=args.reps, threads=threads).items():
+            peer_samples.setdefault(name, {}).setdefault(f"spconv-{threads}t", {}).setdefault(op, []).extend(t)
+    peer_workloads = [w for w in workloads if w in ("lartpc", "lidar")]
+    if args.peer_python and peer_workloads:
       for wl, by_peer in run_peers(args.peer_python, peer_workloads, args.reps).items():
         for peer, ops in by_peer.items():
           for op, t in ops.items():
@@ -211,11 +271,15 @@ def main():
     for op, ms in r["ms"].items():
       line = f"{op:<16}{ms:>13.2f}"
       for t in spc.values():
-        pt = t.get(PEER_OPS.get(op, ""))
+        pt = t.get(PEER_OPS.get(op, "")) or t.get(op)
         line += f"{pt:>14.2f}{ms / pt:>8.2f}" if pt else f"{'':>14}{'':>8}"
       print(line)
     print(f"conv throughput on real pairs {r['conv_gflops']:.1f} GFLOP/s; same-MAC GEMM {r['gemm_gflops']:.1f} "
           f"GFLOP/s; ratio {r['conv_over_gemm']:.2f}")
+    for grad in ("dgrad", "wgrad"):
+      if f"{grad}_gflops" in r:
+        print(f"{'input' if grad == 'dgrad' else 'weight'} gradient {r[f'{grad}_gflops']:.1f} GFLOP/s; ratio to the "
+              f"GEMM {r[f'{grad}_over_gemm']:.2f}")
 
   doc = dict(machine=dict(python=platform.python_version(), jax=jax.__version__, backend=jax.default_backend(),
                           devices=jax.device_count()),
