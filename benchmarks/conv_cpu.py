@@ -41,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import jax
@@ -188,16 +187,8 @@ def spconv_layer_ms(coords, feats, c_out, *, reps: int, threads: int) -> dict:
     conv.weight.grad = None
     (conv(spc.SparseConvTensor(fg, indices, shape, 1)).features * probe).sum().backward()
 
-  out = {}
-  for op, fn in (("subm_fwd", forward), ("subm_fwd_bwd", forward_backward)):
-    fn()
-    times = []
-    for _ in range(reps):
-      t0 = time.perf_counter()
-      fn()
-      times.append(1e3 * (time.perf_counter() - t0))
-    out[op] = times
-  return out
+  return {op: times_ms(fn, warmup=1, reps=reps) for op, fn in (("subm_fwd", forward),
+                                                                ("subm_fwd_bwd", forward_backward))}
 
 
 def run_peers(python, workloads, reps):
