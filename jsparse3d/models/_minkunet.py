@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -26,10 +25,10 @@ class ConvBNReLU(nnx.Module):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     layer = nn.SparseConvTranspose3d if transposed else nn.SparseConv3d
     self.conv = layer(in_features, out_features, kernel_size, stride=stride, **kw)
-    self.bn = nn.BatchNorm(out_features, **kw)
+    self.bn = nn.BatchNorm(out_features, relu=True, **kw)
 
   def __call__(self, x: SparseTensor) -> SparseTensor:
-    return ops.relu(self.bn(self.conv(x)))
+    return self.bn(self.conv(x))
 
 
 class ResidualBlock(nnx.Module):
@@ -38,7 +37,7 @@ class ResidualBlock(nnx.Module):
   def __init__(self, in_features, out_features, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.conv1 = nn.SparseConv3d(in_features, out_features, 3, **kw)
-    self.bn1 = nn.BatchNorm(out_features, **kw)
+    self.bn1 = nn.BatchNorm(out_features, relu=True, **kw)
     self.conv2 = nn.SparseConv3d(out_features, out_features, 3, **kw)
     self.bn2 = nn.BatchNorm(out_features, **kw)
     if in_features != out_features:
@@ -48,7 +47,7 @@ class ResidualBlock(nnx.Module):
       self.proj = self.proj_bn = None
 
   def __call__(self, x: SparseTensor) -> SparseTensor:
-    h = self.bn2(self.conv2(ops.relu(self.bn1(self.conv1(x)))))
+    h = self.bn2(self.conv2(self.bn1(self.conv1(x))))
     skip = x if self.proj is None else self.proj_bn(self.proj(x))
     return ops.relu(h.replace(feats=h.feats + skip.feats.astype(h.feats.dtype)))
 
@@ -118,10 +117,10 @@ class PointBranch(nnx.Module):
   def __init__(self, in_features, out_features, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.linear = nn.Linear(in_features, out_features, **kw)
-    self.bn = nn.BatchNorm(out_features, **kw)
+    self.bn = nn.BatchNorm(out_features, relu=True, **kw)
 
   def __call__(self, z, mask):
-    return jax.nn.relu(self.bn(self.linear(z, mask=mask), mask=mask))
+    return self.bn(self.linear(z, mask=mask), mask=mask)
 
 
 class SPVCNN(nnx.Module):

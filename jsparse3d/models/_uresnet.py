@@ -17,15 +17,15 @@ class PreActBlock(nnx.Module):
   def __init__(self, in_features: int, out_features: int, *, dtype=None, param_dtype=jnp.float32,
                rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.bn1 = nn.BatchNorm(in_features, **kw)
+    self.bn1 = nn.BatchNorm(in_features, relu=True, **kw)
     self.conv1 = nn.SparseConv3d(in_features, out_features, 3, **kw)
-    self.bn2 = nn.BatchNorm(out_features, **kw)
+    self.bn2 = nn.BatchNorm(out_features, relu=True, **kw)
     self.conv2 = nn.SparseConv3d(out_features, out_features, 3, **kw)
     self.shortcut = nn.Linear(in_features, out_features, use_bias=False, **kw) if in_features != out_features else None
 
   def __call__(self, x: SparseTensor) -> SparseTensor:
-    h = self.conv1(ops.relu(self.bn1(x)))
-    h = self.conv2(ops.relu(self.bn2(h)))
+    h = self.conv1(self.bn1(x))
+    h = self.conv2(self.bn2(h))
     skip = x if self.shortcut is None else self.shortcut(x)
     return h.replace(feats=h.feats + skip.feats.astype(h.feats.dtype))
 
@@ -55,13 +55,13 @@ class UResNet(nnx.Module):
     self.depth = depth
     self.stem = nn.SparseConv3d(in_features, c[0], 3, **kw)
     self.encoder = nnx.List([nnx.List([PreActBlock(c[i], c[i], **kw) for _ in range(reps)]) for i in range(depth)])
-    self.down_bn = nnx.List([nn.BatchNorm(c[i], **kw) for i in range(depth - 1)])
+    self.down_bn = nnx.List([nn.BatchNorm(c[i], relu=True, **kw) for i in range(depth - 1)])
     self.down = nnx.List([nn.SparseConv3d(c[i], c[i + 1], 2, stride=2, **kw) for i in range(depth - 1)])
-    self.up_bn = nnx.List([nn.BatchNorm(c[i + 1], **kw) for i in range(depth - 1)])
+    self.up_bn = nnx.List([nn.BatchNorm(c[i + 1], relu=True, **kw) for i in range(depth - 1)])
     self.up = nnx.List([nn.SparseConvTranspose3d(c[i + 1], c[i], 2, stride=2, **kw) for i in range(depth - 1)])
     self.decoder = nnx.List([nnx.List([PreActBlock(2 * c[i] if r == 0 else c[i], c[i], **kw) for r in range(reps)])
                              for i in range(depth - 1)])
-    self.head_bn = nn.BatchNorm(c[0], **kw)
+    self.head_bn = nn.BatchNorm(c[0], relu=True, **kw)
     self.head = nn.Linear(c[0], num_classes, use_bias=True, **kw)
 
   def __call__(self, x: SparseTensor) -> SparseTensor:
@@ -72,10 +72,10 @@ class UResNet(nnx.Module):
         x = block(x)
       if i < self.depth - 1:
         skips.append(x)
-        x = self.down[i](ops.relu(self.down_bn[i](x)))
+        x = self.down[i](self.down_bn[i](x))
     for i in reversed(range(self.depth - 1)):
-      x = self.up[i](ops.relu(self.up_bn[i](x)))
+      x = self.up[i](self.up_bn[i](x))
       x = ops.cat([skips[i], x])
       for block in self.decoder[i]:
         x = block(x)
-    return self.head(ops.relu(self.head_bn(x)))
+    return self.head(self.head_bn(x))

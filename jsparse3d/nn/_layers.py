@@ -16,6 +16,7 @@ from jsparse3d import _coords
 from jsparse3d import ops
 from jsparse3d._sparse_tensor import SparseTensor
 from jsparse3d.nn import _macs
+from jsparse3d.ops import _batch_norm
 
 
 def _zero_padding(x: SparseTensor, feats) -> SparseTensor:
@@ -90,61 +91,80 @@ class SparseConvTranspose3d(nnx.Module):
 
 
 class BatchNorm(nnx.Module):
-  """Batch normalization over valid rows only (padded rows neither enter the statistics nor leave zeros).
+  """Batch normalization over valid rows only (padded rows neither enter the statistics nor leave zeros),
+  optionally followed by a ReLU in the same pass.
 
   Works on a SparseTensor (its valid rows) or on a ``[N, C]`` array with ``mask`` (``bool[N]``). Training mode
   updates the running averages (PyTorch's momentum 0.1 is ``momentum=0.9`` here); ``use_running_average=True``
-  (or :func:`flax.nnx.Module.eval`) normalizes with them.
+  (or :func:`flax.nnx.Module.eval`) normalizes with them. ``relu=True`` is ``ops.relu(bn(x))`` fused: on a CPU
+  the forward and backward are one native call each (:mod:`jsparse3d.ops._batch_norm`).
 
   With ``axis_name`` (under ``jax.pmap`` or ``shard_map``) the statistics are those of the valid rows of all
   devices together: sums and counts are ``psum``-ed, so devices holding different numbers of voxels still agree
-  with one device holding the whole batch. Statistics are float32 whatever the input dtype; the variance is the
-  biased one (as PyTorch's normalisation and flax's running average use).
+  with one device holding the whole batch. Statistics are float32 (float64 for float64 inputs) whatever the
+  compute dtype; the variance is the biased one (as PyTorch's normalisation and flax's running average use).
+
+  Args:
+    num_features: channels C. momentum, epsilon: of the running averages and the variance.
+    relu: apply a ReLU after the normalization. dtype: output dtype (None: the input's). param_dtype: of the
+      scale, bias and running averages. axis_name: see above. implementation: ``"native"``, ``"xla"`` or None.
+  Example:
+    >>> bn = jsparse3d.nn.BatchNorm(32, relu=True, rngs=nnx.Rngs(0))
+    >>> y = bn(x)   # x: a SparseTensor with 32 channels
+    >>> bool(jnp.all(y.feats >= 0)) and bool(jnp.all(y.feats[~x.valid_mask] == 0))
+    True
   """
 
-  def __init__(self, num_features: int, *, momentum: float = 0.9, epsilon: float = 1e-5, dtype=None,
-               param_dtype=jnp.float32, axis_name: str | None = None, rngs: nnx.Rngs):
+  def __init__(self, num_features: int, *, momentum: float = 0.9, epsilon: float = 1e-5, relu: bool = False,
+               dtype=None, param_dtype=jnp.float32, axis_name: str | None = None,
+               implementation: str | None = None, rngs: nnx.Rngs):
     # flax's module holds the parameters and running statistics (and the settings sync_batch_norm edits).
     self.norm = nnx.BatchNorm(num_features, momentum=momentum, epsilon=epsilon, dtype=dtype,
                               param_dtype=param_dtype, axis_name=axis_name, rngs=rngs)
+    self.relu, self.implementation = relu, implementation
 
   def __call__(self, x, *, mask=None, use_running_average: bool | None = None):
     if isinstance(x, SparseTensor):
-      return _zero_padding(x, self._norm(x.feats, x.valid_mask, use_running_average).astype(x.feats.dtype))
+      return x.replace(feats=self._norm(x.feats, x.valid_mask, use_running_average))
     if mask is None:
       raise ValueError("BatchNorm on a plain array needs mask= (bool [N], True on valid rows); pass a SparseTensor "
                        "to use its valid rows.")
-    out = self._norm(x, mask, use_running_average)
-    return jnp.where(mask[:, None], out, jnp.zeros((), out.dtype)).astype(x.dtype)
+    return self._norm(x, mask, use_running_average)
 
   def _norm(self, x, mask, use_running_average):
     bn = self.norm
+    dtype = bn.dtype or x.dtype
+    stat = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+    scale = jnp.ones(x.shape[1:], stat) if bn.scale is None else bn.scale[...].astype(stat)
+    bias = jnp.zeros(x.shape[1:], stat) if bn.bias is None else bn.bias[...].astype(stat)
     if use_running_average is None:
       use_running_average = bn.use_running_average
+    if not use_running_average and bn.axis_name is None:
+      y, mean, var = _batch_norm.batch_norm(x, mask, scale, bias, epsilon=bn.epsilon, relu=self.relu,
+                                    implementation=self.implementation)
+      self._update_averages(mean, var)
+      return y.astype(dtype)
     if use_running_average:
-      mean, var = bn.mean[...].astype(jnp.float32), bn.var[...].astype(jnp.float32)
-    else:
-      xf = jnp.where(mask[:, None], x.astype(jnp.float32), 0.0)
-      sums = jnp.stack([jnp.sum(xf, axis=0), jnp.sum(xf * xf, axis=0)])
-      count = jnp.sum(mask).astype(jnp.float32)
-      if bn.axis_name is not None:
-        sums, count = jax.lax.psum((sums, count), bn.axis_name)
-      count = jnp.maximum(count, 1.0)  # no valid rows: zero statistics, not NaN
+      mean, var = bn.mean[...].astype(stat), bn.var[...].astype(stat)
+    else:  # statistics of the valid rows of every device
+      xf = jnp.where(mask[:, None], x.astype(stat), 0)
+      sums, count = jax.lax.psum((jnp.stack([jnp.sum(xf, axis=0), jnp.sum(xf * xf, axis=0)]),
+                                  jnp.sum(mask).astype(stat)), bn.axis_name)
+      count = jnp.maximum(count, 1)  # no valid rows: zero statistics, not NaN
       mean = sums[0] / count
-      var = jnp.maximum(sums[1] / count - mean * mean, 0.0)
-      m = bn.momentum
-      # set_value, not `[...] =`: the indexed form asks the traced value for its sharding, and building that
-      # error message walks the whole jaxpr (about 1 s of tracing per U-ResNet step).
-      bn.mean.set_value(jax.lax.stop_gradient(m * bn.mean[...] + (1 - m) * mean.astype(bn.mean.dtype)))
-      bn.var.set_value(jax.lax.stop_gradient(m * bn.var[...] + (1 - m) * var.astype(bn.var.dtype)))
-    scale = jax.lax.rsqrt(var + bn.epsilon)
-    if bn.scale is not None:
-      scale = scale * bn.scale[...].astype(jnp.float32)
-    shift = -mean * scale
-    if bn.bias is not None:
-      shift = shift + bn.bias[...].astype(jnp.float32)
-    dtype = bn.dtype or x.dtype
-    return (x.astype(jnp.float32) * scale[None, :] + shift[None, :]).astype(dtype)
+      var = jnp.maximum(sums[1] / count - mean * mean, 0)
+      self._update_averages(mean, var)
+    a = jax.lax.rsqrt(var + bn.epsilon) * scale
+    z = x.astype(stat) * a[None] + (bias - mean * a)[None]
+    z = jnp.maximum(z, 0) if self.relu else z
+    return jnp.where(mask[:, None], z, 0).astype(dtype)
+
+  def _update_averages(self, mean, var):
+    bn, m = self.norm, self.norm.momentum
+    # set_value, not `[...] =`: the indexed form asks the traced value for its sharding, and building that
+    # error message walks the whole jaxpr (about 1 s of tracing per U-ResNet step).
+    bn.mean.set_value(jax.lax.stop_gradient(m * bn.mean[...] + (1 - m) * mean.astype(bn.mean.dtype)))
+    bn.var.set_value(jax.lax.stop_gradient(m * bn.var[...] + (1 - m) * var.astype(bn.var.dtype)))
 
 
 def sync_batch_norm(module: nnx.Module, axis_name: str | None) -> nnx.Module:

@@ -25,6 +25,7 @@ SUPPORTED = {
     "kernel_map": ("xla", "native"),
     "index": ("xla", "pallas"),
     "voxel_to_point": ("xla", "pallas"),
+    "batch_norm": ("xla", "native"),
 }
 
 

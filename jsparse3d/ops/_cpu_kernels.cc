@@ -13,19 +13,13 @@
 // - wgrad: the pairs are cut into chunks that depend only on the map (runs of blocks of one offset, at most
 //   kChunkPairs pairs); each chunk sums into its own partial, and the partials of an offset are added in chunk
 //   order.
-// Threads come from XLA's intra-op pool. The calling thread works too and waits only for chunks that another
-// thread has already claimed, so the call cannot deadlock when the pool is busy.
+// Threads come from XLA's intra-op pool (_cpu_parallel.h).
 
 #include <algorithm>
 #include <cmath>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
-#include <memory>
-#include <mutex>
 #include <vector>
 
 #if defined(__FMA__) || defined(__AVX__)
@@ -33,8 +27,11 @@
 #endif
 
 #include "xla/ffi/api/ffi.h"
+#include "_cpu_parallel.h"
 
 namespace ffi = xla::ffi;
+using jsparse3d::NumParts;
+using jsparse3d::ParallelFor;
 
 // Operand types (aliases also keep the commas of template arguments out of the FFI binding macros).
 using Matrix = ffi::Buffer<ffi::F32, 2>;  // [rows, channels]
@@ -307,43 +304,6 @@ void outer_products(const float* a, int64_t lda, const float* b, int64_t ldb, co
   }
 }
 
-// Runs fn(0) .. fn(n - 1) on the calling thread and up to `workers - 1` tasks of XLA's intra-op pool; returns
-// when all have finished.
-class ParallelFor {
- public:
-  static void Run(ffi::ThreadPool& pool, int64_t n, int64_t workers, std::function<void(int64_t)> fn) {
-    const int64_t helpers = std::min<int64_t>(workers, n) - 1;
-    if (helpers <= 0) {
-      for (int64_t i = 0; i < n; ++i) fn(i);
-      return;
-    }
-    auto state = std::make_shared<State>(n, std::move(fn));
-    for (int64_t h = 0; h < helpers; ++h) pool.Schedule([state] { state->Work(); });
-    state->Work();
-    std::unique_lock<std::mutex> lock(state->mu);
-    state->cv.wait(lock, [&] { return state->done == state->n; });
-  }
-
- private:
-  struct State {
-    State(int64_t n, std::function<void(int64_t)> fn) : n(n), fn(std::move(fn)) {}
-    // Claims items until none is left. A helper that starts after the call returned claims nothing.
-    void Work() {
-      for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) {
-        fn(i);
-        std::lock_guard<std::mutex> lock(mu);
-        if (++done == n) cv.notify_all();
-      }
-    }
-    const int64_t n;
-    std::function<void(int64_t)> fn;
-    std::atomic<int64_t> next{0};
-    int64_t done = 0;  // guarded by mu
-    std::mutex mu;
-    std::condition_variable cv;
-  };
-};
-
 // The map operands shared by both kernels.
 struct Map {
   const int32_t* src;
@@ -369,15 +329,6 @@ ffi::Error CheckMap(const Map& map, int64_t num_pairs_cap, int64_t num_block_cap
 
 constexpr int64_t kRowsPerItem = 2048;  // conv: destination rows per work item (at least)
 
-// Parts a conv call is split into: XLA's intra-op thread count, or JSPARSE3D_NATIVE_THREADS if set. The
-// result does not depend on it (tests check this by varying it).
-int64_t NumParts(ffi::ThreadPool& pool) {
-  if (const char* env = std::getenv("JSPARSE3D_NATIVE_THREADS")) {
-    const long n = std::strtol(env, nullptr, 10);
-    if (n > 0) return n;
-  }
-  return std::max<int64_t>(pool.num_threads(), 1);
-}
 constexpr int64_t kChunkPairs = 8192;   // wgrad: pairs per chunk (at most)
 
 struct ConvArgs {

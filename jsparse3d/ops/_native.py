@@ -1,11 +1,12 @@
-"""The native CPU kernels (``_cpu_kernels.cc``, ``_cpu_maps.cc``): built on first use, cached, and registered
-with XLA's FFI.
+"""The native CPU kernels (``_cpu_kernels.cc``, ``_cpu_maps.cc``, ``_cpu_norm.cc``): built on first use, cached,
+and registered with XLA's FFI.
 
 XLA:CPU runs the pure-jnp convolution loop on one core, and at 16 channels that loop is bound by per-block
 dispatch rather than arithmetic. The two kernels in ``_cpu_kernels.cc`` compute the same sums with vector
 registers on all of XLA's intra-op threads, in an order fixed by the kernel map (so results do not depend on
 the thread count). ``_cpu_maps.cc`` builds the kernel maps themselves, equal to the XLA path's, in one pass
-over a hash table instead of hundreds of HLO ops that take seconds to compile. Nothing is compiled at install
+over a hash table instead of hundreds of HLO ops that take seconds to compile. ``_cpu_norm.cc`` is the masked
+batch norm (and ReLU) of every sparse model, forward and backward, in two passes each. Nothing is compiled at install
 time: the first convolution on a CPU compiles the files with the system C++ compiler against the FFI headers that
 ship with jaxlib (announced on stderr, once), into a per-user cache keyed by the sources, the headers, the compiler
 and this CPU's instruction set. Without a compiler the XLA path is used (with one warning).
@@ -34,7 +35,8 @@ from pathlib import Path
 
 import jax
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("_cpu_kernels.cc", "_cpu_maps.cc"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("_cpu_kernels.cc", "_cpu_maps.cc", "_cpu_norm.cc"))
+HEADERS = (Path(__file__).with_name("_cpu_parallel.h"),)
 # XLA custom-call target names carry a version: a change to a handler's operands, attributes or results gets a
 # new version (and the old name stays registered while it is supported), so exported programs keep working.
 TARGET_VERSION = 1
@@ -46,7 +48,8 @@ def target(name: str) -> str:
 
 
 TARGETS = {target("conv"): "JsparseConv", target("wgrad"): "JsparseWgrad", target("compact"): "JsparseCompact",
-           target("query_map"): "JsparseQueryMap", target("downsample"): "JsparseDownsample"}
+           target("query_map"): "JsparseQueryMap", target("downsample"): "JsparseDownsample",
+           target("norm"): "JsparseNorm", target("norm_vjp"): "JsparseNormVjp"}
 
 
 def _cpu_signature() -> str:
@@ -116,7 +119,7 @@ def build() -> Path:
   version = subprocess.run([*compiler, "--version"], capture_output=True, text=True).stdout
   headers = Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api"
   digest = hashlib.sha256()
-  for part in (*(s.read_bytes() for s in SOURCES), *(p.read_bytes() for p in sorted(headers.glob("*.h"))),
+  for part in (*(s.read_bytes() for s in SOURCES + HEADERS), *(p.read_bytes() for p in sorted(headers.glob("*.h"))),
                version.encode(), _cpu_signature().encode(), " ".join(_compile_command(compiler, Path())).encode()):
     digest.update(part)
   cache = cache_dir()
