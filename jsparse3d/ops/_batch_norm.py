@@ -136,7 +136,7 @@ def _norm_jvp(epsilon, relu, implementation, primals, tangents):
   y, mean, var = _norm(x, mask, scale, bias, epsilon, relu, implementation)
   dy = norm_jvp_p.bind(dx, dscale, dbias, x, mask, scale, y, mean, var, epsilon=epsilon, relu=relu,
                        implementation=implementation)
-  count = _count(mask, x.dtype)  # the statistics' own tangents (the running averages stop their gradient)
+  count = _count(mask, x.dtype)  # the statistics' own tangents: second derivatives need them
   dmean = _valid_sum(mask, dx) / count
   dvar = 2 * _valid_sum(mask, (x - mean[None]) * dx) / count
   return (y, mean, var), (dy, dmean, dvar)
