@@ -8,8 +8,9 @@ of a U-ResNet (a third of its compile time and of its training step on a CPU). H
 - the forward (``implementation="native"``: one FFI call, two passes over the rows; ``"xla"``: the same sums in
   ``jnp``), inside a ``jax.custom_jvp``;
 - ``norm_jvp_p``, its tangent: linear in ``(dx, dscale, dbias)``, always lowered to XLA (forward mode only);
-- ``norm_vjp_p``, the transpose of ``norm_jvp_p``: the input, scale and bias gradients from the saved output and
-  statistics (native: one FFI call, two passes).
+- ``norm_vjp_p``, the transpose of ``norm_jvp_p``: the input, scale and bias gradients from the saved input and
+  statistics (native: one FFI call, two passes). The ReLU's gate is recomputed rather than read from a saved
+  output, so a layer keeps one ``[N, C]`` array for its gradient, as XLA's autodiff of the ``jnp`` form did.
 
 ``jax.grad`` runs the forward and ``norm_vjp_p``. Higher derivatives differentiate the two primitives through
 their ``jnp`` definitions below, so ``jvp``, Hessian-vector products and ``vmap`` all work. Statistics are float32
@@ -78,32 +79,41 @@ def _forward_ref(x, mask, scale, bias, *, epsilon, relu):
   count = _count(mask, x.dtype)
   mean = _valid_sum(mask, x) / count
   var = jnp.maximum(_valid_sum(mask, x * x) / count - mean * mean, 0)
-  a = lax.rsqrt(var + epsilon) * scale
-  z = x * a[None] + (bias - mean * a)[None]
+  z = _affine(x, scale, bias, mean, var, epsilon)
   y = jnp.where(mask[:, None], jnp.maximum(z, 0) if relu else z, 0)
   return y, mean, var
 
 
-def _gate(mask, y, relu):
-  return mask[:, None] & (y > 0) if relu else mask[:, None]
+def _affine(x, scale, bias, mean, var, epsilon):
+  a = lax.rsqrt(var + epsilon) * scale
+  return x * a[None] + (bias - mean * a)[None]
 
 
-def _jvp_ref(dx, dscale, dbias, x, mask, scale, y, mean, var, *, epsilon, relu):
+def _gate(x, mask, scale, bias, mean, var, epsilon, relu):
+  """Where the cotangent passes: valid rows, and under the ReLU where the forward's ``x * a + b`` was positive
+  (recomputed with the forward's arithmetic, so that the output ``y`` need not be saved for the gradient)."""
+  if not relu:
+    return mask[:, None]
+  return mask[:, None] & (_affine(x, scale, bias, mean, var, epsilon) > 0)
+
+
+def _jvp_ref(dx, dscale, dbias, x, mask, scale, bias, mean, var, *, epsilon, relu):
   """The tangent of ``y``: gate * (scale * inv * (dx - mean(dx) - xhat * mean(xhat * dx)) + xhat * dscale + dbias)
   with means over the valid rows and ``xhat = (x - mean) * inv``."""
   count = _count(mask, x.dtype)
   inv = lax.rsqrt(var + epsilon)
   xhat = (x - mean[None]) * inv[None]
   centred = dx - (_valid_sum(mask, dx) / count)[None] - xhat * (_valid_sum(mask, xhat * dx) / count)[None]
-  return jnp.where(_gate(mask, y, relu), (scale * inv)[None] * centred + xhat * dscale[None] + dbias[None], 0)
+  gate = _gate(x, mask, scale, bias, mean, var, epsilon, relu)
+  return jnp.where(gate, (scale * inv)[None] * centred + xhat * dscale[None] + dbias[None], 0)
 
 
-def _vjp_ref(dy, x, mask, scale, y, mean, var, *, epsilon, relu):
+def _vjp_ref(dy, x, mask, scale, bias, mean, var, *, epsilon, relu):
   """The transpose of :func:`_jvp_ref`: ``(dx, dscale, dbias)`` for a cotangent ``dy`` of ``y``."""
   count = _count(mask, x.dtype)
   inv = lax.rsqrt(var + epsilon)
   xhat = (x - mean[None]) * inv[None]
-  g = jnp.where(_gate(mask, y, relu), dy, 0)
+  g = jnp.where(_gate(x, mask, scale, bias, mean, var, epsilon, relu), dy, 0)
   dbias = jnp.sum(g, axis=0)
   dscale = jnp.sum(g * xhat, axis=0)
   centred = g - (dbias / count)[None] - xhat * (dscale / count)[None]
@@ -134,7 +144,7 @@ def _norm_jvp(epsilon, relu, implementation, primals, tangents):
   x, mask, scale, bias = primals
   dx, _, dscale, dbias = tangents
   y, mean, var = _norm(x, mask, scale, bias, epsilon, relu, implementation)
-  dy = norm_jvp_p.bind(dx, dscale, dbias, x, mask, scale, y, mean, var, epsilon=epsilon, relu=relu,
+  dy = norm_jvp_p.bind(dx, dscale, dbias, x, mask, scale, bias, mean, var, epsilon=epsilon, relu=relu,
                        implementation=implementation)
   count = _count(mask, x.dtype)  # the statistics' own tangents: second derivatives need them
   dmean = _valid_sum(mask, dx) / count
@@ -147,12 +157,12 @@ norm_vjp_p = Primitive("jsparse3d_batch_norm_vjp")
 norm_vjp_p.multiple_results = True
 
 
-def _norm_vjp_impl(dy, x, mask, scale, y, mean, var, *, epsilon, relu, implementation):
+def _norm_vjp_impl(dy, x, mask, scale, bias, mean, var, *, epsilon, relu, implementation):
   if implementation == "native":
     n, c = x.shape
-    return _native_call("norm_vjp", ((n, c), (c,), (c,)), dy.astype(jnp.float32), x, mask, scale, y, mean, var,
+    return _native_call("norm_vjp", ((n, c), (c,), (c,)), dy.astype(jnp.float32), x, mask, scale, bias, mean, var,
                         epsilon=epsilon, relu=relu)
-  return _vjp_ref(dy, x, mask, scale, y, mean, var, epsilon=epsilon, relu=relu)
+  return _vjp_ref(dy, x, mask, scale, bias, mean, var, epsilon=epsilon, relu=relu)
 
 
 def _norm_jvp_impl(*args, epsilon, relu, implementation):
@@ -182,10 +192,10 @@ def _undefined(v):
   return ad.is_undefined_primal(v)
 
 
-def _jvp_transpose(ct, dx, dscale, dbias, x, mask, scale, y, mean, var, **params):
+def _jvp_transpose(ct, dx, dscale, dbias, x, mask, scale, bias, mean, var, **params):
   if type(ct) is ad.Zero:
     return [None] * 9
-  bars = norm_vjp_p.bind(ct, x, mask, scale, y, mean, var, **params)
+  bars = norm_vjp_p.bind(ct, x, mask, scale, bias, mean, var, **params)
   return [b if _undefined(v) else None for b, v in zip(bars, (dx, dscale, dbias))] + [None] * 6
 
 

@@ -3,7 +3,8 @@
 //
 //   JsparseNorm:     y = mask ? act(x * scale + shift) : 0, with the batch statistics of the valid rows
 //                    (mean, biased variance) and scale = gamma / sqrt(var + eps), shift = beta - mean * scale.
-//   JsparseNormVjp:  the cotangents of x, gamma and beta for a cotangent of y, from the saved y and statistics.
+//   JsparseNormVjp:  the cotangents of x, gamma and beta for a cotangent of y, from x and the statistics (the
+//                    ReLU's gate x * scale + shift > 0 recomputed with the forward's arithmetic: y is not saved).
 //
 // One pass computes the per-channel sums, a second the rows. Determinism: the sums are taken over fixed blocks
 // of kNormRows rows (each in row order) and the block partials are added in block order, so no result depends
@@ -102,27 +103,31 @@ ffi::Error NormImpl(ffi::ThreadPool pool, Matrix x, Mask mask, Vector gamma, Vec
   return ffi::Error::Success();
 }
 
-// With g = dy on the rows that passed (valid, and y > 0 under the ReLU) and xhat = (x - mean) / sqrt(var + eps):
+// With g = dy on the rows that passed (valid, and x * scale + shift > 0 under the ReLU) and xhat = (x - mean) / sqrt(var + eps):
 //   dbeta = sum g,  dgamma = sum g * xhat,
 //   dx = gamma / sqrt(var + eps) * (g - dbeta / n - xhat * dgamma / n) on valid rows, 0 on padded ones.
-ffi::Error NormVjpImpl(ffi::ThreadPool pool, Matrix dy, Matrix x, Mask mask, Vector gamma, Matrix y, Vector mean,
+ffi::Error NormVjpImpl(ffi::ThreadPool pool, Matrix dy, Matrix x, Mask mask, Vector gamma, Vector beta, Vector mean,
                        Vector var, ffi::Result<Matrix> dx, ffi::Result<Vector> dgamma, ffi::Result<Vector> dbeta,
                        float epsilon, int64_t relu) {
   const int64_t n = x.dimensions()[0], c = x.dimensions()[1];
-  if (dy.dimensions()[0] != n || dy.dimensions()[1] != c || y.dimensions()[0] != n || y.dimensions()[1] != c ||
+  if (dy.dimensions()[0] != n || dy.dimensions()[1] != c || beta.dimensions()[0] != c ||
       mask.dimensions()[0] != n || gamma.dimensions()[0] != c || mean.dimensions()[0] != c ||
       var.dimensions()[0] != c)
     return ffi::Error::InvalidArgument("jsparse3d norm_vjp: operand shapes disagree");
-  const float *dyd = dy.typed_data(), *xd = x.typed_data(), *yd = y.typed_data(), *mu = mean.typed_data();
+  const float *dyd = dy.typed_data(), *xd = x.typed_data(), *mu = mean.typed_data();
   const bool* md = mask.typed_data();
-  std::vector<float> inv(static_cast<size_t>(c));
-  for (int64_t j = 0; j < c; ++j) inv[j] = 1.0f / std::sqrt(var.typed_data()[j] + epsilon);
+  std::vector<float> inv(static_cast<size_t>(c)), scale(static_cast<size_t>(c)), shift(static_cast<size_t>(c));
+  for (int64_t j = 0; j < c; ++j) {
+    inv[j] = 1.0f / std::sqrt(var.typed_data()[j] + epsilon);
+    scale[j] = gamma.typed_data()[j] / std::sqrt(var.typed_data()[j] + epsilon);  // exactly as NormImpl
+    shift[j] = beta.typed_data()[j] - mu[j] * scale[j];
+  }
   // g, the cotangent on the rows and channels that passed, for row r.
   auto gate = [&](int64_t r, float* __restrict g) {
     const float* __restrict dyr = dyd + r * c;
-    const float* __restrict yr = yd + r * c;
+    const float* __restrict xr = xd + r * c;
     if (relu) {
-      for (int64_t j = 0; j < c; ++j) g[j] = yr[j] > 0.0f ? dyr[j] : 0.0f;
+      for (int64_t j = 0; j < c; ++j) g[j] = xr[j] * scale[j] + shift[j] > 0.0f ? dyr[j] : 0.0f;
     } else {
       std::copy(dyr, dyr + c, g);
     }
@@ -185,7 +190,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JsparseNormVjp, NormVjpImpl,
                                   .Arg<Matrix>()
                                   .Arg<Mask>()
                                   .Arg<Vector>()
-                                  .Arg<Matrix>()
+                                  .Arg<Vector>()
                                   .Arg<Vector>()
                                   .Arg<Vector>()
                                   .Ret<Matrix>()
