@@ -45,7 +45,9 @@ def enable_compilation_cache(path=None) -> Path:
   path = Path(path) if path else _native.cache_dir() / "xla"
   path.mkdir(parents=True, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", str(path))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  # Every program, however quick to compile: with a time threshold, a program near it is written by one run and
+  # not another, and a loaded machine makes reruns compile again.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   return path
 
 

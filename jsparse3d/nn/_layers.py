@@ -106,8 +106,9 @@ class BatchNorm(nnx.Module):
 
   Args:
     num_features: channels C. momentum, epsilon: of the running averages and the variance.
-    relu: apply a ReLU after the normalization. dtype: output dtype (None: the input's). param_dtype: of the
-      scale, bias and running averages. axis_name: see above. implementation: ``"native"``, ``"xla"`` or None.
+    relu: apply a ReLU after the normalization. dtype: kept for flax's signature; the output has the input's
+      dtype. param_dtype: of the scale, bias and running averages. axis_name: see above. implementation:
+      ``"native"``, ``"xla"`` or None (native on a CPU).
   Example:
     >>> bn = jsparse3d.nn.BatchNorm(32, relu=True, rngs=nnx.Rngs(0))
     >>> y = bn(x)   # x: a SparseTensor with 32 channels
@@ -133,7 +134,6 @@ class BatchNorm(nnx.Module):
 
   def _norm(self, x, mask, use_running_average):
     bn = self.norm
-    dtype = bn.dtype or x.dtype
     stat = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
     scale = jnp.ones(x.shape[1:], stat) if bn.scale is None else bn.scale[...].astype(stat)
     bias = jnp.zeros(x.shape[1:], stat) if bn.bias is None else bn.bias[...].astype(stat)
@@ -141,9 +141,9 @@ class BatchNorm(nnx.Module):
       use_running_average = bn.use_running_average
     if not use_running_average and bn.axis_name is None:
       y, mean, var = _batch_norm.batch_norm(x, mask, scale, bias, epsilon=bn.epsilon, relu=self.relu,
-                                    implementation=self.implementation)
+                                            implementation=self.implementation)
       self._update_averages(mean, var)
-      return y.astype(dtype)
+      return y.astype(x.dtype)
     if use_running_average:
       mean, var = bn.mean[...].astype(stat), bn.var[...].astype(stat)
     else:  # statistics of the valid rows of every device
@@ -157,7 +157,7 @@ class BatchNorm(nnx.Module):
     a = jax.lax.rsqrt(var + bn.epsilon) * scale
     z = x.astype(stat) * a[None] + (bias - mean * a)[None]
     z = jnp.maximum(z, 0) if self.relu else z
-    return jnp.where(mask[:, None], z, 0).astype(dtype)
+    return jnp.where(mask[:, None], z, 0).astype(x.dtype)
 
   def _update_averages(self, mean, var):
     bn, m = self.norm, self.norm.momentum
