@@ -33,6 +33,7 @@ from jax.interpreters import mlir
 
 from jsparse3d.ops import _backend
 from jsparse3d.ops import _native
+from jsparse3d.ops._conv_primitive import sequential_batch_rule
 
 
 def batch_norm(x, mask, scale, bias, *, epsilon: float = 1e-5, relu: bool = False,
@@ -188,15 +189,11 @@ def _vjp_abstract(dy, x, mask, scale, *_, **__):
           jax.core.ShapedArray(scale.shape, scale.dtype)]
 
 
-def _undefined(v):
-  return ad.is_undefined_primal(v)
-
-
 def _jvp_transpose(ct, dx, dscale, dbias, x, mask, scale, bias, mean, var, **params):
   if type(ct) is ad.Zero:
     return [None] * 9
   bars = norm_vjp_p.bind(ct, x, mask, scale, bias, mean, var, **params)
-  return [b if _undefined(v) else None for b, v in zip(bars, (dx, dscale, dbias))] + [None] * 6
+  return [b if ad.is_undefined_primal(v) else None for b, v in zip(bars, (dx, dscale, dbias))] + [None] * 6
 
 
 ad.primitive_transposes[norm_jvp_p] = _jvp_transpose
@@ -214,14 +211,5 @@ ad.primitive_jvps[norm_jvp_p] = functools.partial(_jvp_by_definition, _jvp_ref, 
 ad.primitive_jvps[norm_vjp_p] = functools.partial(_jvp_by_definition, _vjp_ref, True)
 
 
-def _batch_rule(prim, args, dims, **params):
-  """A vmapped call runs once per batch element, in order."""
-  size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-  moved = [jnp.moveaxis(a, d, 0) if d is not None else jnp.broadcast_to(a, (size, *a.shape))
-           for a, d in zip(args, dims)]
-  out = lax.map(lambda sliced: prim.bind(*sliced, **params), moved)
-  return out, ([0] * len(out) if prim.multiple_results else 0)
-
-
-batching.primitive_batchers[norm_jvp_p] = functools.partial(_batch_rule, norm_jvp_p)
-batching.primitive_batchers[norm_vjp_p] = functools.partial(_batch_rule, norm_vjp_p)
+batching.primitive_batchers[norm_jvp_p] = functools.partial(sequential_batch_rule, norm_jvp_p)
+batching.primitive_batchers[norm_vjp_p] = functools.partial(sequential_batch_rule, norm_vjp_p)

@@ -254,7 +254,9 @@ ad.primitive_transposes[wgrad_p] = _wgrad_transpose
 # Batching: a vmapped call runs once per batch element, in order.
 
 
-def _batch_rule(prim, args, dims, **params):
+def sequential_batch_rule(prim, args, dims, **params):
+  """A batching rule that binds ``prim`` once per batch element, in order (``lax.map``); unbatched operands are
+  passed whole. Also serves the batch-norm primitives (several results)."""
   mapped = [i for i, d in enumerate(dims) if d is not None]
   moved = [jnp.moveaxis(args[i], dims[i], 0) for i in mapped]
 
@@ -264,8 +266,9 @@ def _batch_rule(prim, args, dims, **params):
       full[i] = v
     return prim.bind(*full, **params)
 
-  return lax.map(one, moved), 0
+  out = lax.map(one, moved)
+  return out, ([0] * len(out) if prim.multiple_results else 0)
 
 
-batching.primitive_batchers[conv_p] = functools.partial(_batch_rule, conv_p)
-batching.primitive_batchers[wgrad_p] = functools.partial(_batch_rule, wgrad_p)
+batching.primitive_batchers[conv_p] = functools.partial(sequential_batch_rule, conv_p)
+batching.primitive_batchers[wgrad_p] = functools.partial(sequential_batch_rule, wgrad_p)

@@ -57,6 +57,18 @@ void EachRow(ffi::ThreadPool& pool, int64_t n, Row row) {
   });
 }
 
+// The per-channel affine map of the normalization: y = x * scale + shift. The forward and the backward's ReLU
+// gate both take it from here, so the gate sees exactly the forward's values.
+void Affine(const float* gamma, const float* beta, const float* mean, const float* var, float epsilon, int64_t c,
+            std::vector<float>& scale, std::vector<float>& shift) {
+  scale.resize(static_cast<size_t>(c));
+  shift.resize(static_cast<size_t>(c));
+  for (int64_t j = 0; j < c; ++j) {
+    scale[j] = gamma[j] / std::sqrt(var[j] + epsilon);
+    shift[j] = beta[j] - mean[j] * scale[j];
+  }
+}
+
 int64_t CountValid(const bool* mask, int64_t n) {
   int64_t count = 0;
   for (int64_t r = 0; r < n; ++r) count += mask[r];
@@ -81,13 +93,12 @@ ffi::Error NormImpl(ffi::ThreadPool pool, Matrix x, Mask mask, Vector gamma, Vec
   const float count = static_cast<float>(std::max<int64_t>(CountValid(md, n), 1));
   float* mean = mean_out->typed_data();
   float* var = var_out->typed_data();
-  std::vector<float> scale(static_cast<size_t>(c)), shift(static_cast<size_t>(c));
   for (int64_t j = 0; j < c; ++j) {
     mean[j] = sums[j] / count;
     var[j] = std::max(sums[c + j] / count - mean[j] * mean[j], 0.0f);
-    scale[j] = gamma.typed_data()[j] / std::sqrt(var[j] + epsilon);
-    shift[j] = beta.typed_data()[j] - mean[j] * scale[j];
   }
+  std::vector<float> scale, shift;
+  Affine(gamma.typed_data(), beta.typed_data(), mean, var, epsilon, c, scale, shift);
   float* yd = y->typed_data();
   EachRow(pool, n, [&](int64_t r) {
     const float* __restrict xr = xd + r * c;
@@ -103,7 +114,8 @@ ffi::Error NormImpl(ffi::ThreadPool pool, Matrix x, Mask mask, Vector gamma, Vec
   return ffi::Error::Success();
 }
 
-// With g = dy on the rows that passed (valid, and x * scale + shift > 0 under the ReLU) and xhat = (x - mean) / sqrt(var + eps):
+// With g = dy on the rows that passed (valid, and x * scale + shift > 0 under the ReLU) and
+// xhat = (x - mean) / sqrt(var + eps):
 //   dbeta = sum g,  dgamma = sum g * xhat,
 //   dx = gamma / sqrt(var + eps) * (g - dbeta / n - xhat * dgamma / n) on valid rows, 0 on padded ones.
 ffi::Error NormVjpImpl(ffi::ThreadPool pool, Matrix dy, Matrix x, Mask mask, Vector gamma, Vector beta, Vector mean,
@@ -116,12 +128,9 @@ ffi::Error NormVjpImpl(ffi::ThreadPool pool, Matrix dy, Matrix x, Mask mask, Vec
     return ffi::Error::InvalidArgument("jsparse3d norm_vjp: operand shapes disagree");
   const float *dyd = dy.typed_data(), *xd = x.typed_data(), *mu = mean.typed_data();
   const bool* md = mask.typed_data();
-  std::vector<float> inv(static_cast<size_t>(c)), scale(static_cast<size_t>(c)), shift(static_cast<size_t>(c));
-  for (int64_t j = 0; j < c; ++j) {
-    inv[j] = 1.0f / std::sqrt(var.typed_data()[j] + epsilon);
-    scale[j] = gamma.typed_data()[j] / std::sqrt(var.typed_data()[j] + epsilon);  // exactly as NormImpl
-    shift[j] = beta.typed_data()[j] - mu[j] * scale[j];
-  }
+  std::vector<float> inv(static_cast<size_t>(c)), scale, shift;
+  for (int64_t j = 0; j < c; ++j) inv[j] = 1.0f / std::sqrt(var.typed_data()[j] + epsilon);
+  Affine(gamma.typed_data(), beta.typed_data(), mu, var.typed_data(), epsilon, c, scale, shift);
   // g, the cotangent on the rows and channels that passed, for row r.
   auto gate = [&](int64_t r, float* __restrict g) {
     const float* __restrict dyr = dyd + r * c;
