@@ -104,7 +104,7 @@ class JsparseNet:
       xyz = xyz - np.floor(xyz.min(axis=0))
       self.x = (jnp.asarray(xyz), jnp.zeros(len(pts), jnp.int32), jnp.asarray(pts))
       self.labels = jnp.asarray(np.random.default_rng(0).integers(0, 19, len(pts)), jnp.int32)
-      self.model = models.SPVCNN(cr=0.5, rngs=nnx.Rngs(0))
+      make = lambda rngs: models.SPVCNN(cr=0.5, rngs=rngs)
       forward = lambda model, x: (model(*x), x[1])
     else:
       # Coarse levels sized from the coordinates, as the trainer's collate does.
@@ -112,18 +112,21 @@ class JsparseNet:
           (2, 4, 8, 16))
       self.labels = jnp.asarray(inputs["labels"], jnp.int32)
       if name.startswith("uresnet"):
-        self.model = models.UResNet(rngs=nnx.Rngs(0))
+        make = lambda rngs: models.UResNet(rngs=rngs)
       else:
-        self.model = models.MinkUNet(cr=float(name.split("cr")[1]), rngs=nnx.Rngs(0))
+        make = lambda rngs: models.MinkUNet(cr=float(name.split("cr")[1]), rngs=rngs)
       forward = training.sparse_logits
+    self.model = nnx.jit(make)(nnx.Rngs(0))  # as the trainer builds it: one compiled initialiser
     self.rows = n
     classes = int(inputs["classes"])
     optimizer = nnx.Optimizer(self.model, optax.adam(1e-3), wrt=nnx.Param)
     graph, self.state = nnx.split((self.model, optimizer))
+    training.release_freed_memory(clear_jax_caches=True)  # as the trainer does before its first compile
     step = training.make_train_step(graph, num_classes=classes, num_events=self.num_events, forward=forward)
     t0 = time.perf_counter()
     compiled = step.lower(self.state, self.x, self.labels).compile()
     self.compile_s = time.perf_counter() - t0
+    training.release_freed_memory()  # as the trainer does after each compile
     mem = compiled.memory_analysis()
     self.xla_bytes = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
     self.step = compiled

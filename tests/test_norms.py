@@ -91,6 +91,24 @@ def test_weights_round_trip_through_orbax_and_refuse_another_architecture(tmp_pa
     js.nn.save_weights(trained, tmp_path / "w")
 
 
+def test_torch_layout_keeps_the_build_order_of_a_model_rebuilt_by_nnx(tmp_path):
+  # Regression: nnx.split / merge (so nnx.jit, and any model rebuilt from a train step's state) sort a module's
+  # attributes by name; the state-dict order followed them, so a jit-built model exported its weights shuffled.
+  make = lambda r: js.models.MinkUNet(cr=0.25, rngs=r)
+  eager = make(nnx.Rngs(0))
+  built = nnx.jit(make)(nnx.Rngs(0))
+  assert list(vars(built)) != list(vars(eager))  # the premise: the rebuilt model's attributes are reordered
+  a = np.load(js.nn.export_torch_weights(eager, tmp_path / "eager.npz"))
+  b = np.load(js.nn.export_torch_weights(built, tmp_path / "built.npz"))
+  assert a.files == b.files
+  for k in a.files:
+    np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6)  # jit's initialiser may round differently
+  target = nnx.merge(*nnx.split(make(nnx.Rngs(1))))
+  js.nn.import_torch_weights(target, tmp_path / "eager.npz")
+  for x, y in zip(jax.tree.leaves(nnx.state(eager, nnx.Param)), jax.tree.leaves(nnx.state(target, nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 @pytest.mark.parametrize("make", [lambda r: js.models.MinkUNet(cr=0.25, rngs=r),
                                   lambda r: js.models.UResNet(in_features=1, num_classes=3, filters=4, depth=3,
                                                               rngs=r)])

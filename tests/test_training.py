@@ -348,3 +348,24 @@ def test_minkunet_is_scored_per_point_on_its_scans(tmp_path):
   points = sum(len(s["points"]) for s in scans)
   voxels = sum(len(data.scan_to_voxels(s, cfg["data"]["voxel_size"])["coords"]) for s in scans)
   assert rec[-1]["counted"] + rec[-1]["ignored"] == points > voxels
+
+
+def _resident_mb() -> float:
+  return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc to read resident memory")
+def test_release_freed_memory_hands_freed_heap_pages_back():
+  from jsparse3d.training import _memory
+  if _memory._malloc_trim() is None:
+    pytest.skip("the C library has no malloc_trim (not glibc): release_freed_memory is a no-op there")
+  # 160 MB of 4 KB heap blocks (below the mmap threshold), every tenth kept: free() alone cannot shrink a heap
+  # with live blocks above the holes, so the freed pages stay resident until they are trimmed.
+  blocks = [bytes([i % 251]) * 4096 for i in range(40_000)]
+  kept = blocks[::10]
+  del blocks
+  before = _resident_mb()
+  assert training.release_freed_memory()
+  after = _resident_mb()
+  assert before - after > 80, (before, after)
+  assert len(kept) == 4000

@@ -280,6 +280,7 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
   model.eval()
   eval_graphdef, _ = nnx.split((model, optimizer))
   model.train()
+  training.release_freed_memory(clear_jax_caches=True)  # the initialisers' programs: the first compile reuses it
   fingerprint = _fingerprint(state)
   _meet("start")
   ckpt = ocp.CheckpointManager((workdir / "checkpoints").absolute(),
@@ -320,6 +321,7 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
     """Evaluates ``dataset``, records it as ``split``, prints it (process 0) and draws its confusion matrix."""
     say(f"evaluating the {len(dataset)} events of the {split} split (each new batch shape compiles once)...")
     loss, cm = evaluate(eval_step, state, dataset, task, layout, cfg)
+    training.release_freed_memory()
     rec = writer.record(split, step, loss, cm)
     if layout.process == 0:
       table = _class_table(task.class_names, cm) if len(task.class_names) <= 20 else ""
@@ -341,7 +343,7 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
   if progress and layout.process == 0 and not lines:
     from tqdm import tqdm
     bar = tqdm(total=cfg["steps"], initial=start, desc=cfg["name"], dynamic_ncols=True, file=sys.stdout)
-  shapes = set()
+  compiled = {}  # batch shape -> the train step compiled for it
   run_t0 = time.perf_counter()
   window = training.ConfusionMatrix(cfg["model"]["num_classes"])
   window_loss, window_t0, window_events = [], time.perf_counter(), 0
@@ -351,11 +353,12 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
     for x, y in loader:
       training.check_labels(y, cfg["model"]["num_classes"], task.ignore_index, what=f"the labels of step {step}")
       shape = (jax.tree.structure(x), tuple(np.shape(v) for v in jax.tree.leaves((x, y))))
-      if shape not in shapes:
-        shapes.add(shape)
-        say(f"step {step + 1}: compiling the train step for a new batch shape ({len(shapes)} so far; each shape "
-            "compiles once, and a rerun loads it from the compilation cache)...")
-      state, loss, counts = train_step(state, x, y)
+      if shape not in compiled:
+        say(f"step {step + 1}: compiling the train step for a new batch shape ({len(compiled) + 1} so far; each "
+            "shape compiles once, and a rerun loads it from the compilation cache)...")
+        compiled[shape] = train_step.lower(state, x, y).compile()
+        training.release_freed_memory()  # the compiler's working set, before the step's buffers are allocated
+      state, loss, counts = compiled[shape](state, x, y)
       step += 1
       window.add(layout.first(counts))
       window_loss.append(layout.first(loss))

@@ -4,6 +4,7 @@ from jsparse3d.training._losses import check_labels as check_labels
 from jsparse3d.training._losses import class_weights_inverse_frequency as class_weights_inverse_frequency
 from jsparse3d.training._losses import segmentation_loss as segmentation_loss
 from jsparse3d.training._losses import segmentation_loss_terms as segmentation_loss_terms
+from jsparse3d.training._memory import release_freed_memory as release_freed_memory
 from jsparse3d.training._metrics import ConfusionMatrix as ConfusionMatrix
 from jsparse3d.training._metrics import confusion_matrix as confusion_matrix
 from jsparse3d.training._steps import make_eval_step as make_eval_step
