@@ -165,11 +165,8 @@ def spconv_layer_ms(coords, feats, c_out, *, reps: int, threads: int) -> dict:
   """spconv 2.3.8's ``SubMConv3d`` on the same sites (batch 0) and features, in this process: forward, and forward
   + backward (input and weight gradients), both rebuilding the index pairs in every call as the jsparse3d
   ``subm_fwd`` / ``subm_fwd_bwd`` ops do."""
-  import spconv.pytorch as spc
-  import torch
-  from spconv.pytorch import ops as spc_ops
-  if not torch.cuda.is_available():
-    spc_ops.get_current_stream = lambda: 0  # spconv's CPU backward asks for a CUDA stream first
+  from _peers import import_spconv
+  torch, spc = import_spconv()
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   conv = spc.SubMConv3d(feats.shape[1], c_out, 3, bias=False)

@@ -151,12 +151,8 @@ class JsparseNet:
 
 
 def _spconv_modules():
-  import spconv.pytorch as spc
-  import torch
-  from spconv.pytorch import ops as spc_ops
-  if not torch.cuda.is_available():
-    # spconv 2.3.8 asks for a CUDA stream in its CPU backward before it takes the CPU branch.
-    spc_ops.get_current_stream = lambda: 0
+  from _peers import import_spconv
+  torch, spc = import_spconv()
   nn = torch.nn
 
   class Feats(nn.Module):  # a torch module on the features of a sparse tensor

@@ -46,7 +46,7 @@ class KernelBuild:
 def triton_calls(lowered) -> list[dict]:
   """The Triton custom calls of a lowered function: ``name``, ``ir`` (bytes), ``num_warps``, ``num_stages``,
   ``grid``, in program order."""
-  from jax._src.lib.mlir import ir as mlir_ir
+  from jaxlib.mlir import ir as mlir_ir  # jaxlib's MLIR bindings (what jax's private jax._src.lib.mlir re-exports)
   module = lowered.compiler_ir("stablehlo")
   calls = []
 
@@ -71,10 +71,10 @@ def triton_calls(lowered) -> list[dict]:
 
 def ttir_text(ir_bytes: bytes) -> str:
   """The Triton module's text without debug locations (what ``triton.compile`` reads from a ``.ttir`` file)."""
-  from jax._src.lib import triton as jaxlib_triton
-  from jax._src.lib.mlir import ir as mlir_ir
+  from jaxlib.mlir import ir as mlir_ir
+  from jaxlib.triton import dialect as triton_dialect  # jaxlib's Triton dialect bindings
   with mlir_ir.Context() as ctx:
-    jaxlib_triton.dialect.register_dialect(ctx)
+    triton_dialect.register_dialect(ctx)
     module = mlir_ir.Module.parse(ir_bytes)
     return module.operation.get_asm(enable_debug_info=False)
 

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.extend.core import Primitive
+
+# The primitive-rule modules, as in _conv_primitive.py (no public replacement in jax 0.10-0.11).
 from jax.interpreters import ad
 from jax.interpreters import batching
 from jax.interpreters import mlir

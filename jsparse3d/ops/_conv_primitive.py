@@ -30,6 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.extend.core import Primitive
+
+# Defining a primitive's differentiation, batching and lowering rules: the API of JAX's "How primitives work"
+# guide; jax.extend offers no public replacement for these three modules in jax 0.10-0.11 (nor for
+# jax.core.ShapedArray, the abstract value the shape rules return).
 from jax.interpreters import ad
 from jax.interpreters import batching
 from jax.interpreters import mlir
@@ -215,7 +219,7 @@ ad.defjvp(wgrad_p,
 
 
 def _aval(v):
-  return v.aval if ad.is_undefined_primal(v) else jax.core.get_aval(v)
+  return v.aval if ad.is_undefined_primal(v) else jax.typeof(v)
 
 
 def _conv_transpose(ct, x, w, *maps, num_dst, wt, **params):
