@@ -119,9 +119,9 @@ class JsparseNet:
     self.model = nnx.jit(make)(nnx.Rngs(0))  # as the trainer builds it: one compiled initialiser
     self.rows = n
     classes = int(inputs["classes"])
-    optimizer = nnx.Optimizer(self.model, optax.adam(1e-3), wrt=nnx.Param)
+    optimizer = nnx.jit(lambda m: nnx.Optimizer(m, optax.adam(1e-3), wrt=nnx.Param))(self.model)  # as the trainer
     graph, self.state = nnx.split((self.model, optimizer))
-    training.release_freed_memory(clear_jax_caches=True)  # as the trainer does before its first compile
+    training.release_freed_memory()  # as the trainer does before its first compile
     step = training.make_train_step(graph, num_classes=classes, num_events=self.num_events, forward=forward)
     t0 = time.perf_counter()
     compiled = step.lower(self.state, self.x, self.labels).compile()

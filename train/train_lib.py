@@ -275,12 +275,14 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
   model = tasks.build_model(cfg, rngs=nnx.Rngs(cfg["seed"]))
   if layout.pmap:
     nn.sync_batch_norm(model, AXIS)
-  optimizer = nnx.Optimizer(model, build_optimizer(cfg), wrt=nnx.Param)
+  # Under jit, as the model (tasks.jitted_once); build_optimizer reads the optimizer section and the step count.
+  key = ("optimizer", repr(sorted(cfg["optimizer"].items())), cfg["steps"])
+  optimizer = tasks.jitted_once(key, lambda m: nnx.Optimizer(m, build_optimizer(cfg), wrt=nnx.Param))(model)
   graphdef, state = nnx.split((model, optimizer))
   model.eval()
   eval_graphdef, _ = nnx.split((model, optimizer))
   model.train()
-  training.release_freed_memory(clear_jax_caches=True)  # the initialisers' programs: the first compile reuses it
+  training.release_freed_memory()  # the initialisers' compiles: the first step's compile starts from less
   fingerprint = _fingerprint(state)
   _meet("start")
   ckpt = ocp.CheckpointManager((workdir / "checkpoints").absolute(),

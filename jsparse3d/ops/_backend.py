@@ -12,6 +12,8 @@ build, and XLA otherwise or for float64. Every implementation of an op computes 
 
 from __future__ import annotations
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 
@@ -66,3 +68,19 @@ def resolve(op: str, implementation: str | None, dtype=jnp.float32) -> str:
     raise ValueError(f"{op}: implementation='pallas' takes float32, bfloat16 or float16; use "
                      "implementation='xla' for float64.")
   return implementation
+
+
+_PALLAS_MODULES = ("conv", "devoxelize", "hash")
+
+
+def pallas(kernels: str):
+  """The ``api`` module of one family of :mod:`pallas_kernels` (``"conv"``, ``"devoxelize"`` or ``"hash"``): the
+  one place jsparse3d reaches the GPU kernels, imported on first use (never with jsparse3d).
+
+  Example:
+    >>> pallas("hash").__name__
+    'pallas_kernels.hash.api'
+  """
+  if kernels not in _PALLAS_MODULES:
+    raise ValueError(f"pallas kernels {kernels!r}: expected one of {_PALLAS_MODULES}.")
+  return importlib.import_module(f"pallas_kernels.{kernels}.api")

@@ -38,6 +38,7 @@ from jax.interpreters import ad
 from jax.interpreters import batching
 from jax.interpreters import mlir
 
+from jsparse3d.ops import _backend
 from jsparse3d.ops import _kernel_map
 from jsparse3d.ops import _native
 from jsparse3d.ops._kernel_map import KernelMap
@@ -115,10 +116,9 @@ def _table(src, dst, block_offset, num_blocks, center_mask, *, num_dst, num_offs
 def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, *, num_dst, wt, implementation, block_size,
                blocks_per_step, center, mirrored):
   if implementation == "pallas":
-    from pallas_kernels.conv import api as pallas_conv  # imported on first use only
     table = _table(src, dst, block_offset, num_blocks, center_mask, num_dst=num_dst, num_offsets=w.shape[0],
                    block_size=block_size, center=center, mirrored=mirrored)
-    return pallas_conv.conv_forward(x, (jnp.swapaxes(w, 1, 2) if wt else w).astype(x.dtype), table)
+    return _backend.pallas("conv").conv_forward(x, (jnp.swapaxes(w, 1, 2) if wt else w).astype(x.dtype), table)
   if implementation == "native":
     w = jnp.swapaxes(w, 1, 2) if wt else w
     out = jax.ffi.ffi_call(_native.target("conv"), jax.ShapeDtypeStruct((num_dst, w.shape[2]), jnp.float32))(
@@ -148,10 +148,9 @@ def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, *, num_dst
 def _wgrad_impl(a, b, src, dst, block_offset, num_blocks, center_mask, *, num_offsets, out_dtype, implementation,
                 block_size, blocks_per_step, center, mirrored):
   if implementation == "pallas":
-    from pallas_kernels.conv import api as pallas_conv
     table = _table(src, dst, block_offset, num_blocks, center_mask, num_dst=b.shape[0], num_offsets=num_offsets,
                    block_size=block_size, center=center, mirrored=mirrored)
-    return pallas_conv.conv_wgrad(a, b.astype(a.dtype), table).astype(out_dtype)
+    return _backend.pallas("conv").conv_wgrad(a, b.astype(a.dtype), table).astype(out_dtype)
   if implementation == "native":
     shape = jax.ShapeDtypeStruct((num_offsets, a.shape[1], b.shape[1]), jnp.float32)
     grad = jax.ffi.ffi_call(_native.target("wgrad"), shape)(

@@ -185,8 +185,7 @@ def implementation_of(index) -> str:
   """``"xla"`` for a :class:`HashIndex`, ``"pallas"`` for the GPU kernels' table."""
   if isinstance(index, HashIndex):
     return "xla"
-  from pallas_kernels.hash import api as pallas_hash  # not imported with jsparse3d: only when asked for
-  if isinstance(index, pallas_hash.HashTable):
+  if isinstance(index, _backend.pallas("hash").HashTable):
     return "pallas"
   raise TypeError(f"index must be a HashIndex or a pallas HashTable from build_index, got {type(index).__name__}.")
 
@@ -217,8 +216,7 @@ def build_index(coords: jax.Array, num_valid: jax.Array | int, *, implementation
     raise ValueError(f"coords must have shape [N, 4], got {coords.shape}.")
   implementation = _backend.resolve("index", implementation)
   if implementation == "pallas":
-    from pallas_kernels.hash import api as pallas_hash
-    index = pallas_hash.build_table(coords, num_valid)
+    index = _backend.pallas("hash").build_table(coords, num_valid)
   else:
     index = _build(coords, jnp.asarray(num_valid, jnp.int32))
   _errors.check_now(index.errors, "build_index")
@@ -257,8 +255,7 @@ def query_index(index, query_coords: jax.Array, *, implementation: str | None = 
                      f"with build_index(..., implementation={implementation!r}).")
   _check_coords_array(query_coords, "query_coords")
   if kind == "pallas":
-    from pallas_kernels.hash import api as pallas_hash
-    rows, errors = pallas_hash.query_table(index, query_coords.reshape(-1, 4))
+    rows, errors = _backend.pallas("hash").query_table(index, query_coords.reshape(-1, 4))
     _errors.check_now(errors, "query_index")
     rows = rows.reshape(query_coords.shape[:-1])
   else:

@@ -27,6 +27,7 @@ from jax import lax
 
 from jsparse3d import _coords
 from jsparse3d import _errors
+from jsparse3d.ops import _backend
 from jsparse3d.ops import _hash
 from jsparse3d.ops import _native
 
@@ -192,8 +193,7 @@ def _query_table(index, coords, valid, offsets):
   else -1; ``errors`` holds the Pallas probe's table-full flag."""
   errors = _errors.no_errors()
   if _hash.implementation_of(index) == "pallas":  # the GPU query kernel loops over the offsets itself
-    from pallas_kernels.hash import api as pallas_hash
-    found, errors = pallas_hash.query_table(index, coords, np.asarray(offsets, np.int32))
+    found, errors = _backend.pallas("hash").query_table(index, coords, np.asarray(offsets, np.int32))
     found = found.T
   else:
     shift = jnp.concatenate([jnp.zeros((len(offsets), 1), jnp.int32), jnp.asarray(offsets)], axis=1)

@@ -110,9 +110,9 @@ def voxel_to_point(x: SparseTensor, xyz, batch, *, implementation: str | None = 
   """
   _check_points(xyz, batch)
   if _backend.resolve("voxel_to_point", implementation, x.feats.dtype) == "pallas":
-    from pallas_kernels.devoxelize import api as pallas_devoxelize
     table, x = _conv.ensure_index(x, "pallas")
-    out, errors = pallas_devoxelize.devoxelize(table, x.feats, xyz, batch.astype(jnp.int32), stride=x.stride)
+    out, errors = _backend.pallas("devoxelize").devoxelize(table, x.feats, xyz, batch.astype(jnp.int32),
+                                                           stride=x.stride)
     errors = x.errors | errors
     _errors.check_now(errors, "voxel_to_point")
     return (out, errors) if with_errors else out

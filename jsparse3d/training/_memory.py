@@ -12,8 +12,6 @@ import ctypes
 import ctypes.util
 import functools
 
-import jax
-
 
 @functools.cache
 def _malloc_trim():
@@ -24,18 +22,12 @@ def _malloc_trim():
     return None
 
 
-def release_freed_memory(*, clear_jax_caches: bool = False) -> bool:
+def release_freed_memory() -> bool:
   """Returns memory that the process has freed (chiefly the compiler's) to the operating system.
 
   Call it after compiling, before the compiled program first runs (the trainer does, once per new batch shape):
   it lowers the process's peak resident memory by the compiler's working set. glibc only (Linux); elsewhere it
   does nothing.
-
-  Args:
-    clear_jax_caches: first drop every program JAX has compiled so far (:func:`jax.clear_caches`). The trainer
-      does this once, after building the model and optimizer, whose initialisers never run again: it lowered the
-      U-ResNet training process's peak by 60 MB. Programs still in use compile again (or load from the
-      persistent compilation cache) on their next call.
 
   Returns:
     True if any memory was returned.
@@ -47,7 +39,5 @@ def release_freed_memory(*, clear_jax_caches: bool = False) -> bool:
     >>> float(compiled(jnp.ones(8)))
     16.0
   """
-  if clear_jax_caches:
-    jax.clear_caches()
   trim = _malloc_trim()
   return bool(trim(0)) if trim is not None else False
