@@ -63,6 +63,22 @@ def test_conv_kernels_match_the_reference(rng, dtype, blocks):
   np.testing.assert_array_equal(np.asarray(g), np.asarray(conv_api.conv_wgrad(x, dy, nbr, block_sizes=blocks)))
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_conv_kernels_tile_wide_inputs_over_input_channels(rng, dtype):
+  n_in, n_out, k, c_in, c_out = 70, 50, 8, 40, 36  # C_in in three tiles of 16, C_out padded to 48, not 64
+  blocks = conv_api.BlockSizes(rows=16, out_channels=16, in_channels=16, wgrad_splits=2)
+  x = jnp.asarray(rng.standard_normal((n_in, c_in)), dtype)
+  w = jnp.asarray(rng.standard_normal((k, c_in, c_out)), dtype)
+  dy = jnp.asarray(rng.standard_normal((n_out, c_out)), dtype)
+  nbr = _table(rng, n_out, n_in, k, empty_rows=(3,))
+  y = conv_api.conv_forward(x, w, nbr, block_sizes=blocks)
+  assert y.shape == (n_out, c_out)
+  assert _max_rel_error(y, conv_ref.conv_forward(x, w, nbr)) <= _tol(dtype, k * c_in)
+  g = conv_api.conv_wgrad(x, dy, nbr, block_sizes=blocks)
+  assert g.shape == (k, c_in, c_out)
+  assert _max_rel_error(g, conv_ref.conv_wgrad(x, dy, nbr)) <= _tol(dtype, n_out)
+
+
 def test_conv_kernels_on_empty_inputs_and_bad_arguments(rng):
   x = jnp.zeros((5, 3), jnp.float32)
   w = jnp.ones((8, 3, 4), jnp.float32)

@@ -166,8 +166,10 @@ def _tensorboard_scalars(folder: Path) -> dict:
   return out
 
 
-@pytest.mark.parametrize("name", ["uresnet_lartpc_smoke", "minkunet_kitti_smoke", "spvcnn_kitti_smoke",
-                                  "pvcnn_shapenet_smoke"])
+@pytest.mark.parametrize("name", ["uresnet_lartpc_smoke", "minkunet_kitti_smoke",
+                                  # 30-60 s each on 2 cores; their models' steps are tested in test_models.py
+                                  pytest.param("spvcnn_kitti_smoke", marks=pytest.mark.slow),
+                                  pytest.param("pvcnn_shapenet_smoke", marks=pytest.mark.slow)])
 def test_every_config_trains_on_its_synthetic_data(name, tmp_path):
   cfg = configs.get_config(name, ["steps=2", "log_every=1", "eval_every=2", "checkpoint_every=2"])
   result = train_lib.train(cfg, tmp_path, progress=False)

@@ -12,6 +12,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from pallas_kernels import _config
+from pallas_kernels import _tuning
 from pallas_kernels.conv import kernel
 
 DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
@@ -24,17 +25,20 @@ class BlockSizes:
   Attributes:
     rows: output rows per program (``bm``), a power of two >= 16.
     out_channels: output channels per program (``bn``), a power of two >= 16 (capped at the padded C_out).
+    in_channels: input channels per step of the reduction (``bk``), a power of two >= 16 (capped at the padded
+      C_in); wider layers loop over C_in in tiles of this size.
     wgrad_splits: row-block splits of the weight gradient (more programs, more partials to add).
     num_warps, num_stages: Triton launch parameters.
   """
   rows: int = 32
   out_channels: int = 32
+  in_channels: int = 64
   wgrad_splits: int = 8
   num_warps: int = 4
   num_stages: int = 2
 
   def __post_init__(self):
-    _config.check_block_sizes(self, ("rows", "out_channels"))
+    _config.check_block_sizes(self, ("rows", "out_channels", "in_channels"))
     if self.wgrad_splits < 1:
       raise ValueError(f"BlockSizes.wgrad_splits must be positive, got {self.wgrad_splits}.")
 
@@ -49,6 +53,14 @@ class BlockSizes:
       return cls(rows=64, out_channels=min(64, _config.next_pow2(c_out, 16)), num_warps=4)
     return cls(rows=64, out_channels=64, num_warps=8)
 
+  @classmethod
+  def choose(cls, kernel: str, dtype, c_in: int, c_out: int) -> "BlockSizes":
+    """The block sizes ``kernel`` (``"conv_forward"`` or ``"conv_wgrad"``) runs with when none are given: those
+    the tuning file records for this GPU, channels and dtype (:mod:`pallas_kernels._tuning`), else
+    :meth:`for_channels`."""
+    tuned = _tuning.lookup(kernel, dtype, c_in, c_out)
+    return cls(**tuned) if tuned else cls.for_channels(c_in, c_out)
+
 
 def _check(x, nbr, what):
   if x.ndim != 2:
@@ -57,6 +69,14 @@ def _check(x, nbr, what):
     raise TypeError(f"{what}: features must be float32, bfloat16 or float16, got {x.dtype}; cast them first.")
   if nbr.ndim != 2 or nbr.dtype != jnp.int32:
     raise ValueError(f"{what}: nbr must be an int32 [N_out, K] neighbour table, got {nbr.dtype} {nbr.shape}.")
+
+
+def _tiles(bs: BlockSizes, c_in: int, c_out: int):
+  """``(bk, bn, Cin_p, Cout_p)``: the channel tiles (capped at each width's next power of two) and the widths
+  padded to multiples of them."""
+  bk = min(bs.in_channels, _config.next_pow2(c_in, 16))
+  bn = min(bs.out_channels, _config.next_pow2(c_out, 16))
+  return bk, bn, _config.round_up(c_in, bk), _config.round_up(c_out, bn)
 
 
 def _table(nbr, rows):
@@ -77,12 +97,11 @@ def conv_forward(x, w, nbr, *, block_sizes: BlockSizes | None = None, interpret:
   if w.dtype != x.dtype:
     raise TypeError(f"conv_forward: w is {w.dtype} but x is {x.dtype}; cast one to the other.")
   n_out, (_, c_in, c_out) = nbr.shape[0], w.shape
-  bs = block_sizes or BlockSizes.for_channels(c_in, c_out)
-  cin_p, cout_p = _config.next_pow2(c_in, 16), _config.next_pow2(c_out, 16)
-  bn = min(bs.out_channels, cout_p)
+  bs = block_sizes or BlockSizes.choose("conv_forward", x.dtype, c_in, c_out)
+  bk, bn, cin_p, cout_p = _tiles(bs, c_in, c_out)
   xp = _config.pad(x, 1, cin_p)
   wp = _config.pad(_config.pad(w, 1, cin_p), 2, cout_p)
-  out = kernel.forward(xp, wp, _table(nbr, bs.rows), bm=bs.rows, bn=bn, num_warps=bs.num_warps,
+  out = kernel.forward(xp, wp, _table(nbr, bs.rows), bm=bs.rows, bn=bn, bk=bk, num_warps=bs.num_warps,
                        num_stages=bs.num_stages, interpret=interpret, allow_tf32=allow_tf32)
   return out[:n_out, :c_out]
 
@@ -99,13 +118,12 @@ def conv_wgrad(x, dy, nbr, *, block_sizes: BlockSizes | None = None, interpret: 
   if dy.dtype != x.dtype:
     raise TypeError(f"conv_wgrad: dy is {dy.dtype} but x is {x.dtype}; cast one to the other.")
   c_in, c_out = x.shape[1], dy.shape[1]
-  bs = block_sizes or BlockSizes.for_channels(c_in, c_out)
-  cin_p, cout_p = _config.next_pow2(c_in, 16), _config.next_pow2(c_out, 16)
-  bn = min(bs.out_channels, cout_p)
+  bs = block_sizes or BlockSizes.choose("conv_wgrad", x.dtype, c_in, c_out)
+  bk, bn, cin_p, cout_p = _tiles(bs, c_in, c_out)
   table = _table(nbr, bs.rows)
   dyp = _config.pad(_config.pad(dy, 1, cout_p), 0, table.shape[1])
   splits = max(1, min(bs.wgrad_splits, table.shape[1] // bs.rows))
-  parts = kernel.wgrad_partials(_config.pad(x, 1, cin_p), dyp, table, bm=bs.rows, bn=bn, splits=splits,
+  parts = kernel.wgrad_partials(_config.pad(x, 1, cin_p), dyp, table, bm=bs.rows, bn=bn, bk=bk, splits=splits,
                                 num_warps=bs.num_warps, num_stages=bs.num_stages,
                                 interpret=interpret, allow_tf32=allow_tf32)
   total = parts[0]

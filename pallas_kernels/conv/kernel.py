@@ -2,16 +2,18 @@
 
 Forward (also the input gradient, run on the transposed map with ``w[k].T``): program ``(i, j)`` owns output rows
 ``[i*bm, (i+1)*bm)`` and output channels ``[j*bn, (j+1)*bn)``. For each kernel offset it gathers the ``bm`` input
-rows named by the neighbour table (rows without a neighbour read zero), multiplies them by that offset's weight
-slice and accumulates in float32 registers; the gathered rows never go to HBM.
+rows named by the neighbour table (rows without a neighbour read zero), ``bk`` input channels at a time, multiplies
+them by that offset's weight slice and accumulates in float32 registers; the gathered rows never go to HBM, and
+tiling C_in keeps what a program stages (``bm x bk`` rows, ``bk x bn`` weights) the same size at any width.
 
-Weight gradient: program ``(k, s, j)`` owns offset ``k``, output channels ``[j*bn, (j+1)*bn)`` and split ``s`` of
-the row blocks; it sums ``x[nbr[rows, k]]^T @ dy[rows]`` over its blocks in order into registers and writes one
-partial. The partials are added in split order outside the kernel: no floating-point atomics, so the result is the
-same on every run.
+Weight gradient: program ``(k, s, j, c)`` owns offset ``k``, output channels ``[j*bn, (j+1)*bn)``, input channels
+``[c*bk, (c+1)*bk)`` and split ``s`` of the row blocks; it sums ``x[nbr[rows, k]]^T @ dy[rows]`` over its blocks
+in order into registers and writes one partial. The partials are added in split order outside the kernel: no
+floating-point atomics, so the result is the same on every run.
 
-Shapes reaching the kernels are padded by ``api``: rows to a multiple of ``bm``, channels to powers of two >= 16
-(the smallest tile Triton's dot takes), and the table is stored offset-major ``[K, N_out]``.
+Shapes reaching the kernels are padded by ``api``: rows to a multiple of ``bm``, channels to multiples of their
+tiles (powers of two >= 16, the smallest tile Triton's dot takes), and the table is stored offset-major
+``[K, N_out]``.
 """
 
 from __future__ import annotations
@@ -26,31 +28,37 @@ from jax.experimental.pallas import triton as pl_triton
 from pallas_kernels import _config
 
 
-def _gather_rows(x_ref, idx):
-  """``x[idx]`` for a vector of row indices, zero where ``idx < 0``."""
-  rows = x_ref[jnp.maximum(idx, 0), :]
+def _gather_rows(x_ref, idx, columns):
+  """``x[idx, columns]`` for a vector of row indices, zero where ``idx < 0``."""
+  rows = x_ref[jnp.maximum(idx, 0), columns]
   return jnp.where((idx >= 0)[:, None], rows, jnp.zeros((), rows.dtype))
 
 
-def _forward_kernel(nbr_ref, x_ref, w_ref, o_ref, *, num_offsets: int, bm: int, bn: int, allow_tf32: bool):
+def _forward_kernel(nbr_ref, x_ref, w_ref, o_ref, *, num_offsets: int, bm: int, bn: int, bk: int,
+                    allow_tf32: bool):
   i, j = pl.program_id(0), pl.program_id(1)
+  num_chunks = x_ref.shape[1] // bk
 
   def offset(k, acc):
     idx = nbr_ref[k, pl.ds(i * bm, bm)]
-    xg = _gather_rows(x_ref, idx)
-    wk = w_ref[k, :, pl.ds(j * bn, bn)]
-    return acc + pl_triton.dot(xg, wk, allow_tf32=allow_tf32)
+
+    def chunk(c, acc):  # C_in in tiles of bk: the staged rows and weights stay small at any width
+      xg = _gather_rows(x_ref, idx, pl.ds(c * bk, bk))
+      wk = w_ref[k, pl.ds(c * bk, bk), pl.ds(j * bn, bn)]
+      return acc + pl_triton.dot(xg, wk, allow_tf32=allow_tf32)
+
+    return jax.lax.fori_loop(0, num_chunks, chunk, acc)
 
   acc = jax.lax.fori_loop(0, num_offsets, offset, jnp.zeros((bm, bn), jnp.float32))
   o_ref[...] = acc.astype(o_ref.dtype)
 
 
-def forward(x, w, nbr_t, *, bm: int, bn: int, num_warps: int, num_stages: int, interpret: bool | None,
+def forward(x, w, nbr_t, *, bm: int, bn: int, bk: int, num_warps: int, num_stages: int, interpret: bool | None,
             allow_tf32: bool = True):
-  """x: [N_in, Cin_p]; w: [K, Cin_p, Cout_p]; nbr_t: int32 [K, N_out_p] (N_out_p a multiple of bm)."""
+  """x: [N_in, Cin_p]; w: [K, Cin_p, Cout_p]; nbr_t: int32 [K, N_out_p] (N_out_p a multiple of bm, Cin_p of bk)."""
   k, n_out = nbr_t.shape
   c_out = w.shape[2]
-  kernel = functools.partial(_forward_kernel, num_offsets=k, bm=bm, bn=bn, allow_tf32=allow_tf32)
+  kernel = functools.partial(_forward_kernel, num_offsets=k, bm=bm, bn=bn, bk=bk, allow_tf32=allow_tf32)
   make = lambda interpret: pl.pallas_call(
       kernel,
       out_shape=jax.ShapeDtypeStruct((n_out, c_out), x.dtype),
@@ -64,40 +72,40 @@ def forward(x, w, nbr_t, *, bm: int, bn: int, num_warps: int, num_stages: int, i
   return _config.run(make, nbr_t, x, w, interpret=interpret)
 
 
-def _wgrad_kernel(nbr_ref, x_ref, dy_ref, o_ref, *, bm: int, bn: int, blocks_per_split: int, num_blocks: int,
-                  allow_tf32: bool):
-  k, s, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-  c_in = x_ref.shape[1]
+def _wgrad_kernel(nbr_ref, x_ref, dy_ref, o_ref, *, bm: int, bn: int, bk: int, blocks_per_split: int,
+                  num_blocks: int, allow_tf32: bool):
+  k, s, j, c = pl.program_id(0), pl.program_id(1), pl.program_id(2), pl.program_id(3)
 
   def block(t, acc):
     b = s * blocks_per_split + t
     live = b < num_blocks
     start = jnp.minimum(b, num_blocks - 1) * bm
     idx = jnp.where(live, nbr_ref[k, pl.ds(start, bm)], -1)
-    xg = _gather_rows(x_ref, idx)
+    xg = _gather_rows(x_ref, idx, pl.ds(c * bk, bk))
     g = dy_ref[pl.ds(start, bm), pl.ds(j * bn, bn)]
     g = jnp.where(live, g, jnp.zeros((), g.dtype))
     return acc + pl_triton.dot(xg, g, trans_a=True, allow_tf32=allow_tf32)
 
-  acc = jax.lax.fori_loop(0, blocks_per_split, block, jnp.zeros((c_in, bn), jnp.float32))
+  acc = jax.lax.fori_loop(0, blocks_per_split, block, jnp.zeros((bk, bn), jnp.float32))
   o_ref[...] = acc
 
 
-def wgrad_partials(x, dy, nbr_t, *, bm: int, bn: int, splits: int, num_warps: int, num_stages: int,
+def wgrad_partials(x, dy, nbr_t, *, bm: int, bn: int, bk: int, splits: int, num_warps: int, num_stages: int,
                    interpret: bool | None, allow_tf32: bool = True):
-  """``[splits, K, Cin_p, Cout_p]`` float32 partial sums; x: [N_in, Cin_p]; dy: [N_out_p, Cout_p]."""
+  """``[splits, K, Cin_p, Cout_p]`` float32 partial sums; x: [N_in, Cin_p]; dy: [N_out_p, Cout_p]; program
+  ``(k, s, j, c)`` owns input channels ``[c*bk, (c+1)*bk)``."""
   k, n_out = nbr_t.shape
   c_in, c_out = x.shape[1], dy.shape[1]
   num_blocks = n_out // bm
   per = -(-num_blocks // splits)
-  kernel = functools.partial(_wgrad_kernel, bm=bm, bn=bn, blocks_per_split=per, num_blocks=num_blocks,
+  kernel = functools.partial(_wgrad_kernel, bm=bm, bn=bn, bk=bk, blocks_per_split=per, num_blocks=num_blocks,
                              allow_tf32=allow_tf32)
   make = lambda interpret: pl.pallas_call(
       kernel,
       out_shape=jax.ShapeDtypeStruct((splits, k, c_in, c_out), jnp.float32),
-      grid=(k, splits, c_out // bn),
+      grid=(k, splits, c_out // bn, c_in // bk),
       in_specs=[pl.no_block_spec] * 3,
-      out_specs=pl.BlockSpec((None, None, c_in, bn), lambda k, s, j: (s, k, 0, j)),
+      out_specs=pl.BlockSpec((None, None, bk, bn), lambda k, s, j, c: (s, k, c, j)),
       compiler_params=_config.compiler_params(num_warps, num_stages),
       interpret=interpret,
       name="sparse_conv_wgrad",

@@ -1,0 +1,78 @@
+"""The one-command GPU check at toy sizes in interpret mode (so it cannot rot before a GPU runs it), and the
+tuning file it writes."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from pallas_kernels import _tuning
+from pallas_kernels import gpu_check
+from pallas_kernels.conv import api as conv_api
+
+
+def _failures(results: dict) -> list[str]:
+  bad = []
+  for step, items in results.items():
+    for name, value in items.items():
+      if isinstance(value, dict) and ("error" in value or value.get("ok") is False):
+        bad.append(f"{step} {name}: {value.get('error') or value.get('errors')}")
+      if isinstance(value, str) and value.startswith("skipped"):
+        bad.append(f"{step} {name}: {value}")
+  return bad
+
+
+def _run(tmp_path, *extra):
+  out = tmp_path / "results.json"
+  results = gpu_check.main(["--out", str(out), "--tuning-file", str(tmp_path / "tuning.json"), *extra])
+  assert json.loads(out.read_text()) == json.loads(json.dumps(results, default=str))  # the file holds it all
+  return results
+
+
+def test_gpu_check_runs_one_item_of_every_step_at_toy_sizes(tmp_path):
+  results = _run(tmp_path, "--select", "conv float32 16x16,ops pallas vs xla float32,index lartpc,uresnet,"
+                 "conv_forward float32 16x16")
+  assert results["environment"]["sizes"].startswith("toy")
+  assert not _failures(results)
+  assert results["correctness"]["conv float32 16x16"]["ok"]
+  assert results["correctness"]["ops pallas vs xla float32"]["errors"]["index query equal"]
+  timing = results["timing"]["index lartpc"]
+  assert timing["pallas build ms"] > 0 and timing["xla 27-offset query ms"] > 0
+  nets = results["networks"]
+  assert nets["uresnet pallas"]["loss"] == pytest.approx(nets["uresnet xla"]["loss"], rel=1e-4)
+  tuned = results["autotune"]["conv_forward float32 16x16"]
+  assert tuned["best"] in [json.loads(json.dumps(c.__dict__)) for c in gpu_check._candidates(16, 16, True)]
+  written = json.loads((tmp_path / "tuning.json").read_text())
+  assert written[_tuning.device_key()]["conv_forward float32 16x16"] == tuned["best"]
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_item_at_toy_sizes(tmp_path):
+  results = _run(tmp_path)
+  assert not _failures(results)
+  assert set(results) == {"environment", *gpu_check.STEPS}
+
+
+def test_gpu_check_rejects_unknown_steps(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    gpu_check.main(["--steps", "correctness,speed"])
+  assert "unknown steps ['speed']" in capsys.readouterr().err
+
+
+def test_the_tuning_file_is_used_on_a_gpu_only_and_merged_on_write(tmp_path, monkeypatch):
+  file = tmp_path / "tuning.json"
+  monkeypatch.setenv(_tuning.ENV, str(file))
+  fields = dict(rows=128, out_channels=16, in_channels=16, wgrad_splits=2, num_warps=8, num_stages=3)
+  _tuning.record("conv_forward", jnp.float32, 16, 16, fields)
+  _tuning.record("conv_wgrad", jnp.float32, 16, 16, dict(fields, rows=64))
+  data = json.loads(file.read_text())
+  assert set(data[_tuning.device_key()]) == {"conv_forward float32 16x16", "conv_wgrad float32 16x16"}
+  assert _tuning.lookup("conv_forward", jnp.float32, 16, 16) is None  # a CPU backend never uses it
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert _tuning.lookup("conv_forward", jnp.float32, 16, 16) == fields
+  assert conv_api.BlockSizes.choose("conv_forward", jnp.float32, 16, 16) == conv_api.BlockSizes(**fields)
+  assert conv_api.BlockSizes.choose("conv_forward", jnp.float32, 32, 32) == conv_api.BlockSizes.for_channels(32, 32)
+  file.write_text("{not json")
+  with pytest.raises(ValueError, match="delete it or point JSPARSE3D_PALLAS_TUNING"):
+    _tuning.lookup("conv_forward", jnp.float32, 16, 16)
