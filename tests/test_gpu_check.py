@@ -76,3 +76,10 @@ def test_the_tuning_file_is_used_on_a_gpu_only_and_merged_on_write(tmp_path, mon
   file.write_text("{not json")
   with pytest.raises(ValueError, match="delete it or point JSPARSE3D_PALLAS_TUNING"):
     _tuning.lookup("conv_forward", jnp.float32, 16, 16)
+
+
+def test_the_mosaic_gpu_probe_lowers_the_row_copies_a_port_would_use():
+  from pallas_kernels import mosaic_probe
+  results = mosaic_probe.probes()
+  assert results["copy rows global -> shared one at a time by scalar indices (TMA)"] == "lowers"
+  assert len(results) == 6 and all(isinstance(v, str) and v for v in results.values())
