@@ -92,3 +92,16 @@ def test_a_unet_with_pallas_layers_lowers_for_cuda_with_its_triton_kernels(rng):
   assert fwd.count("sparse_conv_forward") == 5
   grad = [c["name"] for c in _aot.triton_calls(_aot.lower_for_cuda(jax.grad(loss), state, x))]
   assert grad.count("sparse_conv_wgrad") == 5 and grad.count("sparse_conv_forward") >= 9
+
+
+@pytest.mark.slow  # 24 Triton compiles per architecture
+@needs_triton
+def test_every_channel_tier_of_the_models_compiles_without_spills_in_at_most_128_registers():
+  from pallas_kernels import report
+  for case in report.tier_cases():
+    for b in _aot.compile_function(case.fn, *case.args):
+      if b.name.startswith(case.show):
+        assert b.spill_stores == 0 and b.spill_loads == 0 and b.local == 0, (case.config, b)
+        assert b.registers <= 128, (case.config, b)
+        assert b.shared + b.shared_dynamic <= report._SM[b.arch]["smem"], (case.config, b)
+        assert b.mma, (case.config, b)
