@@ -93,13 +93,18 @@ def median_seconds(fn, *, reps: int = 10, inner: int = 5) -> float:
   return float(np.median(times))
 
 
-def search(candidates, run, *, reps: int = 10, inner: int = 5):
-  """``(best, [(candidate, seconds or error text)])``: times ``run(candidate)`` (a zero-argument callable that
-  returns arrays) for each candidate; a candidate that fails to compile is reported, not fatal."""
+def search(candidates, run, *, check=None, reps: int = 10, inner: int = 5):
+  """``(best, [(candidate, seconds or why not)])``: times ``run(candidate)`` (a zero-argument callable that
+  returns arrays) for each candidate whose first result passes ``check`` (if given); a candidate that fails to
+  compile, or computes a wrong result, is reported, never chosen."""
   results = []
   for c in candidates:
     try:
-      results.append((c, median_seconds(run(c), reps=reps, inner=inner)))
+      fn = run(c)
+      if check is not None and not check(jax.block_until_ready(fn())):
+        results.append((c, "rejected: wrong result"))
+        continue
+      results.append((c, median_seconds(fn, reps=reps, inner=inner)))
     except Exception as e:  # noqa: BLE001 - a block size Triton rejects is a result of the search
       results.append((c, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"))
   timed = [(c, t) for c, t in results if isinstance(t, float)]

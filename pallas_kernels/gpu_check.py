@@ -12,8 +12,8 @@ Four steps, each recorded in ``--out`` (rewritten after every result, so a run c
    the XLA path, and a plain GEMM of the same multiply-adds (cuBLAS on a GPU), on the LArTPC and LiDAR benchmark
    inputs (``DIR/lartpc_coords.npy``, ``DIR/lidar_coords.npy``; generated when absent).
 3. ``networks``: a U-ResNet and a MinkUNet training step, every layer Pallas against every layer XLA.
-4. ``autotune``: a short block-size search of the conv kernels per channels and dtype, written to the tuning
-   file (:mod:`pallas_kernels._tuning`).
+4. ``autotune``: a short block-size search of the conv kernels per channels and dtype (each candidate's result
+   checked against the reference before it is timed), written to the tuning file (:mod:`pallas_kernels._tuning`).
 
 On a CPU backend the same steps run at toy sizes with the kernels in Pallas interpret mode (a test runs it), so
 the command cannot rot before a GPU shows up. ``--budget-s`` bounds the wall time: steps that would start after
@@ -389,9 +389,10 @@ def networks(report: Report, toy: bool, inputs: Path | None) -> None:
 
 def _candidates(c_in: int, c_out: int, toy: bool):
   from pallas_kernels.conv import api
+  default = api.BlockSizes.for_channels(c_in, c_out)
   if toy:
-    return [api.BlockSizes(rows=16, out_channels=16), api.BlockSizes.for_channels(c_in, c_out)]
-  out = [api.BlockSizes.for_channels(c_in, c_out)]
+    return [default, api.BlockSizes(rows=16, out_channels=16)]
+  out = [default]
   wide = max(c_in, c_out) > 64
   for rows in (64, 128) if wide else (32, 64, 128):
     for bn in (32, 64) if wide else sorted({16, 32, 64} & set(range(16, max(c_out, 16) + 1))):
@@ -407,6 +408,7 @@ def autotune(report: Report, toy: bool, inputs: Path | None, tuning_file: Path |
   import dataclasses
 
   from pallas_kernels.conv import api
+  from pallas_kernels.conv import reference
   coords = _coords("lartpc", toy, inputs)
   nbr, _, _ = _tables(coords)
   n = len(coords)
@@ -417,7 +419,7 @@ def autotune(report: Report, toy: bool, inputs: Path | None, tuning_file: Path |
       def one(c=c, dtype=dtype, kernel=kernel):
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.standard_normal((n, c)), dtype)
-        w = jnp.asarray(rng.standard_normal((27, c, c)), dtype)
+        w = jnp.asarray(rng.standard_normal((27, c, c)) / np.sqrt(27 * c), dtype)
         def run(bs):
           if kernel == "conv_forward":
             f = jax.jit(lambda x, w, t: api.conv_forward(x, w, t, block_sizes=bs))
@@ -427,7 +429,12 @@ def autotune(report: Report, toy: bool, inputs: Path | None, tuning_file: Path |
 
         default = api.BlockSizes.for_channels(c, c)
         cands = _candidates(c, c, toy)
-        best, results = _tuning.search(cands, run, reps=3 if toy else 7, inner=1 if toy else 5)
+        with jax.default_matmul_precision("highest"):
+          want = (reference.conv_forward(x, w, nbr) if kernel == "conv_forward" else
+                  reference.conv_wgrad(x, x, nbr))
+        tol = TOLERANCE[np.dtype(dtype).name]
+        best, results = _tuning.search(cands, run, reps=3 if toy else 7, inner=1 if toy else 5,
+                                       check=lambda got: _rel_error(got, want) <= tol)
         timed = {str(dataclasses.astuple(bs)): (t * 1e3 if isinstance(t, float) else t) for bs, t in results}
         res = dict(default=dataclasses.asdict(default), candidates=len(cands), ms=timed)
         if best is not None:

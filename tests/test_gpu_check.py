@@ -42,7 +42,8 @@ def test_gpu_check_runs_one_item_of_every_step_at_toy_sizes(tmp_path):
   nets = results["networks"]
   assert nets["uresnet pallas"]["loss"] == pytest.approx(nets["uresnet xla"]["loss"], rel=1e-4)
   tuned = results["autotune"]["conv_forward float32 16x16"]
-  assert tuned["best"] in [json.loads(json.dumps(c.__dict__)) for c in gpu_check._candidates(16, 16, True)]
+  candidates = gpu_check._candidates(16, 16, True)
+  assert tuned["best"] in [json.loads(json.dumps(c.__dict__)) for c in candidates]
   written = json.loads((tmp_path / "tuning.json").read_text())
   assert written[_tuning.device_key()]["conv_forward float32 16x16"] == tuned["best"]
 
@@ -73,6 +74,9 @@ def test_the_tuning_file_is_used_on_a_gpu_only_and_merged_on_write(tmp_path, mon
   assert _tuning.lookup("conv_forward", jnp.float32, 16, 16) == fields
   assert conv_api.BlockSizes.choose("conv_forward", jnp.float32, 16, 16) == conv_api.BlockSizes(**fields)
   assert conv_api.BlockSizes.choose("conv_forward", jnp.float32, 32, 32) == conv_api.BlockSizes.for_channels(32, 32)
+  best, results = _tuning.search([1, 2, 3], lambda c: (lambda: jnp.full(3, c)), check=lambda out: out[0] != 2,
+                                 reps=1, inner=1)
+  assert best in (1, 3) and results[1] == (2, "rejected: wrong result")  # a wrong kernel is never chosen
   file.write_text("{not json")
   with pytest.raises(ValueError, match="delete it or point JSPARSE3D_PALLAS_TUNING"):
     _tuning.lookup("conv_forward", jnp.float32, 16, 16)

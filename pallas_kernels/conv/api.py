@@ -45,7 +45,9 @@ class BlockSizes:
   @classmethod
   def for_channels(cls, c_in: int, c_out: int) -> "BlockSizes":
     """Defaults by channel count: wider layers take taller tiles and more warps (registers per thread stay
-    bounded: the accumulator is rows x out_channels floats over 32 * num_warps threads)."""
+    bounded: the accumulator is rows x out_channels floats over 32 * num_warps threads). Every tier compiles to
+    at most 128 registers per thread with no spills (``python -m pallas_kernels.report``); faster tiles that need
+    more registers on a given GPU come from the tuning file."""
     width = max(_config.next_pow2(c_in, 16), _config.next_pow2(c_out, 16))
     if width <= 32:
       return cls(rows=32, out_channels=min(32, _config.next_pow2(c_out, 16)), num_warps=4)
