@@ -5,15 +5,16 @@
 Four steps, each recorded in ``--out`` (rewritten after every result, so a run cut short still reports):
 
 1. ``correctness``: every kernel compiled for the backend (Triton on a GPU) against its pure-jnp reference at
-   every channel tier and dtype (conv forward, input gradient on the transposed table, weight gradient), and the
-   ops with ``implementation="pallas"`` against ``"xla"`` (conv3d with gradients, index build and query,
-   voxel_to_point with gradients).
-2. ``timing``: index build and query, conv forward / input gradient / weight gradient, devoxelize, Pallas against
-   the XLA path, and a plain GEMM of the same multiply-adds (cuBLAS on a GPU), on the LArTPC and LiDAR benchmark
-   inputs (``DIR/lartpc_coords.npy``, ``DIR/lidar_coords.npy``; generated when absent).
-3. ``networks``: a U-ResNet and a MinkUNet training step, every layer Pallas against every layer XLA.
+   every channel tier and dtype (conv forward, input gradient on the transposed map, weight gradient, in both
+   dataflows: output-stationary and pair-compacted), and the ops with ``implementation="pallas"`` against
+   ``"xla"`` (conv3d with gradients, index build and query, voxel_to_point with gradients).
+2. ``timing``: index build and query, conv forward / input gradient / weight gradient (both dataflows) and
+   devoxelize, Pallas against the XLA path, and a plain GEMM of the same multiply-adds (cuBLAS on a GPU), on the
+   LArTPC and LiDAR benchmark inputs (``DIR/lartpc_coords.npy``, ``DIR/lidar_coords.npy``; generated when absent).
+3. ``networks``: a U-ResNet and a MinkUNet training step with every conv on each dataflow, then on XLA.
 4. ``autotune``: a short block-size search of the conv kernels per channels and dtype (each candidate's result
-   checked against the reference before it is timed), written to the tuning file (:mod:`pallas_kernels._tuning`).
+   checked against the reference before it is timed) and the faster dataflow, written to the tuning file
+   (:mod:`pallas_kernels._tuning`).
 
 On a CPU backend the same steps run at toy sizes with the kernels in Pallas interpret mode (a test runs it), so
 the command cannot rot before a GPU shows up. ``--budget-s`` bounds the wall time: steps that would start after
@@ -117,11 +118,34 @@ def _tensor(coords: np.ndarray, channels: int, dtype="float32", seed: int = 0):
   return js.SparseTensor.from_coords(coords, jnp.asarray(feats, dtype), duplicates="error")
 
 
-def _tables(coords: np.ndarray):
-  """The 3^3 submanifold neighbour table ``[N, 27]`` and its transpose (the input gradient's table)."""
+def _maps(coords: np.ndarray) -> dict:
+  """The 3^3 submanifold kernel map of ``coords``, its neighbour table ``[N, 27]`` and the transposed table (the
+  input gradient's)."""
   import jsparse3d as js
   kmap, _ = js.ops.kernel_map(_tensor(coords, 1), 3)
-  return kmap.neighbor_table(), kmap.T.neighbor_table(), int(kmap.num_pairs)
+  return dict(kmap=kmap, nbr=kmap.neighbor_table(), nbr_t=kmap.T.neighbor_table(), pairs=int(kmap.num_pairs))
+
+
+def _dataflows(maps: dict, allow_tf32: bool = True) -> dict:
+  """``{dataflow: (forward(x, w), dgrad(dy, w_t), wgrad(x, dy))}``, jitted, for both dataflows on one map."""
+  from pallas_kernels.conv import api
+  kmap, nbr, nbr_t = maps["kmap"], maps["nbr"], maps["nbr_t"]
+
+  def pairs(m):
+    return (m.src, m.dst, m.block_offset, m.num_blocks, m.center_mask), dict(
+        pairs_per_block=m.block_size, center=m.center, mirrored=m.mirrored, allow_tf32=allow_tf32)
+
+  (a, kw), (a_t, kw_t) = pairs(kmap), pairs(kmap.T)
+  return {
+      "output_stationary": (
+          jax.jit(lambda x, w: api.conv_forward(x, w, nbr, allow_tf32=allow_tf32)),
+          jax.jit(lambda dy, w_t: api.conv_forward(dy, w_t, nbr_t, allow_tf32=allow_tf32)),
+          jax.jit(lambda x, dy: api.conv_wgrad(x, dy, nbr, allow_tf32=allow_tf32))),
+      "pairs": (
+          jax.jit(lambda x, w: api.pairs_forward(x, w, *a, num_out=kmap.num_dst, **kw)),
+          jax.jit(lambda dy, w_t: api.pairs_forward(dy, w_t, *a_t, num_out=kmap.num_src, **kw_t)),
+          jax.jit(lambda x, dy: api.pairs_wgrad(x, dy, *a, num_offsets=kmap.num_offsets, **kw))),
+  }
 
 
 def _rel_error(got, want) -> float:
@@ -133,27 +157,27 @@ def _rel_error(got, want) -> float:
 # 1. correctness
 
 
-def _conv_tier(coords, nbr, nbr_t, c, dtype, exact=False) -> dict:
-  from pallas_kernels.conv import api
+def _conv_tier(maps, c, dtype, exact=False) -> dict:
+  """Both dataflows' forward, input gradient and weight gradient against the reference, and a bitwise repeat."""
   from pallas_kernels.conv import reference
   rng = np.random.default_rng(c)
-  n, k = nbr.shape
+  n, k = maps["nbr"].shape
   x = jnp.asarray(rng.standard_normal((n, c)), dtype)
   w = jnp.asarray(rng.standard_normal((k, c, c)) / np.sqrt(k * c), dtype)
   dy = jnp.asarray(rng.standard_normal((n, c)), dtype)
-  tf32 = not exact
-  fwd = jax.jit(lambda x, w, t: api.conv_forward(x, w, t, allow_tf32=tf32))
-  wgrad = jax.jit(lambda x, dy, t: api.conv_wgrad(x, dy, t, allow_tf32=tf32))
   w_t = jnp.swapaxes(w, 1, 2)
   with jax.default_matmul_precision("highest"):
-    want = (reference.conv_forward(x, w, nbr), reference.conv_forward(dy, w_t, nbr_t),
-            reference.conv_wgrad(x, dy, nbr))
-  got = (fwd(x, w, nbr), fwd(dy, w_t, nbr_t), wgrad(x, dy, nbr))
-  errors = {name: _rel_error(g, r) for name, g, r in zip(("forward", "dgrad", "wgrad"), got, want)}
+    want = (reference.conv_forward(x, w, maps["nbr"]), reference.conv_forward(dy, w_t, maps["nbr_t"]),
+            reference.conv_wgrad(x, dy, maps["nbr"]))
+  errors, deterministic = {}, True
+  for flow, (fwd, dgrad, wgrad) in _dataflows(maps, allow_tf32=not exact).items():
+    got = (fwd(x, w), dgrad(dy, w_t), wgrad(x, dy))
+    prefix = "" if flow == "output_stationary" else "pairs "
+    errors.update({prefix + name: _rel_error(g, r) for name, g, r in zip(("forward", "dgrad", "wgrad"), got, want)})
+    deterministic &= all(np.array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+                         for a, b in zip(got, (fwd(x, w), dgrad(dy, w_t), wgrad(x, dy))))
   tol = TOLERANCE["float32 exact" if exact else np.dtype(dtype).name]
-  again = fwd(x, w, nbr)
-  deterministic = bool(np.array_equal(np.asarray(again, np.float32), np.asarray(got[0], np.float32)))
-  return dict(errors=errors, tolerance=tol, deterministic=deterministic,
+  return dict(errors=errors, tolerance=tol, deterministic=bool(deterministic),
               ok=bool(max(errors.values()) <= tol and deterministic))
 
 
@@ -204,14 +228,13 @@ def correctness(report: Report, toy: bool, inputs: Path | None) -> None:
   coords = _coords("lartpc", toy, inputs)
   if not toy:
     coords = coords[:20000]  # a 27-offset reference gather at 256 channels stays under 1 GB
-  nbr, nbr_t, _ = _tables(coords)
+  maps = _maps(coords)
   tiers = (16, 32) if toy else (16, 32, 64, 128, 256)
   for dtype in DTYPES:
     for c in tiers:
-      report.guarded("correctness", f"conv {dtype} {c}x{c}", lambda c=c, dtype=dtype: _conv_tier(
-          coords, nbr, nbr_t, c, dtype))
+      report.guarded("correctness", f"conv {dtype} {c}x{c}", lambda c=c, dtype=dtype: _conv_tier(maps, c, dtype))
   report.guarded("correctness", "conv float32 16x16 without TF32", lambda: _conv_tier(
-      coords, nbr, nbr_t, 16, "float32", exact=True))
+      maps, 16, "float32", exact=True))
   for dtype in DTYPES:
     report.guarded("correctness", f"ops pallas vs xla {dtype}", lambda dtype=dtype: _ops_against_xla(coords, dtype))
 
@@ -226,18 +249,15 @@ def _median_ms(fn, toy: bool) -> float:
 
 def _conv_timings(coords, c_in, c_out, dtype, toy) -> dict:
   import jsparse3d as js
-  from pallas_kernels.conv import api
-  nbr, nbr_t, pairs = _tables(coords)
+  maps = _maps(coords)
+  kmap, pairs = maps["kmap"], maps["pairs"]
   rng = np.random.default_rng(0)
   n = len(coords)
   x = jnp.asarray(rng.standard_normal((n, c_in)), dtype)
   dy = jnp.asarray(rng.standard_normal((n, c_out)), dtype)
   w = jnp.asarray(rng.standard_normal((27, c_in, c_out)) / np.sqrt(27 * c_in), dtype)
   st = _tensor(coords, c_in, dtype)
-  kmap, _ = js.ops.kernel_map(st, 3)
   w5 = w.reshape(3, 3, 3, c_in, c_out)
-  fwd = jax.jit(api.conv_forward)
-  wgrad = jax.jit(api.conv_wgrad)
   w_t = jnp.swapaxes(w, 1, 2)
 
   def op(impl):
@@ -251,18 +271,20 @@ def _conv_timings(coords, c_in, c_out, dtype, toy) -> dict:
   b = jnp.asarray(rng.standard_normal((c_in, c_out)), dtype)
   gemm = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
   res = dict(rows=n, pairs=pairs, macs=pairs * c_in * c_out)
-  timings = {
-      "pallas forward kernel": lambda: fwd(x, w, nbr),
-      "pallas dgrad kernel": lambda: fwd(dy, w_t, nbr_t),
-      "pallas wgrad kernel": lambda: wgrad(x, dy, nbr),
-      "pallas conv3d forward": pal_f, "xla conv3d forward": xla_f,
-      "pallas conv3d backward": pal_b, "xla conv3d backward": xla_b,
-      "gemm of the same MACs": lambda: gemm(a, b)}
+  timings = {"pallas conv3d forward": pal_f, "xla conv3d forward": xla_f,
+             "pallas conv3d backward": pal_b, "xla conv3d backward": xla_b, "gemm of the same MACs": lambda: gemm(a, b)}
+  for flow, (fwd, dgrad, wgrad) in _dataflows(maps).items():
+    name = "pallas" if flow == "output_stationary" else "pairs"
+    timings.update({f"{name} forward kernel": lambda fwd=fwd: fwd(x, w),
+                    f"{name} dgrad kernel": lambda dgrad=dgrad: dgrad(dy, w_t),
+                    f"{name} wgrad kernel": lambda wgrad=wgrad: wgrad(x, dy)})
   for name, fn in timings.items():
     res[name + " ms"] = _median_ms(fn, toy)
   for name in ("forward", "backward"):
     res[f"pallas / xla {name}"] = res[f"pallas conv3d {name} ms"] / res[f"xla conv3d {name} ms"]
   res["pallas forward kernel / gemm"] = res["pallas forward kernel ms"] / res["gemm of the same MACs ms"]
+  total = lambda name: sum(res[f"{name} {k} kernel ms"] for k in ("forward", "dgrad", "wgrad"))
+  res["pairs / output-stationary, forward + dgrad + wgrad"] = total("pairs") / total("pallas")
   return res
 
 
@@ -373,14 +395,34 @@ def _network(kind: str, implementation: str, toy: bool, inputs: Path | None) -> 
   return dict(voxels=len(coords), compile_s=round(compile_s, 2), step_ms=ms, loss=float(first[1]))
 
 
+def _with_dataflow(flow: str | None, fn):
+  """``fn()`` with every Pallas convolution on ``flow`` (traced afresh: the dataflow is chosen at trace time)."""
+  from pallas_kernels.conv import api
+  saved = os.environ.get(api.DATAFLOW_ENV)
+  if flow is not None:
+    os.environ[api.DATAFLOW_ENV] = flow
+  jax.clear_caches()
+  try:
+    return fn()
+  finally:
+    if saved is None:
+      os.environ.pop(api.DATAFLOW_ENV, None)
+    else:
+      os.environ[api.DATAFLOW_ENV] = saved
+    jax.clear_caches()
+
+
 def networks(report: Report, toy: bool, inputs: Path | None) -> None:
+  variants = (("pallas", "pallas", "output_stationary"), ("pallas pairs", "pallas", "pairs"), ("xla", "xla", None))
   for kind in ("uresnet", "minkunet"):
-    for impl in ("pallas", "xla"):
-      report.guarded("networks", f"{kind} {impl}", lambda kind=kind, impl=impl: _network(kind, impl, toy, inputs))
+    for name, impl, flow in variants:
+      report.guarded("networks", f"{kind} {name}", lambda kind=kind, impl=impl, flow=flow: _with_dataflow(
+          flow, lambda: _network(kind, impl, toy, inputs)))
     runs = report.data.get("networks", {})
-    a, b = runs.get(f"{kind} pallas"), runs.get(f"{kind} xla")
-    if isinstance(a, dict) and isinstance(b, dict) and "step_ms" in a and "step_ms" in b:
-      report.add("networks", f"{kind} pallas / xla step", a["step_ms"] / b["step_ms"])
+    for name in ("pallas", "pallas pairs"):
+      a, b = runs.get(f"{kind} {name}"), runs.get(f"{kind} xla")
+      if isinstance(a, dict) and isinstance(b, dict) and "step_ms" in a and "step_ms" in b:
+        report.add("networks", f"{kind} {name} / xla step", a["step_ms"] / b["step_ms"])
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -410,7 +452,8 @@ def autotune(report: Report, toy: bool, inputs: Path | None, tuning_file: Path |
   from pallas_kernels.conv import api
   from pallas_kernels.conv import reference
   coords = _coords("lartpc", toy, inputs)
-  nbr, _, _ = _tables(coords)
+  maps = _maps(coords)
+  nbr = maps["nbr"]
   n = len(coords)
   shapes = [(16, "float32"), (32, "float32")] if toy else [(16, "float32"), (32, "float32"), (64, "float32"),
                                                             (128, "float32"), (32, "bfloat16"), (128, "bfloat16")]
@@ -447,6 +490,21 @@ def autotune(report: Report, toy: bool, inputs: Path | None, tuning_file: Path |
             res["file"] = str(_tuning.record(kernel, dtype, c, c, dataclasses.asdict(best), file=tuning_file))
         return res
       report.guarded("autotune", f"{kernel} {dtype} {c}x{c}", one)
+
+    def choose_dataflow(c=c, dtype=dtype):
+      rng = np.random.default_rng(1)
+      x = jnp.asarray(rng.standard_normal((n, c)), dtype)
+      w = jnp.asarray(rng.standard_normal((27, c, c)) / np.sqrt(27 * c), dtype)
+      ms = {}
+      for flow, (fwd, dgrad, wgrad) in _dataflows(maps).items():  # each with its (tuned) block sizes
+        calls = (lambda f=fwd: f(x, w), lambda f=dgrad: f(x, w), lambda f=wgrad: f(x, x))
+        ms[flow] = sum(_median_ms(fn, toy) for fn in calls)
+      best = min(ms, key=ms.get)
+      res = {"forward + dgrad + wgrad ms": ms, "best": best}
+      if tuning_file is not None or not toy:
+        res["file"] = str(_tuning.record("conv_dataflow", dtype, c, c, {"dataflow": best}, file=tuning_file))
+      return res
+    report.guarded("autotune", f"dataflow {dtype} {c}x{c}", choose_dataflow)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from pallas_kernels.devoxelize import api as devox_api
 from pallas_kernels.hash import api as hash_api
 
 ROWS, K, CHANNELS, POINTS = 4096, 27, 32, 8192
+PAIRS_PER_BLOCK = 32  # what jsparse3d's kernel maps use at 4,096 rows (ops._kernel_map.block_size_for)
+PAIRS = ROWS * (K // 2) // PAIRS_PER_BLOCK * PAIRS_PER_BLOCK + PAIRS_PER_BLOCK  # a mirrored map's half
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,14 @@ def cases() -> list[Case]:
     out.append(Case("sparse_conv_wgrad", "sparse_conv", label + f", splits {bs.wgrad_splits}", is_default,
                     lambda x, d, n, bs=bs: conv_api.conv_wgrad(x, d, n, block_sizes=bs, interpret=False),
                     (x, dy, nbr)))
+  pairs = jax.ShapeDtypeStruct((PAIRS,), jnp.int32)
+  map_args = (pairs, pairs, jax.ShapeDtypeStruct((PAIRS // PAIRS_PER_BLOCK,), jnp.int32),
+              jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((ROWS,), jnp.bool_))
+  kw = dict(pairs_per_block=PAIRS_PER_BLOCK, center=K // 2, mirrored=True, interpret=False)
+  out.append(Case("sparse_conv_pair_products + sparse_conv_gather_sum", "sparse_conv", "pair-compacted, defaults",
+                  True, lambda x, w, *m: conv_api.pairs_forward(x, w, *m, num_out=ROWS, **kw), (x, w, *map_args)))
+  out.append(Case("sparse_conv_pair_wgrad", "sparse_conv", "pair-compacted, defaults", True,
+                  lambda x, d, *m: conv_api.pairs_wgrad(x, d, *m, num_offsets=K, **kw), (x, dy, *map_args)))
   xb, wb, _, _ = _inputs(dtype=jnp.bfloat16)
   out.append(Case("sparse_conv_forward", "sparse_conv", "bfloat16, defaults", False,
                   lambda x, w, n: conv_api.conv_forward(x, w, n, interpret=False), (xb, wb, nbr)))

@@ -79,6 +79,64 @@ def test_conv_kernels_tile_wide_inputs_over_input_channels(rng, dtype):
   assert _max_rel_error(g, conv_ref.conv_wgrad(x, dy, nbr)) <= _tol(dtype, n_out)
 
 
+def _pairs_of(kmap):
+  """The arguments of the pair-compacted kernels, from a kernel map."""
+  args = (kmap.src, kmap.dst, kmap.block_offset, kmap.num_blocks, kmap.center_mask)
+  return args, dict(pairs_per_block=kmap.block_size, center=kmap.center, mirrored=kmap.mirrored)
+
+
+@pytest.mark.parametrize("case, dtype", [("submanifold", jnp.float32), ("submanifold", jnp.bfloat16),
+                                         ("strided", jnp.float32), ("transposed", jnp.bfloat16),
+                                         ("1x1x1", jnp.float32)])
+def test_pair_compacted_conv_matches_the_table_kernels_and_the_reference(rng, case, dtype):
+  x = random_tensor(rng, n_grid=7, density=0.3, channels=20, batch=2)
+  size, stride = {"submanifold": (3, 1), "strided": (2, 2), "transposed": (2, 2), "1x1x1": (1, 1)}[case]
+  kmap, y = js.ops.kernel_map(x, size, stride=stride)
+  if case == "transposed":  # coarse -> fine: the strided map's pairs with the roles swapped
+    kmap, x, y = kmap.T, y.replace(feats=jnp.asarray(rng.standard_normal((y.capacity, 20)), jnp.float32)), x
+  assert kmap.mirrored == (case == "submanifold") and (kmap.center >= 0) == (case in ("submanifold", "1x1x1"))
+  assert (kmap.src.shape[0] == 0) == (case == "1x1x1")  # only the centre's identity pairs
+  k, c_in, c_out = kmap.num_offsets, 20, 36  # C_out padded to 48 inside, C_in tiled by 16
+  feats = x.feats.astype(dtype)
+  w = jnp.asarray(rng.standard_normal((k, c_in, c_out)) / np.sqrt(k * c_in), dtype)
+  dy = jnp.asarray(rng.standard_normal((y.capacity, c_out)), dtype)
+  blocks = conv_api.BlockSizes(rows=16, out_channels=16, in_channels=16)
+  args, kw = _pairs_of(kmap)
+  table = kmap.neighbor_table()
+  got = conv_api.pairs_forward(feats, w, *args, num_out=y.capacity, block_sizes=blocks, **kw)
+  assert got.dtype == dtype and got.shape == (y.capacity, c_out)
+  want = conv_ref.conv_forward(feats, w, table)
+  assert _max_rel_error(got, want) <= _tol(dtype, k * c_in)
+  assert _max_rel_error(got, conv_api.conv_forward(feats, w, table)) <= _tol(dtype, k * c_in)
+  dw = conv_api.pairs_wgrad(feats, dy, *args, num_offsets=k, block_sizes=blocks, **kw)
+  assert dw.dtype == jnp.float32 and dw.shape == (k, c_in, c_out)
+  assert _max_rel_error(dw, conv_ref.conv_wgrad(feats, dy, table)) <= _tol(dtype, y.capacity)
+  np.testing.assert_array_equal(np.asarray(dw), np.asarray(conv_api.pairs_wgrad(  # deterministic
+      feats, dy, *args, num_offsets=k, block_sizes=blocks, **kw)))
+  # the input gradient is the forward on the transposed map with w[k].T
+  args_t, kw_t = _pairs_of(kmap.T)
+  dx = conv_api.pairs_forward(dy, jnp.swapaxes(w, 1, 2), *args_t, num_out=x.capacity, block_sizes=blocks, **kw_t)
+  dx_want = jax.vjp(lambda f: conv_ref.conv_forward(f, w, table).astype(jnp.float32), feats)[1](
+      dy.astype(jnp.float32))[0]
+  assert _max_rel_error(dx, dx_want) <= _tol(dtype, k * c_out)
+
+
+def test_pair_compacted_conv_rejects_bad_pair_lists(rng, monkeypatch):
+  x = jnp.zeros((5, 3), jnp.float32)
+  w = jnp.zeros((8, 3, 4), jnp.float32)
+  src = jnp.zeros((64,), jnp.int32)
+  with pytest.raises(ValueError, match="pairs_per_block must be a power of two"):
+    conv_api.pairs_forward(x, w, src, src, jnp.zeros((2,), jnp.int32), 1, num_out=5, pairs_per_block=24)
+  with pytest.raises(ValueError, match="one offset per block"):
+    conv_api.pairs_forward(x, w, src, src, jnp.zeros((3,), jnp.int32), 1, num_out=5, pairs_per_block=32)
+  with pytest.raises(ValueError, match="src and dst must be int32"):
+    conv_api.pairs_wgrad(x, x, src, src.astype(jnp.float32), jnp.zeros((2,), jnp.int32), 1, num_offsets=8,
+                         pairs_per_block=32)
+  monkeypatch.setenv(conv_api.DATAFLOW_ENV, "implicit_gemm")
+  with pytest.raises(ValueError, match="expected one of"):
+    conv_api.dataflow(jnp.float32, 16, 16)
+
+
 def test_conv_kernels_on_empty_inputs_and_bad_arguments(rng):
   x = jnp.zeros((5, 3), jnp.float32)
   w = jnp.ones((8, 3, 4), jnp.float32)
@@ -99,8 +157,16 @@ def test_conv_kernels_on_empty_inputs_and_bad_arguments(rng):
     conv_api.conv_forward(x, w.astype(jnp.bfloat16), nbr)
 
 
-@pytest.mark.parametrize("k, s", [(3, 1), (2, 2), (3, 2), (4, 1)])
-def test_conv3d_with_pallas_matches_the_dense_oracle(rng, k, s):
+@pytest.mark.parametrize("k, s, dataflow", [(3, 1, "output_stationary"), (2, 2, "output_stationary"),
+                                             (3, 2, "output_stationary"), (4, 1, "output_stationary"),
+                                             (3, 1, "pairs"), (3, 2, "pairs")])
+def test_conv3d_with_pallas_matches_the_dense_oracle(rng, k, s, dataflow, monkeypatch):
+  monkeypatch.setenv(conv_api.DATAFLOW_ENV, dataflow)
+  jax.clear_caches()  # the dataflow is chosen when a convolution is traced, and jax caches traces
+  calls = []
+  for name in ("pairs_forward", "pairs_wgrad", "conv_forward", "conv_wgrad"):
+    fn = getattr(conv_api, name)
+    monkeypatch.setattr(conv_api, name, lambda *a, _fn=fn, _name=name, **kw: calls.append(_name) or _fn(*a, **kw))
   g = 7
   x = random_tensor(rng, n_grid=g, density=0.25, channels=3, batch=2)
   w = jnp.asarray(rng.standard_normal((k, k, k, 3, 4)).astype(np.float32))
@@ -114,6 +180,8 @@ def test_conv3d_with_pallas_matches_the_dense_oracle(rng, k, s):
   loss = lambda f, w, impl: jnp.sum(js.ops.conv3d(x.replace(feats=f), w, stride=s, implementation=impl).feats ** 2)
   for a, b in zip(jax.grad(loss, (0, 1))(x.feats, w, "pallas"), jax.grad(loss, (0, 1))(x.feats, w, "xla")):
     assert _max_rel_error(a, b) <= _tol(jnp.float32, 27 * 4 * 50)
+  want_calls = {"pairs_forward", "pairs_wgrad"} if dataflow == "pairs" else {"conv_forward", "conv_wgrad"}
+  assert set(calls) == want_calls  # the forward, the input gradient and the weight gradient all took that path
 
 
 def test_transposed_conv_with_pallas_is_the_dense_adjoint(rng):

@@ -57,10 +57,10 @@ def test_every_kernel_compiles_for_sm80_and_sm90_without_spills_at_defaults():
       assert b.registers > 0
       if case.default:
         assert b.spill_stores == 0 and b.spill_loads == 0 and b.local == 0, b
-      if b.name in ("sparse_conv_forward", "sparse_conv_wgrad"):
+      if b.name in ("sparse_conv_forward", "sparse_conv_wgrad", "sparse_conv_pair_products", "sparse_conv_pair_wgrad"):
         assert b.mma, f"{b.name} sm_{b.arch}: no tensor-core instructions"
-  assert seen == {"sparse_conv_forward", "sparse_conv_wgrad", "hash_build", "hash_query", "devoxelize_forward",
-                  "devoxelize_backward"}
+  assert seen == {"sparse_conv_forward", "sparse_conv_wgrad", "sparse_conv_pair_products", "sparse_conv_gather_sum",
+                  "sparse_conv_pair_wgrad", "hash_build", "hash_query", "devoxelize_forward", "devoxelize_backward"}
 
 
 class _TinyUNet(nnx.Module):

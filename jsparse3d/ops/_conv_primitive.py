@@ -16,7 +16,8 @@ destination rows are distinct, and blocks run in a fixed order, so every result 
 The native lowering (``implementation="native"``, CPU only, float32 arithmetic) calls the kernels of
 ``_cpu_kernels.cc`` through XLA's FFI instead; they compute the same sums on all intra-op threads, also in an
 order fixed by the map. The Pallas lowering (``implementation="pallas"``, the default on GPU) turns the map into
-its output-stationary neighbour table and runs the fused gather-GEMM kernels of :mod:`pallas_kernels.conv`.
+its output-stationary neighbour table and runs the fused gather-GEMM kernels of :mod:`pallas_kernels.conv`, or
+(where ``pallas_kernels.conv.api.dataflow`` says so) runs the pair-compacted kernels on the map's pairs.
 Both primitives carry the implementation as a parameter, so gradients, forward mode and batching use the same
 one as the call they come from.
 """
@@ -116,9 +117,13 @@ def _table(src, dst, block_offset, num_blocks, center_mask, *, num_dst, num_offs
 def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, *, num_dst, wt, implementation, block_size,
                blocks_per_step, center, mirrored):
   if implementation == "pallas":
+    kernels, w = _backend.pallas("conv"), (jnp.swapaxes(w, 1, 2) if wt else w).astype(x.dtype)
+    if kernels.dataflow(x.dtype, w.shape[1], w.shape[2]) == "pairs":
+      return kernels.pairs_forward(x, w, src, dst, block_offset, num_blocks, center_mask, num_out=num_dst,
+                                   pairs_per_block=block_size, center=center, mirrored=mirrored)
     table = _table(src, dst, block_offset, num_blocks, center_mask, num_dst=num_dst, num_offsets=w.shape[0],
                    block_size=block_size, center=center, mirrored=mirrored)
-    return _backend.pallas("conv").conv_forward(x, (jnp.swapaxes(w, 1, 2) if wt else w).astype(x.dtype), table)
+    return kernels.conv_forward(x, w, table)
   if implementation == "native":
     w = jnp.swapaxes(w, 1, 2) if wt else w
     out = jax.ffi.ffi_call(_native.target("conv"), jax.ShapeDtypeStruct((num_dst, w.shape[2]), jnp.float32))(
@@ -148,9 +153,13 @@ def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, *, num_dst
 def _wgrad_impl(a, b, src, dst, block_offset, num_blocks, center_mask, *, num_offsets, out_dtype, implementation,
                 block_size, blocks_per_step, center, mirrored):
   if implementation == "pallas":
+    kernels, b = _backend.pallas("conv"), b.astype(a.dtype)
+    if kernels.dataflow(a.dtype, a.shape[1], b.shape[1]) == "pairs":
+      return kernels.pairs_wgrad(a, b, src, dst, block_offset, num_blocks, center_mask, num_offsets=num_offsets,
+                                 pairs_per_block=block_size, center=center, mirrored=mirrored).astype(out_dtype)
     table = _table(src, dst, block_offset, num_blocks, center_mask, num_dst=b.shape[0], num_offsets=num_offsets,
                    block_size=block_size, center=center, mirrored=mirrored)
-    return _backend.pallas("conv").conv_wgrad(a, b.astype(a.dtype), table).astype(out_dtype)
+    return kernels.conv_wgrad(a, b, table).astype(out_dtype)
   if implementation == "native":
     shape = jax.ShapeDtypeStruct((num_offsets, a.shape[1], b.shape[1]), jnp.float32)
     grad = jax.ffi.ffi_call(_native.target("wgrad"), shape)(

@@ -3,12 +3,16 @@
 ``conv_forward(x, w, nbr)`` computes ``out[d] = sum_k x[nbr[d, k]] @ w[k]`` (the forward of a convolution, or its
 input gradient when given the transposed table and ``w[k].T``); ``conv_wgrad(x, dy, nbr)`` computes
 ``dw[k] = sum_d x[nbr[d, k]]^T @ dy[d]``. Both accumulate in float32 and take float32, bfloat16 or float16.
+``pairs_forward`` and ``pairs_wgrad`` compute the same sums from a kernel map's pair lists (the pair-compacted
+dataflow: real pairs only); :func:`dataflow` says which of the two a convolution uses.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
+import jax
 import jax.numpy as jnp
 
 from pallas_kernels import _config
@@ -64,11 +68,15 @@ class BlockSizes:
     return cls(**tuned) if tuned else cls.for_channels(c_in, c_out)
 
 
-def _check(x, nbr, what):
+def _check_features(x, what):
   if x.ndim != 2:
     raise ValueError(f"{what}: x must be [N, C], got {x.shape}.")
   if jnp.dtype(x.dtype) not in [jnp.dtype(d) for d in DTYPES]:
     raise TypeError(f"{what}: features must be float32, bfloat16 or float16, got {x.dtype}; cast them first.")
+
+
+def _check(x, nbr, what):
+  _check_features(x, what)
   if nbr.ndim != 2 or nbr.dtype != jnp.int32:
     raise ValueError(f"{what}: nbr must be an int32 [N_out, K] neighbour table, got {nbr.dtype} {nbr.shape}.")
 
@@ -132,3 +140,134 @@ def conv_wgrad(x, dy, nbr, *, block_sizes: BlockSizes | None = None, interpret: 
   for s in range(1, splits):  # a fixed order
     total = total + parts[s]
   return total[:, :c_in, :c_out]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The pair-compacted dataflow, on a kernel map's own arrays (``jsparse3d.ops.KernelMap``: pairs in blocks of
+# ``pairs_per_block`` that share one offset, padding pairs holding a row past every array).
+
+DATAFLOWS = ("output_stationary", "pairs")
+
+
+DATAFLOW_ENV = "JSPARSE3D_PALLAS_DATAFLOW"
+
+
+def dataflow(dtype, c_in: int, c_out: int) -> str:
+  """Which dataflow a convolution of these channels and dtype runs with: ``$JSPARSE3D_PALLAS_DATAFLOW`` if set
+  (``output_stationary`` or ``pairs``, for every layer), else the tuning file's choice for this GPU (``python -m
+  pallas_kernels.gpu_check --steps autotune`` times both), else ``"output_stationary"``. It is read when a
+  convolution is traced: set the variable before the process's first convolution."""
+  forced = os.environ.get(DATAFLOW_ENV)
+  if forced:
+    if forced not in DATAFLOWS:
+      raise ValueError(f"{DATAFLOW_ENV}={forced!r}: expected one of {DATAFLOWS}; unset it for the default.")
+    return forced
+  tuned = _tuning.lookup("conv_dataflow", dtype, c_in, c_out)
+  return tuned["dataflow"] if tuned else "output_stationary"
+
+
+def _check_pairs(src, dst, block_offset, num_blocks, pairs_per_block, what):
+  if src.shape != dst.shape or src.ndim != 1 or src.dtype != jnp.int32 or dst.dtype != jnp.int32:
+    raise ValueError(f"{what}: src and dst must be int32 [P] pair rows, got {src.dtype} {src.shape} and "
+                     f"{dst.dtype} {dst.shape}.")
+  if pairs_per_block < 16 or pairs_per_block & (pairs_per_block - 1) or src.shape[0] % pairs_per_block:
+    raise ValueError(f"{what}: pairs_per_block must be a power of two >= 16 dividing the {src.shape[0]} pairs, "
+                     f"got {pairs_per_block}.")
+  if block_offset.shape != (src.shape[0] // pairs_per_block,):
+    raise ValueError(f"{what}: block_offset must be int32 [{src.shape[0] // pairs_per_block}] (one offset per "
+                     f"block), got {block_offset.shape}.")
+  return jnp.reshape(jnp.asarray(num_blocks, jnp.int32), (1,))
+
+
+def _center(x, dy_or_w, mask, precision, forward: bool):
+  """The centre offset's identity pairs: ``x @ w`` on the masked rows (forward) or ``x^T @ (dy * mask)``."""
+  if forward:
+    return jnp.where(mask[:, None], jnp.dot(x, dy_or_w, precision=precision, preferred_element_type=jnp.float32),
+                     0.0)
+  return jnp.dot(x.T, jnp.where(mask[:, None], dy_or_w, 0), precision=precision, preferred_element_type=jnp.float32)
+
+
+def pairs_forward(x, w, src, dst, block_offset, num_blocks, center_mask=None, *, num_out: int,
+                  pairs_per_block: int, center: int = -1, mirrored: bool = False,
+                  block_sizes: BlockSizes | None = None, interpret: bool | None = None, allow_tf32: bool = True):
+  """``[num_out, C_out]`` in ``x``'s dtype: ``out[dst[p]] += x[src[p]] @ w[offset of p]`` over the real pairs.
+
+  Multiplies real pairs only (one GEMM tile per block of same-offset pairs, into a ``[P, C_out]`` float32
+  buffer), then sums each output row's products in offset order: the same sums as :func:`conv_forward` on the
+  map's neighbour table, without its multiplications by missing neighbours. ``mirrored``: every pair also stands
+  for ``(dst, src, K - 1 - offset)``; ``center >= 0``: rows with ``center_mask`` meet themselves at that offset.
+  x: [N_in, C_in]; w: [K, C_in, C_out]; src, dst: int32 [P]; block_offset: int32 [P / pairs_per_block];
+  num_blocks: int32 scalar (blocks in use).
+  """
+  _check_features(x, "pairs_forward")
+  nb = _check_pairs(src, dst, block_offset, num_blocks, pairs_per_block, "pairs_forward")
+  if w.ndim != 3 or w.shape[1] != x.shape[1] or w.dtype != x.dtype:
+    raise ValueError(f"pairs_forward: w must be [K, C_in={x.shape[1]}, C_out] in {x.dtype}, got {w.dtype} "
+                     f"{w.shape}.")
+  k, c_in, c_out = w.shape
+  bs = block_sizes or BlockSizes.choose("conv_pairs", x.dtype, c_in, c_out)
+  bk, bn, cin_p, cout_p = _tiles(bs, c_in, c_out)
+  bm = min(bs.rows, pairs_per_block)
+  xp = _config.pad(x, 1, cin_p)
+  wp = _config.pad(_config.pad(w, 1, cin_p), 2, cout_p)
+  launch = dict(pairs_per_block=pairs_per_block, bm=bm, bn=bn, bk=bk, num_warps=bs.num_warps,
+                num_stages=bs.num_stages, interpret=interpret, allow_tf32=allow_tf32)
+  p = src.shape[0]
+  if p == 0:  # no pairs besides the centre (a 1 x 1 x 1 kernel)
+    out = jnp.zeros((num_out, c_out), jnp.float32)
+    if center >= 0:
+      out = out + _center(x, w[center], center_mask, None if allow_tf32 else jax.lax.Precision.HIGHEST, True)
+    return out.astype(x.dtype)
+  live = jnp.arange(block_offset.shape[0], dtype=jnp.int32) < nb[0]
+  slot = jnp.repeat(jnp.where(live, block_offset, k), pairs_per_block)  # column k: dropped
+  ids = jnp.arange(p, dtype=jnp.int32)
+  table = jnp.full((num_out, k), -1, jnp.int32).at[dst, slot].set(ids, mode="drop")
+  products = [kernel.pair_products(xp, wp, src, block_offset, nb, **launch)]
+  if mirrored:
+    table = table.at[src, jnp.where(slot < k, k - 1 - slot, k)].set(ids + p, mode="drop")
+    products.append(kernel.pair_products(xp, wp, dst, k - 1 - block_offset, nb, **launch))
+  out = kernel.gather_sum(jnp.concatenate(products) if mirrored else products[0], _table(table, bs.rows),
+                          dtype=jnp.float32, bm=bs.rows, bn=bn, num_warps=bs.num_warps, num_stages=bs.num_stages,
+                          interpret=interpret)[:num_out, :c_out]
+  if center >= 0:
+    precision = None if allow_tf32 else jax.lax.Precision.HIGHEST
+    out = out + _center(x, w[center], center_mask, precision, forward=True)
+  return out.astype(x.dtype)
+
+
+def pairs_wgrad(x, dy, src, dst, block_offset, num_blocks, center_mask=None, *, num_offsets: int,
+                pairs_per_block: int, center: int = -1, mirrored: bool = False,
+                block_sizes: BlockSizes | None = None, interpret: bool | None = None, allow_tf32: bool = True):
+  """``[K, C_in, C_out]`` float32: ``dw[offset of p] += x[src[p]]^T @ dy[dst[p]]`` over the real pairs (and their
+  mirrors and the centre, as in :func:`pairs_forward`). One partial per block of pairs, then the blocks of each
+  offset added by a 0/1 matrix product: no atomics, the same result on every run.
+  x: [N_src, C_in]; dy: [N_dst, C_out] (x's dtype)."""
+  _check_features(x, "pairs_wgrad")
+  nb = _check_pairs(src, dst, block_offset, num_blocks, pairs_per_block, "pairs_wgrad")
+  if dy.ndim != 2 or dy.dtype != x.dtype:
+    raise ValueError(f"pairs_wgrad: dy must be [N_dst, C_out] in {x.dtype}, got {dy.dtype} {dy.shape}.")
+  k, (c_in, c_out) = num_offsets, (x.shape[1], dy.shape[1])
+  bs = block_sizes or BlockSizes.choose("conv_pairs_wgrad", x.dtype, c_in, c_out)
+  bk, bn, cin_p, cout_p = _tiles(bs, c_in, c_out)
+  launch = dict(pairs_per_block=pairs_per_block, bm=min(bs.rows, pairs_per_block), bn=bn, bk=bk,
+                num_warps=bs.num_warps, num_stages=bs.num_stages, interpret=interpret, allow_tf32=allow_tf32)
+  xp, dyp = _config.pad(x, 1, cin_p), _config.pad(dy, 1, cout_p)
+  live = jnp.arange(block_offset.shape[0], dtype=jnp.int32) < nb[0]
+  offsets = jnp.arange(k, dtype=jnp.int32)
+  exact = jax.lax.Precision.HIGHEST
+
+  def by_offset(block_offsets, parts):  # dw[o] = sum of the partials of o's blocks (0/1 weights: exact adds)
+    onehot = ((block_offsets[:, None] == offsets[None, :]) & live[:, None]).astype(jnp.float32)
+    return jnp.einsum("bk,bcd->kcd", onehot, parts, precision=exact)
+
+  if src.shape[0] == 0:  # no pairs besides the centre (a 1 x 1 x 1 kernel)
+    dw = jnp.zeros((k, c_in, c_out), jnp.float32)
+  else:
+    dw = by_offset(block_offset, kernel.pair_wgrad_partials(xp, dyp, src, dst, nb, **launch))
+    if mirrored:
+      dw = dw + by_offset(k - 1 - block_offset, kernel.pair_wgrad_partials(xp, dyp, dst, src, nb, **launch))
+    dw = dw[:, :c_in, :c_out]
+  if center >= 0:
+    precision = None if allow_tf32 else exact
+    dw = dw.at[center].add(_center(x, dy, center_mask, precision, forward=False))
+  return dw
