@@ -195,9 +195,10 @@ def _ops_against_xla(coords, dtype) -> dict:
     return jnp.sum(back.feats.astype(jnp.float32) ** 2), (y.feats, back.feats)
 
   res = {}
+  value_and_grad = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True), static_argnums=3)
   with jax.default_matmul_precision("highest"):
-    want = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True), static_argnums=3)(x.feats, w, w2, "xla")
-  got = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True), static_argnums=3)(x.feats, w, w2, "pallas")
+    want = value_and_grad(x.feats, w, w2, "xla")
+  got = value_and_grad(x.feats, w, w2, "pallas")
   (_, (y_g, b_g)), grads_g = got
   (_, (y_w, b_w)), grads_w = want
   res["conv3d"] = _rel_error(y_g, y_w)

@@ -147,8 +147,6 @@ def conv_wgrad(x, dy, nbr, *, block_sizes: BlockSizes | None = None, interpret: 
 # ``pairs_per_block`` that share one offset, padding pairs holding a row past every array).
 
 DATAFLOWS = ("output_stationary", "pairs")
-
-
 DATAFLOW_ENV = "JSPARSE3D_PALLAS_DATAFLOW"
 
 
@@ -179,14 +177,6 @@ def _check_pairs(src, dst, block_offset, num_blocks, pairs_per_block, what):
   return jnp.reshape(jnp.asarray(num_blocks, jnp.int32), (1,))
 
 
-def _center(x, dy_or_w, mask, precision, forward: bool):
-  """The centre offset's identity pairs: ``x @ w`` on the masked rows (forward) or ``x^T @ (dy * mask)``."""
-  if forward:
-    return jnp.where(mask[:, None], jnp.dot(x, dy_or_w, precision=precision, preferred_element_type=jnp.float32),
-                     0.0)
-  return jnp.dot(x.T, jnp.where(mask[:, None], dy_or_w, 0), precision=precision, preferred_element_type=jnp.float32)
-
-
 def pairs_forward(x, w, src, dst, block_offset, num_blocks, center_mask=None, *, num_out: int,
                   pairs_per_block: int, center: int = -1, mirrored: bool = False,
                   block_sizes: BlockSizes | None = None, interpret: bool | None = None, allow_tf32: bool = True):
@@ -215,23 +205,22 @@ def pairs_forward(x, w, src, dst, block_offset, num_blocks, center_mask=None, *,
   p = src.shape[0]
   if p == 0:  # no pairs besides the centre (a 1 x 1 x 1 kernel)
     out = jnp.zeros((num_out, c_out), jnp.float32)
-    if center >= 0:
-      out = out + _center(x, w[center], center_mask, None if allow_tf32 else jax.lax.Precision.HIGHEST, True)
-    return out.astype(x.dtype)
-  live = jnp.arange(block_offset.shape[0], dtype=jnp.int32) < nb[0]
-  slot = jnp.repeat(jnp.where(live, block_offset, k), pairs_per_block)  # column k: dropped
-  ids = jnp.arange(p, dtype=jnp.int32)
-  table = jnp.full((num_out, k), -1, jnp.int32).at[dst, slot].set(ids, mode="drop")
-  products = [kernel.pair_products(xp, wp, src, block_offset, nb, **launch)]
-  if mirrored:
-    table = table.at[src, jnp.where(slot < k, k - 1 - slot, k)].set(ids + p, mode="drop")
-    products.append(kernel.pair_products(xp, wp, dst, k - 1 - block_offset, nb, **launch))
-  out = kernel.gather_sum(jnp.concatenate(products) if mirrored else products[0], _table(table, bs.rows),
-                          dtype=jnp.float32, bm=bs.rows, bn=bn, num_warps=bs.num_warps, num_stages=bs.num_stages,
-                          interpret=interpret)[:num_out, :c_out]
-  if center >= 0:
+  else:
+    live = jnp.arange(block_offset.shape[0], dtype=jnp.int32) < nb[0]
+    slot = jnp.repeat(jnp.where(live, block_offset, k), pairs_per_block)  # column k: dropped
+    ids = jnp.arange(p, dtype=jnp.int32)
+    table = jnp.full((num_out, k), -1, jnp.int32).at[dst, slot].set(ids, mode="drop")
+    products = [kernel.pair_products(xp, wp, src, block_offset, nb, **launch)]
+    if mirrored:
+      table = table.at[src, jnp.where(slot < k, k - 1 - slot, k)].set(ids + p, mode="drop")
+      products.append(kernel.pair_products(xp, wp, dst, k - 1 - block_offset, nb, **launch))
+    out = kernel.gather_sum(jnp.concatenate(products), _table(table, bs.rows), dtype=jnp.float32, bm=bs.rows,
+                            bn=bn, num_warps=bs.num_warps, num_stages=bs.num_stages,
+                            interpret=interpret)[:num_out, :c_out]
+  if center >= 0:  # the centre's identity pairs: one dense product on the masked rows
     precision = None if allow_tf32 else jax.lax.Precision.HIGHEST
-    out = out + _center(x, w[center], center_mask, precision, forward=True)
+    out = out + jnp.where(center_mask[:, None], jnp.dot(x, w[center], precision=precision,
+                                                        preferred_element_type=jnp.float32), 0.0)
   return out.astype(x.dtype)
 
 
@@ -267,7 +256,8 @@ def pairs_wgrad(x, dy, src, dst, block_offset, num_blocks, center_mask=None, *, 
     if mirrored:
       dw = dw + by_offset(k - 1 - block_offset, kernel.pair_wgrad_partials(xp, dyp, dst, src, nb, **launch))
     dw = dw[:, :c_in, :c_out]
-  if center >= 0:
+  if center >= 0:  # the centre's identity pairs: x^T @ dy on the masked rows
     precision = None if allow_tf32 else exact
-    dw = dw.at[center].add(_center(x, dy, center_mask, precision, forward=False))
+    dw = dw.at[center].add(jnp.dot(x.T, jnp.where(center_mask[:, None], dy, 0), precision=precision,
+                                   preferred_element_type=jnp.float32))
   return dw
