@@ -86,6 +86,28 @@ def test_transposed_map_is_the_swap(rng):
   assert {(v, k): c for (c, k), v in fine_from_coarse.items()} == coarse_from_fine
 
 
+@pytest.mark.parametrize("ks, st, padding", [(3, 1, None), (5, 1, None), (2, 2, None), (3, 2, None), (3, 2, 1)])
+def test_carried_tables_match_brute_force_in_both_directions(rng, ks, st, padding):
+  x = random_tensor(rng, n_grid=8, density=0.3, batch=2)
+  kmap, y = js.ops.kernel_map(x, ks, stride=st, padding=padding)
+  assert kmap.table is None  # on the CPU backend no convolution reads them
+  n, m = int(x.num_valid), int(y.num_valid)
+  cin, cout = np.asarray(x.coords)[:n], np.asarray(y.coords)[:m]
+  want = np_neighbor_table(cin, cout, (ks,) * 3, (1, 1, 1), (1, 1, 1))  # k3 p1 has the centred offsets too
+  want_t = np.full((n, ks ** 3), -1)  # the transposed map's table, by inverting the brute-force one
+  for r, row in enumerate(want):
+    for k, i in enumerate(row):
+      if i >= 0:
+        want_t[i, k] = r
+  carried = kmap.with_tables()
+  assert carried.with_tables() is carried
+  np.testing.assert_array_equal(np.asarray(carried.table)[:m], want)
+  np.testing.assert_array_equal(np.asarray(carried.table_t)[:n], want_t)
+  assert (np.asarray(carried.table)[m:] == -1).all() and (np.asarray(carried.table_t)[n:] == -1).all()
+  np.testing.assert_array_equal(carried.T.neighbor_table(), carried.table_t)  # .T swaps the tables
+  np.testing.assert_array_equal(carried.T.table_t, carried.table)
+
+
 def test_map_build_is_deterministic_under_jit(rng):
   x = random_tensor(rng, n_grid=12, density=0.3)
   build = jax.jit(lambda t: js.ops.kernel_map(t, 3)[0])

@@ -184,6 +184,38 @@ def test_conv3d_with_pallas_matches_the_dense_oracle(rng, k, s, dataflow, monkey
   assert set(calls) == want_calls  # the forward, the input gradient and the weight gradient all took that path
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pallas_convs_read_the_tables_a_map_carries(rng, stride, monkeypatch):
+  from jsparse3d.ops import _backend
+  from jsparse3d.ops import _conv
+  from jsparse3d.ops import _kernel_map
+  monkeypatch.setenv(conv_api.DATAFLOW_ENV, "output_stationary")
+  jax.clear_caches()
+  x = random_tensor(rng, n_grid=7, density=0.3, channels=3, batch=2)
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, 3, 4)).astype(np.float32))
+  bare = js.ops.kernel_map(x, 3, stride=stride)
+  # where the convolutions run on Pallas by default (a GPU), maps are built carrying their tables
+  resolve = _backend.resolve
+  monkeypatch.setattr(_conv._backend, "resolve", lambda op, impl, dtype=jnp.float32: (
+      "pallas" if (op, impl) == ("conv", None) else resolve(op, impl, dtype)))
+  carried = js.ops.kernel_map(x, 3, stride=stride)
+  monkeypatch.setattr(_conv._backend, "resolve", resolve)
+  assert bare[0].table is None and carried[0].table is not None and carried[0].table_t is not None
+  key = "subm/k3x3x3/d1x1x1" if stride == 1 else "down/k3x3x3/s2x2x2/d1x1x1"
+  assert carried[1].cache[key] is carried[0]  # cached with the map
+  builds = []
+  build = _kernel_map.neighbor_table
+  monkeypatch.setattr(_kernel_map, "neighbor_table", lambda *a, **kw: builds.append(1) or build(*a, **kw))
+  loss = lambda f, w, m: jnp.sum(js.ops.conv3d(x.replace(feats=f), w, stride=stride, kmap=m,
+                                               implementation="pallas").feats ** 2)
+  got = jax.value_and_grad(loss, (0, 1))(x.feats, w, carried if stride > 1 else carried[0])
+  assert builds == []  # forward, input gradient and weight gradient read the carried tables
+  want = jax.value_and_grad(loss, (0, 1))(x.feats, w, bare if stride > 1 else bare[0])
+  assert builds  # a bare map's tables are built by the calls themselves
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_transposed_conv_with_pallas_is_the_dense_adjoint(rng):
   g = 8
   fine = random_tensor(rng, n_grid=g, density=0.3, channels=2, batch=1)

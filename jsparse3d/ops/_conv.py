@@ -80,13 +80,12 @@ def kernel_map(x: SparseTensor, kernel_size, *, stride=1, dilation=1, padding=No
       return x.cache[key], x
     if native:
       kmap, errors = _kernel_map.submanifold_map_native(x.coords, x.num_valid, ks, dil, x.stride)
-      errors = x.errors | errors
-      _errors.check_now(errors, "kernel_map")
-      return kmap, _with_cache(x, **{key: kmap}).replace(errors=errors)
-    index, x = ensure_index(x)
-    kmap, errors = _kernel_map.submanifold_map(x.coords, x.num_valid, index, ks, dil, x.stride)
+    else:
+      index, x = ensure_index(x)
+      kmap, errors = _kernel_map.submanifold_map(x.coords, x.num_valid, index, ks, dil, x.stride)
     errors = x.errors | errors
     _errors.check_now(errors, "kernel_map")
+    kmap = _for_convs(kmap, x)
     return kmap, _with_cache(x, **{key: kmap}).replace(errors=errors)
   factor = tuple(a * b for a, b in zip(x.stride, st))
   if capacity is None:
@@ -108,6 +107,7 @@ def kernel_map(x: SparseTensor, kernel_size, *, stride=1, dilation=1, padding=No
     errors, cache = out_index.errors | map_errors, {"index": out_index}
   errors = x.errors | errors
   _errors.check_now(errors, "strided conv")
+  kmap = _for_convs(kmap, x)
   y = SparseTensor(out_coords, jnp.zeros((capacity, 0), x.feats.dtype), out_nv, errors,
                    {**cache, "parent": x.geometry, _key("down", ks, st, dil): kmap}, factor, x.capacities)
   return kmap, y
@@ -137,9 +137,16 @@ def _padded_map(x: SparseTensor, ks, st, dil, pad, capacity, native):
                                              x.stride, padding=pad)
   errors = x.errors | errors | map_errors
   _errors.check_now(errors, "padded conv")
+  kmap = _for_convs(kmap, x)
   y = SparseTensor(out_coords, jnp.zeros((int(capacity), 0), x.feats.dtype), out_nv, errors,
                    {"parent": x.geometry, key: kmap}, factor, x.capacities if st != (1, 1, 1) else ())
   return kmap, y
+
+
+def _for_convs(kmap: _kernel_map.KernelMap, x: SparseTensor) -> _kernel_map.KernelMap:
+  """``kmap`` as it is cached for the convolutions on ``x``: with its neighbour tables where those run the Pallas
+  kernels by default (built once here, not once per convolution)."""
+  return kmap.with_tables() if _backend.resolve("conv", None, x.feats.dtype) == "pallas" else kmap
 
 
 def _native_maps(x: SparseTensor, implementation: str | None = None) -> bool:
@@ -173,6 +180,8 @@ def _check_weight(x: SparseTensor, weight, c_in_axis: int, what: str):
 def _apply(x_feats, weight, kmap, bias, y: SparseTensor, implementation: str) -> SparseTensor:
   """``implementation``: already resolved by :func:`_backend.resolve`."""
   w = weight.reshape(math.prod(weight.shape[:3]), weight.shape[3], weight.shape[4])
+  if implementation == "pallas":
+    kmap = kmap.with_tables()  # a no-op for a map built for Pallas convolutions (see _for_convs)
   out = _conv_primitive.conv(x_feats, w, kmap, implementation=implementation)
   if bias is not None:
     if getattr(bias, "shape", None) != (weight.shape[4],):

@@ -15,8 +15,9 @@ destination rows are distinct, and blocks run in a fixed order, so every result 
 
 The native lowering (``implementation="native"``, CPU only, float32 arithmetic) calls the kernels of
 ``_cpu_kernels.cc`` through XLA's FFI instead; they compute the same sums on all intra-op threads, also in an
-order fixed by the map. The Pallas lowering (``implementation="pallas"``, the default on GPU) turns the map into
-its output-stationary neighbour table and runs the fused gather-GEMM kernels of :mod:`pallas_kernels.conv`, or
+order fixed by the map. The Pallas lowering (``implementation="pallas"``, the default on GPU) reads the map as its
+output-stationary neighbour table (the one the map carries, see ``KernelMap.with_tables``, else built from the
+pairs) and runs the fused gather-GEMM kernels of :mod:`pallas_kernels.conv`, or
 (where ``pallas_kernels.conv.api.dataflow`` says so) runs the pair-compacted kernels on the map's pairs.
 Both primitives carry the implementation as a parameter, so gradients, forward mode and batching use the same
 one as the call they come from.
@@ -47,12 +48,15 @@ from jsparse3d.ops._kernel_map import KernelMap
 conv_p = Primitive("jsparse3d_sparse_conv")
 wgrad_p = Primitive("jsparse3d_sparse_conv_wgrad")
 
-# Operands after the two bilinear ones: (src, dst, block_offset, num_blocks, center_mask).
-_NUM_MAP_OPERANDS = 5
+# Operands after the two bilinear ones: (src, dst, block_offset, num_blocks, center_mask, table, table_t); the
+# two neighbour tables are int32[0, K] where the map does not carry them (only the Pallas lowering reads them).
+_NUM_MAP_OPERANDS = 7
 
 
 def map_operands(kmap: KernelMap):
-  return kmap.src, kmap.dst, kmap.block_offset, kmap.num_blocks, kmap.center_mask
+  none = jnp.zeros((0, kmap.num_offsets), jnp.int32)
+  tables = [none if t is None else t for t in (kmap.table, kmap.table_t)]
+  return kmap.src, kmap.dst, kmap.block_offset, kmap.num_blocks, kmap.center_mask, *tables
 
 
 def map_params(kmap: KernelMap) -> dict:
@@ -109,20 +113,25 @@ def _dot(a, b, a_axis, b_axis, batch=False):
   return lax.dot_general(a, b, dims, preferred_element_type=_acc_dtype(a, b))
 
 
-def _table(src, dst, block_offset, num_blocks, center_mask, *, num_dst, num_offsets, block_size, center, mirrored):
+def _table(table, src, dst, block_offset, num_blocks, center_mask, *, num_dst, num_offsets, block_size, center,
+           mirrored):
+  """The map's neighbour table: the one it carries (``table``), else built from its pairs."""
+  if table.shape == (num_dst, num_offsets):
+    return table
   return _kernel_map.neighbor_table(src, dst, block_offset, num_blocks, center_mask, num_dst=num_dst,
                                     num_offsets=num_offsets, block_size=block_size, center=center, mirrored=mirrored)
 
 
-def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, *, num_dst, wt, implementation, block_size,
-               blocks_per_step, center, mirrored):
+def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, table, table_t, *, num_dst, wt, implementation,
+               block_size, blocks_per_step, center, mirrored):
+  del table_t  # the transposed map's table: for the gradients, which bind this primitive on the swapped map
   if implementation == "pallas":
     kernels, w = _backend.pallas("conv"), (jnp.swapaxes(w, 1, 2) if wt else w).astype(x.dtype)
     if kernels.dataflow(x.dtype, w.shape[1], w.shape[2]) == "pairs":
       return kernels.pairs_forward(x, w, src, dst, block_offset, num_blocks, center_mask, num_out=num_dst,
                                    pairs_per_block=block_size, center=center, mirrored=mirrored)
-    table = _table(src, dst, block_offset, num_blocks, center_mask, num_dst=num_dst, num_offsets=w.shape[0],
-                   block_size=block_size, center=center, mirrored=mirrored)
+    table = _table(table, src, dst, block_offset, num_blocks, center_mask, num_dst=num_dst,
+                   num_offsets=w.shape[0], block_size=block_size, center=center, mirrored=mirrored)
     return kernels.conv_forward(x, w, table)
   if implementation == "native":
     w = jnp.swapaxes(w, 1, 2) if wt else w
@@ -150,15 +159,16 @@ def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, *, num_dst
   return out.astype(x.dtype)
 
 
-def _wgrad_impl(a, b, src, dst, block_offset, num_blocks, center_mask, *, num_offsets, out_dtype, implementation,
-                block_size, blocks_per_step, center, mirrored):
+def _wgrad_impl(a, b, src, dst, block_offset, num_blocks, center_mask, table, table_t, *, num_offsets, out_dtype,
+                implementation, block_size, blocks_per_step, center, mirrored):
+  del table_t
   if implementation == "pallas":
     kernels, b = _backend.pallas("conv"), b.astype(a.dtype)
     if kernels.dataflow(a.dtype, a.shape[1], b.shape[1]) == "pairs":
       return kernels.pairs_wgrad(a, b, src, dst, block_offset, num_blocks, center_mask, num_offsets=num_offsets,
                                  pairs_per_block=block_size, center=center, mirrored=mirrored).astype(out_dtype)
-    table = _table(src, dst, block_offset, num_blocks, center_mask, num_dst=b.shape[0], num_offsets=num_offsets,
-                   block_size=block_size, center=center, mirrored=mirrored)
+    table = _table(table, src, dst, block_offset, num_blocks, center_mask, num_dst=b.shape[0],
+                   num_offsets=num_offsets, block_size=block_size, center=center, mirrored=mirrored)
     return kernels.conv_wgrad(a, b, table).astype(out_dtype)
   if implementation == "native":
     shape = jax.ShapeDtypeStruct((num_offsets, a.shape[1], b.shape[1]), jnp.float32)
@@ -212,8 +222,9 @@ def _wgrad_abstract(a, b, *maps, num_offsets, out_dtype, **_):
 
 
 def _swap(maps):
-  src, dst, *rest = maps
-  return (dst, src, *rest)
+  """The transposed map's operands: source and destination rows swapped, and the two tables."""
+  src, dst, block_offset, num_blocks, center_mask, table, table_t = maps
+  return (dst, src, block_offset, num_blocks, center_mask, table_t, table)
 
 
 ad.defjvp(conv_p,

@@ -56,6 +56,9 @@ class KernelMap:
       whole number of steps.
     center: static offset index handled as identity pairs, or -1.
     mirrored: static; if True, every pair ``(s, d, o)`` also stands for ``(d, s, K - 1 - o)``.
+    table, table_t: ``int32[num_dst, K]`` and ``int32[num_src, K]``, the neighbour tables of the map and of its
+      transpose (see :meth:`neighbor_table`), or None. Built once by :meth:`with_tables` where the Pallas GPU
+      kernels will run (which read the maps in this form), so each convolution on the map reuses them.
   """
 
   src: jax.Array
@@ -74,6 +77,8 @@ class KernelMap:
   blocks_per_step: int = dataclasses.field(metadata=dict(static=True))
   center: int = dataclasses.field(metadata=dict(static=True))
   mirrored: bool = dataclasses.field(metadata=dict(static=True))
+  table: jax.Array | None = None
+  table_t: jax.Array | None = None
 
   @property
   def num_offsets(self) -> int:
@@ -83,16 +88,33 @@ class KernelMap:
   def T(self) -> "KernelMap":
     """The transposed map: the same pairs with source and destination swapped."""
     return dataclasses.replace(self, src=self.dst, dst=self.src, src_stride=self.dst_stride,
-                               dst_stride=self.src_stride, num_src=self.num_dst, num_dst=self.num_src)
+                               dst_stride=self.src_stride, num_src=self.num_dst, num_dst=self.num_src,
+                               table=self.table_t, table_t=self.table)
 
   def neighbor_table(self) -> jax.Array:
     """``int32[num_dst, K]``: the source row of each (destination row, offset), or -1.
 
-    The dense, output-stationary form of the map (what the GPU kernels and tests use); built from the pairs.
+    The dense, output-stationary form of the map (what the GPU kernels and tests use): :attr:`table` when the
+    map carries it, else built from the pairs.
     """
+    if self.table is not None:
+      return self.table
     return neighbor_table(self.src, self.dst, self.block_offset, self.num_blocks, self.center_mask,
                           num_dst=self.num_dst, num_offsets=self.num_offsets, block_size=self.block_size,
                           center=self.center, mirrored=self.mirrored)
+
+
+  def with_tables(self) -> KernelMap:
+    """This map carrying its neighbour tables (:attr:`table`, :attr:`table_t`), built now unless it has them.
+
+    A mirrored (submanifold) map is its own transpose with the offsets reversed, so its transposed table is the
+    table with its columns reversed, not a second build.
+    """
+    if self.table is not None and self.table_t is not None:
+      return self
+    table = self.neighbor_table()
+    table_t = table[:, ::-1] if self.mirrored else self.T.neighbor_table()
+    return dataclasses.replace(self, table=table, table_t=table_t)
 
 
 def neighbor_table(src, dst, block_offset, num_blocks, center_mask, *, num_dst, num_offsets, block_size, center,
