@@ -338,6 +338,13 @@ def test_rerunning_a_finished_run_reports_it(tmp_path, capsys):
   assert "already complete (step 2 of 2)" in again and "--no-resume" in again
   final = [line for line in first.splitlines() if line.startswith("final:")]
   assert final and final == [line for line in again.splitlines() if line.startswith("final:")]
+  # Regression: following that advice failed at the first checkpoint ("Checkpoint for step 2 already exists").
+  assert cli.main(args + ["--no-resume"]) == 0
+  fresh = capsys.readouterr().out
+  assert "--no-resume: removing the earlier run's checkpoints, metrics.jsonl, tensorboard" in fresh
+  assert [line for line in fresh.splitlines() if line.startswith("final:")] == final  # the same run again
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if r["split"] == "test"] == [2]  # only the new run's records
 
 
 def test_minkunet_is_scored_per_point_on_its_scans(tmp_path):

@@ -20,7 +20,9 @@ def _parser():
   ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
   ap.add_argument("--devices", type=int, default=1,
                   help="local devices to pmap over (on CPU, this many host devices are created)")
-  ap.add_argument("--no-resume", action="store_true", help="start from scratch even if the workdir has checkpoints")
+  ap.add_argument("--no-resume", action="store_true",
+                  help="start from scratch, removing the workdir's earlier checkpoints, metrics.jsonl and TensorBoard "
+                       "files")
   ap.add_argument("--no-progress", action="store_true")
   ap.add_argument("--compile-cache", default=None, metavar="DIR",
                   help="XLA's persistent compilation cache, so that a rerun does not compile its steps again "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import signal
 import sys
 import time
@@ -284,6 +285,8 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
   model.train()
   training.release_freed_memory()  # the initialisers' compiles: the first step's compile starts from less
   fingerprint = _fingerprint(state)
+  if not resume and layout.process == 0:
+    _remove_earlier_run(workdir)
   _meet("start")
   ckpt = ocp.CheckpointManager((workdir / "checkpoints").absolute(),
                                options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
@@ -398,6 +401,16 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
   # arrives much later than the others, so they leave together.
   _meet("finish")
   return dict(step=step, state=layout.first(state), eval=last, test=test, stopped=stop.signal, complete=False)
+
+
+def _remove_earlier_run(workdir: Path) -> None:
+  """Starting afresh (``resume=False``): the earlier run's checkpoints, metrics and TensorBoard files go, so that
+  the new run can checkpoint and none of the old records mix with the new ones."""
+  old = [workdir / name for name in ("checkpoints", "metrics.jsonl", "tensorboard") if (workdir / name).exists()]
+  if old:
+    print(f"--no-resume: removing the earlier run's {', '.join(p.name for p in old)} in {workdir}", flush=True)
+  for path in old:
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def _final_records(workdir: Path, step: int) -> dict:
