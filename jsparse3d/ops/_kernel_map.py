@@ -103,12 +103,17 @@ class KernelMap:
                           num_dst=self.num_dst, num_offsets=self.num_offsets, block_size=self.block_size,
                           center=self.center, mirrored=self.mirrored)
 
-
   def with_tables(self) -> KernelMap:
     """This map carrying its neighbour tables (:attr:`table`, :attr:`table_t`), built now unless it has them.
 
     A mirrored (submanifold) map is its own transpose with the offsets reversed, so its transposed table is the
     table with its columns reversed, not a second build.
+
+    Example:
+      >>> kmap, x = jsparse3d.ops.kernel_map(x, 3)
+      >>> carried = kmap.with_tables()  # what kernel_map returns where the convolutions run on Pallas
+      >>> carried.table.shape, carried.table_t.shape
+      ((1024, 27), (1024, 27))
     """
     if self.table is not None and self.table_t is not None:
       return self
