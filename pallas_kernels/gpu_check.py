@@ -12,9 +12,9 @@ Four steps, each recorded in ``--out`` (rewritten after every result, so a run c
    devoxelize, Pallas against the XLA path, and a plain GEMM of the same multiply-adds (cuBLAS on a GPU), on the
    LArTPC and LiDAR benchmark inputs (``DIR/lartpc_coords.npy``, ``DIR/lidar_coords.npy``; generated when absent).
 3. ``networks``: a U-ResNet and a MinkUNet training step with every conv on each dataflow, then on XLA.
-4. ``autotune``: a short block-size search of the conv kernels per channels and dtype (each candidate's result
-   checked against the reference before it is timed) and the faster dataflow, written to the tuning file
-   (:mod:`pallas_kernels._tuning`).
+4. ``autotune``: a short block-size search of the conv kernels of both dataflows per channels and dtype (each
+   candidate's result checked against the reference before it is timed), then the faster dataflow at the tuned
+   sizes, written to the tuning file (:mod:`pallas_kernels._tuning`).
 
 On a CPU backend the same steps run at toy sizes with the kernels in Pallas interpret mode (a test runs it), so
 the command cannot rot before a GPU shows up. ``--budget-s`` bounds the wall time: steps that would start after
@@ -126,16 +126,17 @@ def _maps(coords: np.ndarray) -> dict:
   return dict(kmap=kmap, nbr=kmap.neighbor_table(), nbr_t=kmap.T.neighbor_table(), pairs=int(kmap.num_pairs))
 
 
+def _pair_args(m, allow_tf32: bool = True):
+  """A kernel map as the pair-compacted kernels take it: ``(arrays, keyword arguments)``."""
+  return (m.src, m.dst, m.block_offset, m.num_blocks, m.center_mask), dict(
+      pairs_per_block=m.block_size, center=m.center, mirrored=m.mirrored, allow_tf32=allow_tf32)
+
+
 def _dataflows(maps: dict, allow_tf32: bool = True) -> dict:
   """``{dataflow: (forward(x, w), dgrad(dy, w_t), wgrad(x, dy))}``, jitted, for both dataflows on one map."""
   from pallas_kernels.conv import api
   kmap, nbr, nbr_t = maps["kmap"], maps["nbr"], maps["nbr_t"]
-
-  def pairs(m):
-    return (m.src, m.dst, m.block_offset, m.num_blocks, m.center_mask), dict(
-        pairs_per_block=m.block_size, center=m.center, mirrored=m.mirrored, allow_tf32=allow_tf32)
-
-  (a, kw), (a_t, kw_t) = pairs(kmap), pairs(kmap.T)
+  (a, kw), (a_t, kw_t) = _pair_args(kmap, allow_tf32), _pair_args(kmap.T, allow_tf32)
   return {
       "output_stationary": (
           jax.jit(lambda x, w: api.conv_forward(x, w, nbr, allow_tf32=allow_tf32)),
@@ -455,11 +456,12 @@ def autotune(report: Report, toy: bool, inputs: Path | None, tuning_file: Path |
   coords = _coords("lartpc", toy, inputs)
   maps = _maps(coords)
   nbr = maps["nbr"]
+  pair_arrays, pair_kw = _pair_args(maps["kmap"])
   n = len(coords)
   shapes = [(16, "float32"), (32, "float32")] if toy else [(16, "float32"), (32, "float32"), (64, "float32"),
                                                             (128, "float32"), (32, "bfloat16"), (128, "bfloat16")]
   for c, dtype in shapes:
-    for kernel in ("conv_forward", "conv_wgrad"):
+    for kernel in ("conv_forward", "conv_wgrad", "conv_pairs", "conv_pairs_wgrad"):
       def one(c=c, dtype=dtype, kernel=kernel):
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.standard_normal((n, c)), dtype)
@@ -468,13 +470,20 @@ def autotune(report: Report, toy: bool, inputs: Path | None, tuning_file: Path |
           if kernel == "conv_forward":
             f = jax.jit(lambda x, w, t: api.conv_forward(x, w, t, block_sizes=bs))
             return lambda: f(x, w, nbr)
-          f = jax.jit(lambda x, t: api.conv_wgrad(x, x, t, block_sizes=bs))
-          return lambda: f(x, nbr)
+          if kernel == "conv_wgrad":
+            f = jax.jit(lambda x, t: api.conv_wgrad(x, x, t, block_sizes=bs))
+            return lambda: f(x, nbr)
+          if kernel == "conv_pairs":
+            f = jax.jit(lambda x, w: api.pairs_forward(x, w, *pair_arrays, num_out=maps["kmap"].num_dst,
+                                                       block_sizes=bs, **pair_kw))
+            return lambda: f(x, w)
+          f = jax.jit(lambda x: api.pairs_wgrad(x, x, *pair_arrays, num_offsets=27, block_sizes=bs, **pair_kw))
+          return lambda: f(x)
 
         default = api.BlockSizes.for_channels(c, c)
         cands = _candidates(c, c, toy)
         with jax.default_matmul_precision("highest"):
-          want = (reference.conv_forward(x, w, nbr) if kernel == "conv_forward" else
+          want = (reference.conv_forward(x, w, nbr) if kernel in ("conv_forward", "conv_pairs") else
                   reference.conv_wgrad(x, x, nbr))
         tol = TOLERANCE[np.dtype(dtype).name]
         best, results = _tuning.search(cands, run, reps=3 if toy else 7, inner=1 if toy else 5,
@@ -522,7 +531,8 @@ def main(argv=None) -> dict:
   parser.add_argument("--select", default="", help="comma-separated substrings: run only the items whose "
                       "'step name' contains one (e.g. 'minkunet pallas,256x256')")
   parser.add_argument("--toy", action="store_true", help="toy sizes (the default on a CPU backend)")
-  parser.add_argument("--tuning-file", type=Path, help="where the autotuner writes (default: the tuning file)")
+  parser.add_argument("--tuning-file", type=Path, help="where the autotuner writes and the kernels read block sizes "
+                      "for the rest of the run (default: the tuning file)")
   args = parser.parse_args(argv)
   steps = [s.strip() for s in args.steps.split(",") if s.strip()]
   unknown = sorted(set(steps) - set(STEPS))
@@ -534,12 +544,21 @@ def main(argv=None) -> dict:
   report.add("environment", "versions", _environment())
   report.add("environment", "sizes", "toy (interpret mode)" if toy else "full")
   t0 = time.monotonic()
-  for step in steps:
-    if step == "autotune":
-      autotune(report, toy, args.inputs, args.tuning_file)
+  saved = os.environ.get(_tuning.ENV)
+  if args.tuning_file is not None:  # what the kernels read is what the autotuner records (its dataflow choice
+    os.environ[_tuning.ENV] = str(args.tuning_file)  # times each dataflow with its tuned block sizes)
+  try:
+    for step in steps:
+      if step == "autotune":
+        autotune(report, toy, args.inputs, args.tuning_file)
+      else:
+        globals()[step](report, toy, args.inputs)
+      report.add("environment", f"{step} seconds", round(time.monotonic() - t0, 1))
+  finally:
+    if saved is None:
+      os.environ.pop(_tuning.ENV, None)
     else:
-      globals()[step](report, toy, args.inputs)
-    report.add("environment", f"{step} seconds", round(time.monotonic() - t0, 1))
+      os.environ[_tuning.ENV] = saved
   return report.data
 
 
