@@ -24,6 +24,7 @@ it are recorded as skipped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -122,8 +123,8 @@ def _maps(coords: np.ndarray) -> dict:
   """The 3^3 submanifold kernel map of ``coords``, its neighbour table ``[N, 27]`` and the transposed table (the
   input gradient's)."""
   import jsparse3d as js
-  kmap, _ = js.ops.kernel_map(_tensor(coords, 1), 3)
-  return dict(kmap=kmap, nbr=kmap.neighbor_table(), nbr_t=kmap.T.neighbor_table(), pairs=int(kmap.num_pairs))
+  kmap = js.ops.kernel_map(_tensor(coords, 1), 3)[0].with_tables()
+  return dict(kmap=kmap, nbr=kmap.table, nbr_t=kmap.table_t, pairs=int(kmap.num_pairs))
 
 
 def _pair_args(m, allow_tf32: bool = True):
@@ -397,21 +398,30 @@ def _network(kind: str, implementation: str, toy: bool, inputs: Path | None) -> 
   return dict(voxels=len(coords), compile_s=round(compile_s, 2), step_ms=ms, loss=float(first[1]))
 
 
+@contextlib.contextmanager
+def _environ(name: str, value: str | None):
+  """``$name`` set to ``value`` inside the block (left as it is for None), and restored after it."""
+  saved = os.environ.get(name)
+  if value is not None:
+    os.environ[name] = value
+  try:
+    yield
+  finally:
+    if saved is None:
+      os.environ.pop(name, None)
+    else:
+      os.environ[name] = saved
+
+
 def _with_dataflow(flow: str | None, fn):
   """``fn()`` with every Pallas convolution on ``flow`` (traced afresh: the dataflow is chosen at trace time)."""
   from pallas_kernels.conv import api
-  saved = os.environ.get(api.DATAFLOW_ENV)
-  if flow is not None:
-    os.environ[api.DATAFLOW_ENV] = flow
-  jax.clear_caches()
-  try:
-    return fn()
-  finally:
-    if saved is None:
-      os.environ.pop(api.DATAFLOW_ENV, None)
-    else:
-      os.environ[api.DATAFLOW_ENV] = saved
+  with _environ(api.DATAFLOW_ENV, flow):
     jax.clear_caches()
+    try:
+      return fn()
+    finally:
+      jax.clear_caches()
 
 
 def networks(report: Report, toy: bool, inputs: Path | None) -> None:
@@ -544,21 +554,14 @@ def main(argv=None) -> dict:
   report.add("environment", "versions", _environment())
   report.add("environment", "sizes", "toy (interpret mode)" if toy else "full")
   t0 = time.monotonic()
-  saved = os.environ.get(_tuning.ENV)
-  if args.tuning_file is not None:  # what the kernels read is what the autotuner records (its dataflow choice
-    os.environ[_tuning.ENV] = str(args.tuning_file)  # times each dataflow with its tuned block sizes)
-  try:
+  # What the kernels read is what the autotuner records, so its dataflow choice times each at its tuned sizes.
+  with _environ(_tuning.ENV, None if args.tuning_file is None else str(args.tuning_file)):
     for step in steps:
       if step == "autotune":
         autotune(report, toy, args.inputs, args.tuning_file)
       else:
         globals()[step](report, toy, args.inputs)
       report.add("environment", f"{step} seconds", round(time.monotonic() - t0, 1))
-  finally:
-    if saved is None:
-      os.environ.pop(_tuning.ENV, None)
-    else:
-      os.environ[_tuning.ENV] = saved
   return report.data
 
 
