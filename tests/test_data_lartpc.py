@@ -70,8 +70,9 @@ def test_larcv5_scheme_relabels_the_same_event():
 
 def _single_track(kinetic, mass, kind, start, direction, seed=0):
   ev = _lartpc._Event(np.random.default_rng(seed), 192)
-  ev.track(np.asarray(start, float), np.asarray(direction, float) / np.linalg.norm(direction), kinetic, mass, kind,
-           deltas=False)
+  direction = np.asarray(direction, float) / np.linalg.norm(direction)
+  ev.tracks(np.asarray(start, float)[None], direction[None], np.array([kinetic]), np.array([mass]), np.array([kind]),
+            deltas=False)
   return ev.voxels()
 
 
