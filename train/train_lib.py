@@ -350,8 +350,10 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
     bar = tqdm(total=cfg["steps"], initial=start, desc=cfg["name"], dynamic_ncols=True, file=sys.stdout)
   compiled = {}  # batch shape -> the train step compiled for it
   run_t0 = time.perf_counter()
-  window = training.ConfusionMatrix(cfg["model"]["num_classes"])
-  window_loss, window_t0, window_events = [], time.perf_counter(), 0
+  # Each step's loss and counts stay on the device until the next log line: reading them back at once would wait
+  # for the step, and the next step's dispatch (flattening the state and the batch in Python) would no longer
+  # overlap its run.
+  window_loss, window_counts, window_t0, window_events = [], [], time.perf_counter(), 0
   step = start
   last = None
   with _Stop() as stop:
@@ -365,12 +367,16 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
         training.release_freed_memory()  # the compiler's working set, before the step's buffers are allocated
       state, loss, counts = compiled[shape](state, x, y)
       step += 1
-      window.add(layout.first(counts))
+      window_counts.append(layout.first(counts))
       window_loss.append(layout.first(loss))
       window_events += cfg["batch_size"]
       if step % cfg["log_every"] == 0 or step == cfg["steps"]:
+        window = training.ConfusionMatrix(cfg["model"]["num_classes"])
+        for c in window_counts:
+          window.add(c)
+        mean_loss = np.mean([float(v) for v in window_loss])
         rate = window_events / (time.perf_counter() - window_t0)
-        rec = writer.record("train", step, np.mean([float(v) for v in window_loss]), window, events_per_second=rate,
+        rec = writer.record("train", step, mean_loss, window, events_per_second=rate,
                             learning_rate=float(schedule(step - 1)))
         if bar is not None:
           bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['nonzero_accuracy']:.3f}", ev_s=f"{rate:.1f}")
@@ -379,8 +385,7 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
           eta = elapsed / (step - start) * (cfg["steps"] - step)
           print(f"step {step}/{cfg['steps']}: loss {rec['loss']:.4f}, non-zero accuracy {rec['nonzero_accuracy']:.2%}"
                 f", {rate:.1f} events/s, elapsed {elapsed / 60:.1f} min, about {eta / 60:.1f} min left", flush=True)
-        window = training.ConfusionMatrix(cfg["model"]["num_classes"])
-        window_loss, window_t0, window_events = [], time.perf_counter(), 0
+        window_loss, window_counts, window_t0, window_events = [], [], time.perf_counter(), 0
       if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
         last = evaluate_and_report("eval", task.eval_set, f"eval at step {step}")
       if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
