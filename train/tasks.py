@@ -22,6 +22,7 @@ from jsparse3d import models
 from jsparse3d import training
 from jsparse3d.data import _kitti
 from jsparse3d.data import _shapes
+from jsparse3d.nn import _layers
 
 # model kind -> the data kinds it can train on
 _DATA_FOR = {
@@ -68,21 +69,13 @@ class Task:
 _JITTED: dict = {}
 
 
-def jitted_once(key, fn):
-  """``nnx.jit(fn)``, one per ``key`` for the process, so that building the same optimizer again (a resumed run,
-  the tests' many runs) reuses its compiled initialiser (:func:`build_model` keeps its models' the same way). The
-  trainer initialises under jit: eager initialisers compile and keep a small program per parameter shape, ~100 MB
-  of the U-ResNet process's peak."""
+def jitted_once(key, fn, jit=nnx.jit):
+  """``jit(fn)``, one per ``key`` for the process, so that building the same model or optimizer again (a resumed
+  run, the tests' many runs) reuses its compiled initialiser. The trainer initialises under jit: eager initialisers
+  compile and keep a small program per parameter shape, ~100 MB of the U-ResNet process's peak."""
   if key not in _JITTED:
-    _JITTED[key] = nnx.jit(fn)
+    _JITTED[key] = jit(fn)
   return _JITTED[key]
-
-
-# The model's initialiser runs once, so it is compiled without LLVM's optimisations: XLA:CPU spends about 1 s
-# optimising each weight shape's random-number program, and the U-ResNet's initialiser compiles in 5 s instead of
-# 20 s when nothing is cached. NNX modules are pytrees, so plain jax.jit (which takes compile options, unlike
-# nnx.jit) builds them; the Rngs passed in are not advanced (the trainer does not use them again).
-_RUN_ONCE = {"xla_backend_optimization_level": 0}
 
 
 def build_model(cfg, *, rngs):
@@ -91,10 +84,12 @@ def build_model(cfg, *, rngs):
   if kind not in _DATA_FOR:
     raise ValueError(f"config {cfg['name']!r}: model.kind {kind!r} is not one of {sorted(_DATA_FOR)}.")
   try:
-    key = ("model", kind, repr(sorted(spec.items())))
-    if key not in _JITTED:
-      _JITTED[key] = jax.jit(lambda r: getattr(models, kind)(**spec, rngs=r), compiler_options=_RUN_ONCE)
-    return _JITTED[key](rngs)
+    # A model's initialiser runs once: plain jax.jit (NNX modules are pytrees; nnx.jit takes no compile options)
+    # compiles it without optimisations, 5 s instead of 20 s for the U-ResNet when nothing is cached. The Rngs
+    # passed in are not advanced (the trainer does not use them again).
+    build = lambda r: getattr(models, kind)(**spec, rngs=r)
+    return jitted_once(("model", kind, repr(sorted(spec.items()))), build,
+                       functools.partial(jax.jit, compiler_options=_layers.ONE_SHOT_COMPILE))(rngs)
   except TypeError as e:
     raise ValueError(f"config {cfg['name']!r}: the model section does not fit {kind} ({e}).") from None
 

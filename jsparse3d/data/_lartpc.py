@@ -93,9 +93,9 @@ def _segment_cumsum(x, counts):
   return total - np.repeat(total[first] - x[first], counts, axis=0)
 
 
-def _isotropic(rng, n=None):
-  """A random unit vector (``[3]``), or ``n`` of them (``[n, 3]``)."""
-  return _unit(rng.normal(size=3 if n is None else (n, 3)))
+def _isotropic(rng):
+  """A random unit vector (``[3]``)."""
+  return _unit(rng.normal(size=3))
 
 
 def _deflect(rng, directions, cos_theta):
@@ -204,10 +204,11 @@ class _Event:
     # The step in which each range ends (``counts`` where it does not end inside the steps taken).
     ends = np.minimum.reduceat(np.where(travelled >= total[row], step, counts[row]), first)
     stopped = ends < counts
-    last = first + np.minimum(ends, counts - 1)
+    last_step = np.minimum(ends, counts - 1)
+    last = first + last_step
     length[last[stopped]] -= travelled[last[stopped]] - total[stopped]
     travelled[last[stopped]] = total[stopped]
-    taken = step <= np.minimum(ends, counts - 1)[row]
+    taken = step <= last_step[row]
     pos, dirs, length, travelled, row = pos[taken], dirs[taken], length[taken], travelled[taken], row[taken]
     t = _kinetic_at(total[row] - travelled + 0.5 * length, mass[row])
     self.deposit(pos, _visible(_dedx(t, mass[row])) * length, kind[row])
@@ -275,11 +276,11 @@ class _Event:
     n = np.maximum(1, np.rint(energy[soft] / MIP_DEDX / STEP_CM)).astype(np.int64)
     single = n == 1
     self.deposit(start[soft][single], energy[soft][single], kind[soft][single])
-    walkers = ~single
-    if walkers.any():
-      counts = n[walkers]
-      pos, _, _ = self.walk(start[soft][walkers], direction[soft][walkers], np.full(counts.sum(), 0.35), counts)
-      self.deposit(pos, np.repeat(energy[soft][walkers] / counts, counts), np.repeat(kind[soft][walkers], counts))
+    walkers = np.flatnonzero(soft)[~single]
+    if walkers.size:
+      counts = n[~single]
+      pos, _, _ = self.walk(start[walkers], direction[walkers], np.full(counts.sum(), 0.35), counts)
+      self.deposit(pos, np.repeat(energy[walkers] / counts, counts), np.repeat(kind[walkers], counts))
     hard = ~soft
     start, direction, energy, kind, compton_kind = (a[hard] for a in (start, direction, energy, kind, compton_kind))
     if not len(energy):
@@ -312,11 +313,14 @@ class _Event:
     """Photons (rows) convert or Compton scatter until absorbed; returns the electrons they make, as columns."""
     made = []
     pos = start
-    # A photon at or below 0.2 MeV is absorbed where it is: its energy becomes an electron if above 0.05 MeV.
-    absorbed = energy <= 0.2
-    made.append((pos[absorbed], direction[absorbed], energy[absorbed], compton_kind[absorbed], compton_kind[absorbed]))
-    pos, direction, energy, compton_kind = (a[~absorbed] for a in (pos, direction, energy, compton_kind))
-    while len(energy):
+    while True:
+      # A photon at or below 0.2 MeV is absorbed where it is: its energy becomes an electron if above 0.05 MeV.
+      absorbed = energy <= 0.2
+      made.append((pos[absorbed], direction[absorbed], energy[absorbed], compton_kind[absorbed],
+                   compton_kind[absorbed]))
+      pos, direction, energy, compton_kind = (a[~absorbed] for a in (pos, direction, energy, compton_kind))
+      if not len(energy):
+        break
       pair = energy > PAIR_THRESHOLD
       pos = pos + direction * self.rng.exponential(np.where(pair, 9 / 7 * X0_CM, 12.0))[:, None] / PITCH_CM
       inside = self.inside(pos)
@@ -337,11 +341,6 @@ class _Event:
       pos, energy, compton_kind = pos[scattered], energy[scattered] - recoil, compton_kind[scattered]
       made.append((pos, turned[len(pair_energy):len(pair_energy) + m], recoil, compton_kind, compton_kind))
       direction = turned[len(pair_energy) + m:]
-      # At or below 0.2 MeV the photon is absorbed: its energy becomes an electron if above 0.05 MeV.
-      absorbed = energy <= 0.2
-      made.append((pos[absorbed], direction[absorbed], energy[absorbed], compton_kind[absorbed],
-                   compton_kind[absorbed]))
-      pos, direction, energy, compton_kind = (a[~absorbed] for a in (pos, direction, energy, compton_kind))
     electrons = _concat(*made)
     return tuple(a[electrons[2] > 0.05] for a in electrons)
 

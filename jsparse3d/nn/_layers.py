@@ -23,17 +23,18 @@ def _zero_padding(x: SparseTensor, feats) -> SparseTensor:
   return x.replace(feats=jnp.where(x.valid_mask[:, None], feats, jnp.zeros((), feats.dtype)))
 
 
-# A weight is drawn once, so its program is compiled without LLVM's optimisations: XLA:CPU spends about 1 s
-# optimising the random-bit generator of each weight shape, 0.2 s without (a UResNet is built in 5 s, not 20 s, when
-# nothing is cached yet). The values are the same draws to the last bit or two of the float32 normal transform.
-_ONE_SHOT = {"xla_backend_optimization_level": 0}
+# Compile options of a program that runs once (drawing weights, building a model): no LLVM optimisations. XLA:CPU
+# spends about 1 s optimising the random-bit generator of each weight shape, 0.2 s without (a UResNet is built in
+# 5 s, not 20 s, when nothing is cached yet). The values are the same draws to the last bit or two of the float32
+# normal transform. The trainer builds its models under these options too (train/tasks.py).
+ONE_SHOT_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _scaled_normal(key, shape, dtype, std):
   return jax.random.normal(key, shape, dtype) * std
 
 
-_scaled_normal_once = jax.jit(_scaled_normal, static_argnums=(1, 2), compiler_options=_ONE_SHOT)
+_scaled_normal_once = jax.jit(_scaled_normal, static_argnums=(1, 2), compiler_options=ONE_SHOT_COMPILE)
 
 
 def _kernel_init(fan_in: int):

@@ -75,8 +75,9 @@ def _compile(compiler: list[str], out: Path) -> None:
     RuntimeError: a command failed (the message holds the compiler's output).
   """
   objects = [out.with_name(f"{out.stem}-{source.stem}.o") for source in SOURCES]
+  flags = _compile_flags()
   try:
-    procs = [subprocess.Popen([*compiler, *_compile_flags(), "-c", str(source), "-o", str(obj)],
+    procs = [subprocess.Popen([*compiler, *flags, "-c", str(source), "-o", str(obj)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for source, obj in zip(SOURCES, objects)]
     outputs = [proc.communicate()[0] for proc in procs]
