@@ -52,19 +52,9 @@ def test_padded_conv_matches_spconv(name, k, s, p):
   assert np.abs(np.asarray(y.feats)[:n] - ref_feats).max() <= 1e-5 * scale
 
 
-def test_an_spconv_minkunet_state_dict_imports_with_the_same_forward(tmp_path):
-  # A state dict of the spconv twin (benchmarks/networks_cpu.py builds it layer for layer), with random weights and
-  # batch statistics, saved to .npz without pickle: jsparse3d's MinkUNet loaded from it gives the same logits.
-  import sys
-  from pathlib import Path
-
-  from flax import nnx
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-  import networks_cpu
-  torch.set_num_threads(1)
-  _, _, _, TwinMinkUNet = networks_cpu._spconv_modules()
+def _randomised(twin, path):
+  """``twin`` with random weights and batch statistics, in eval mode; its state dict saved to ``path`` (.npz)."""
   torch.manual_seed(0)
-  twin = TwinMinkUNet(0.5)
   with torch.no_grad():
     for name, t in twin.state_dict().items():
       if name.endswith("running_mean"):
@@ -74,7 +64,44 @@ def test_an_spconv_minkunet_state_dict_imports_with_the_same_forward(tmp_path):
       elif t.is_floating_point():
         t.copy_(torch.randn_like(t) * 0.1)
   twin.eval()
-  np.savez(tmp_path / "twin.npz", **{k: v.numpy() for k, v in twin.state_dict().items()})
+  np.savez(path, **{k: v.numpy() for k, v in twin.state_dict().items()})
+  return twin
+
+
+def _twins():
+  import sys
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+  import networks_cpu
+  torch.set_num_threads(1)
+  return networks_cpu._spconv_modules()
+
+
+def test_an_spconv_uresnet_state_dict_imports_with_the_same_forward(tmp_path):
+  # The state-dict order is the order the model's __init__ builds its layers (jsparse3d.nn._weights reads it from
+  # the source): a U-ResNet whose layers were built elsewhere exported its weights out of order, and only the
+  # MinkUNet was checked against its twin.
+  from flax import nnx
+  _, _, TwinUResNet, _ = _twins()
+  twin = _randomised(TwinUResNet(), tmp_path / "twin.npz")
+  # Rebuilt by nnx.split / merge (as nnx.jit and a train step's state do), which sorts the attributes by name.
+  model = nnx.merge(*nnx.split(js.models.UResNet(rngs=nnx.Rngs(1))))
+  js.nn.import_torch_weights(model, tmp_path / "twin.npz")
+  model.eval()
+  ev = data.synthetic_lartpc_event(3, size=64)
+  x = js.SparseTensor.from_coords(np.c_[np.zeros(len(ev["coords"]), np.int32), ev["coords"]], ev["energy"][:, None])
+  ours = np.asarray(model(x).feats)[:int(x.num_valid)]
+  idx = torch.from_numpy(np.asarray(x.coords)[:int(x.num_valid)].astype(np.int32))
+  with torch.no_grad():
+    theirs = twin(spc.SparseConvTensor(torch.from_numpy(ev["energy"][:, None]), idx, [64] * 3, 1)).numpy()
+  assert np.abs(ours - theirs).max() <= 1e-4 * max(1.0, np.abs(theirs).max())
+
+
+def test_an_spconv_minkunet_state_dict_imports_with_the_same_forward(tmp_path):
+  # A state dict of the spconv twin (benchmarks/networks_cpu.py builds it layer for layer), with random weights and
+  # batch statistics, saved to .npz without pickle: jsparse3d's MinkUNet loaded from it gives the same logits.
+  from flax import nnx
+  _, _, _, TwinMinkUNet = _twins()
+  twin = _randomised(TwinMinkUNet(0.5), tmp_path / "twin.npz")
   model = js.nn.import_torch_weights(js.models.MinkUNet(cr=0.5, rngs=nnx.Rngs(1)), tmp_path / "twin.npz")
   model.eval()
 
