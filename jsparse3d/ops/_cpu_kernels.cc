@@ -52,8 +52,6 @@ inline v8 load8(const float* p) {
 
 inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof(v)); }
 
-inline v8 splat8(float a) { return v8{a, a, a, a, a, a, a, a}; }
-
 // c + a * b, rounded the same way wherever it is used: a fused multiply-add where the CPU has one. The file is
 // compiled with -ffp-contract=off, so the compiler never fuses some products and not others (which would make
 // a row's result depend on which code path, and so on which thread's share, it went through).
@@ -161,7 +159,7 @@ void rows_times_matrix(const float* const* x, const float* w, float* const* out,
 #ifdef __AVX512F__
 constexpr int kRowsAtOnce = 8;  // 8 rows x 32 columns: 16 of the 32 vector registers accumulate
 #else
-constexpr int kRowsAtOnce = 4;  // 4 rows x 16 columns: 8 of the 16
+constexpr int kRowsAtOnce = 6;  // 6 rows x 16 columns: 12 of the 16
 #endif
 
 // out[d_q] += x[s_q] @ w for the q < count rows listed, kRowsAtOnce at a time.
@@ -236,50 +234,52 @@ inline void panel_rows(const float* ap, int64_t ld, const float* bp, int64_t np,
     }
 }
 
-// outer_products for few channels: 4 x 16 register tiles read the gathered rows directly (at up to 16 x 32
-// channels they stay in cache, and packing would cost as much as the arithmetic). The same sums, in the same order.
-void outer_products_direct(const float* a, int64_t lda, const float* b, int64_t ldb, const int32_t* s, const int32_t* d,
-                    int64_t num_pairs, float* g, int64_t m, int64_t n) {
-  int64_t i = 0;
-  for (; i + 4 <= m; i += 4) {
-    int64_t j = 0;
-    for (; j + 16 <= n; j += 16) {
-      v8 acc[8];
-      for (int r = 0; r < 4; ++r) {
-        acc[2 * r] = load8(g + (i + r) * n + j);
-        acc[2 * r + 1] = load8(g + (i + r) * n + j + 8);
-      }
-      for (int64_t p = 0; p < num_pairs; ++p) {
-        const float* ar = a + s[p] * lda + i;
-        const float* br = b + d[p] * ldb + j;
-        v8 b0 = load8(br), b1 = load8(br + 8);
-        for (int r = 0; r < 4; ++r) {
-          v8 ar_r = splat8(ar[r]);
-          acc[2 * r] = madd8(ar_r, b0, acc[2 * r]);
-          acc[2 * r + 1] = madd8(ar_r, b1, acc[2 * r + 1]);
-        }
-      }
-      for (int r = 0; r < 4; ++r) {
-        store8(g + (i + r) * n + j, acc[2 * r]);
-        store8(g + (i + r) * n + j + 8, acc[2 * r + 1]);
-      }
+// Rows [i, i + R) of outer_products_direct: R x 16 register tiles read the gathered rows directly, then single
+// columns.
+template <int R>
+inline void direct_rows(const float* a, int64_t lda, const float* b, int64_t ldb, const int32_t* s, const int32_t* d,
+                        int64_t num_pairs, float* g, int64_t i, int64_t n) {
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    v8 acc[R][2];
+    for (int r = 0; r < R; ++r) {
+      acc[r][0] = load8(g + (i + r) * n + j);
+      acc[r][1] = load8(g + (i + r) * n + j + 8);
     }
-    for (; j < n; ++j) {
-      float acc[4] = {g[i * n + j], g[(i + 1) * n + j], g[(i + 2) * n + j], g[(i + 3) * n + j]};
-      for (int64_t p = 0; p < num_pairs; ++p) {
-        float bv = b[d[p] * ldb + j];
-        for (int r = 0; r < 4; ++r) acc[r] = madd(a[s[p] * lda + i + r], bv, acc[r]);
-      }
-      for (int r = 0; r < 4; ++r) g[(i + r) * n + j] = acc[r];
-    }
-  }
-  for (; i < m; ++i) {
     for (int64_t p = 0; p < num_pairs; ++p) {
-      float av = a[s[p] * lda + i];
-      const float* br = b + d[p] * ldb;
-      for (int64_t j = 0; j < n; ++j) g[i * n + j] = madd(av, br[j], g[i * n + j]);
+      const float* ar = a + s[p] * lda + i;
+      const float* br = b + d[p] * ldb + j;
+      const v8 b0 = load8(br), b1 = load8(br + 8);
+      for (int r = 0; r < R; ++r) {
+        const v8 ar_r = splatv<v8>(ar[r]);
+        acc[r][0] = madd8(ar_r, b0, acc[r][0]);
+        acc[r][1] = madd8(ar_r, b1, acc[r][1]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      store8(g + (i + r) * n + j, acc[r][0]);
+      store8(g + (i + r) * n + j + 8, acc[r][1]);
     }
   }
+  for (; j < n; ++j) {
+    float acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = g[(i + r) * n + j];
+    for (int64_t p = 0; p < num_pairs; ++p) {
+      const float bv = b[d[p] * ldb + j];
+      for (int r = 0; r < R; ++r) acc[r] = madd(a[s[p] * lda + i + r], bv, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) g[(i + r) * n + j] = acc[r];
+  }
+}
+
+// outer_products for few channels: register tiles read the gathered rows directly (at up to 16 x 32 channels they
+// stay in cache, and packing would cost as much as the arithmetic). The same sums, in the same order.
+void outer_products_direct(const float* a, int64_t lda, const float* b, int64_t ldb, const int32_t* s, const int32_t* d,
+                           int64_t num_pairs, float* g, int64_t m, int64_t n) {
+  int64_t i = 0;
+  for (; i + 6 <= m; i += 6) direct_rows<6>(a, lda, b, ldb, s, d, num_pairs, g, i, n);
+  for (; i + 4 <= m; i += 4) direct_rows<4>(a, lda, b, ldb, s, d, num_pairs, g, i, n);
+  for (; i < m; ++i) direct_rows<1>(a, lda, b, ldb, s, d, num_pairs, g, i, n);
 }
 
 // g[0:m, 0:n] += sum over the pairs p of a[s_p, 0:m]^T b[d_p, 0:n] (g rows `n` apart), every element summed in
