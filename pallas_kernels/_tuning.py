@@ -8,7 +8,8 @@ pallas_kernels.gpu_check`` runs both. The file is plain JSON, read and merged on
   {"NVIDIA H200 | jax 0.11.2": {"conv_forward float32 16x16": {"rows": 64, ...}, ...}}
 
 Environment:
-  JSPARSE3D_PALLAS_TUNING=path   the file (default ``pallas_tuning.json`` in jsparse3d's cache folder).
+  JSPARSE3D_PALLAS_TUNING=path   the file (default ``pallas_tuning.json`` in ``$XDG_CACHE_HOME/pallas_kernels``,
+                                 or ``~/.cache/pallas_kernels``).
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ ENV = "JSPARSE3D_PALLAS_TUNING"
 
 
 def path() -> Path:
-  """The tuning file: ``$JSPARSE3D_PALLAS_TUNING``, else ``pallas_tuning.json`` in jsparse3d's cache folder."""
+  """The tuning file: ``$JSPARSE3D_PALLAS_TUNING``, else ``pallas_tuning.json`` in ``$XDG_CACHE_HOME/pallas_kernels``
+  (``~/.cache/pallas_kernels``)."""
   if ENV in os.environ:
     return Path(os.environ[ENV])
-  from jsparse3d.ops import _native  # the one definition of jsparse3d's cache folder
-  return _native.cache_dir() / "pallas_tuning.json"
+  return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pallas_kernels" / "pallas_tuning.json"
 
 
 def device_key(device=None) -> str:

@@ -245,7 +245,7 @@ def test_hash_table_matches_the_reference_and_numpy(rng, blocks):
   num_valid = n - 13  # the last rows are padding
   coords = jnp.asarray(c)
   table = hash_api.build_table(coords, num_valid, block_sizes=blocks)
-  assert int(table.errors) == 0 and table.capacity == hash_api.default_capacity(n)
+  assert int(table.flags) == 0 and table.capacity == hash_api.default_capacity(n)
   want_slots = hash_ref.build(coords, num_valid, table.capacity)  # ordered probing: one table for any order
   np.testing.assert_array_equal(np.asarray(table.slots[:-1]).astype(np.int32), np.asarray(want_slots))
   offsets = np.array(list(itertools.product((-1, 0, 1), repeat=3)), np.int32)
@@ -262,17 +262,59 @@ def test_hash_table_matches_the_reference_and_numpy(rng, blocks):
 def test_hash_table_flags_bad_coordinates_and_handles_empty_sets(rng):
   c = jnp.asarray(_random_coords(rng, 100))
   dup = c.at[5].set(c[9])
-  assert int(hash_api.build_table(dup, len(c)).errors) & _errors.DUPLICATE_COORDS
+  assert int(hash_api.build_table(dup, len(c)).flags) == hash_api.DUPLICATE
   far = c.at[3, 1].set(1 << 20)
-  assert int(hash_api.build_table(far, len(c)).errors) & _errors.OUT_OF_RANGE
-  assert int(hash_api.build_table(far, 3).errors) == 0  # the bad row is padding
+  assert int(hash_api.build_table(far, len(c)).flags) == hash_api.OUT_OF_RANGE
+  assert int(hash_api.build_table(far, 3).flags) == 0  # the bad row is padding
   empty = hash_api.build_table(c, 0)
-  assert int(empty.errors) == 0 and (np.asarray(empty.slots) == -1).all()
+  assert int(empty.flags) == 0 and (np.asarray(empty.slots) == -1).all()
   assert (np.asarray(hash_api.query_table(empty, c)[0]) == -1).all()
   with pytest.raises(ValueError, match="power of two"):
     hash_api.build_table(c, 10, capacity=100)
   with pytest.raises(TypeError, match="int32"):
     hash_api.build_table(c.astype(jnp.float32), 10)
+
+
+def test_the_gpu_table_keys_follow_the_coordinate_rules(rng):
+  from jsparse3d import _coords
+  from pallas_kernels.hash import keys
+  assert (keys.MAX_BATCH, keys.COORD_MIN, keys.COORD_MAX) == (_coords.MAX_BATCH, _coords.COORD_MIN, _coords.COORD_MAX)
+  c = np.concatenate([rng.integers(-2, 1026, (400, 1)), rng.integers(-131074, 131074, (400, 3))], 1).astype(np.int32)
+  c[:8] = [[0, -131072, -131072, -131072], [1023, 131071, 131071, 131071], [5, 0, 0, 0], [-1, 0, 0, 0],
+           [1024, 0, 0, 0], [0, 131072, 0, 0], [0, 0, -131073, 0], [3, -1, 1, -1]]
+  ok, hi, lo = keys.pack_rows(jnp.asarray(c))
+  want_ok = _coords.in_range(jnp.asarray(c))
+  np.testing.assert_array_equal(np.asarray(ok), np.asarray(want_ok))
+  assert 50 < int(want_ok.sum()) < 400
+  want_hi, want_lo = _coords.pack_keys(jnp.asarray(c))
+  m = np.asarray(want_ok)
+  np.testing.assert_array_equal(np.asarray(hi)[m], np.asarray(want_hi)[m])
+  np.testing.assert_array_equal(np.asarray(lo)[m], np.asarray(want_lo)[m])
+  # the home slot: the same hash as before the kernels owned it (their GPU timings were measured with it)
+  np.testing.assert_array_equal(np.asarray(keys.home(hi, lo, 1024)),
+                                np.asarray(_coords.hash_keys(hi, lo) & jnp.uint32(1023)).astype(np.int32))
+
+
+def test_pallas_kernels_import_nothing_from_jsparse3d():
+  code = ("import sys; import pallas_kernels.hash.api, pallas_kernels.conv.api, pallas_kernels.devoxelize.api; "
+          "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'jsparse3d'); assert not bad, bad")
+  import subprocess
+  import sys
+  subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+
+
+def test_pallas_flags_become_jsparse3d_errors(rng):
+  from jsparse3d.ops import _hash
+  for bit, want in ((hash_api.OUT_OF_RANGE, _errors.OUT_OF_RANGE), (hash_api.TABLE_FULL, _errors.TABLE_FULL),
+                    (hash_api.DUPLICATE, _errors.DUPLICATE_COORDS), (0, 0)):
+    assert int(_hash.pallas_errors(jnp.int32(bit))) == want
+  assert int(_hash.pallas_errors(jnp.int32(hash_api.OUT_OF_RANGE | hash_api.DUPLICATE))) == (
+      _errors.OUT_OF_RANGE | _errors.DUPLICATE_COORDS)
+  c = jnp.asarray(_random_coords(rng, 50))
+  index = js.ops.build_index(c, len(c), implementation="pallas")
+  assert isinstance(index, _hash.PallasIndex) and int(index.errors) == 0
+  with pytest.raises(ValueError, match="out of range"):
+    js.ops.build_index(c.at[2, 1].set(1 << 20), len(c), implementation="pallas")
 
 
 def test_build_and_query_index_with_pallas_agree_with_xla(rng):

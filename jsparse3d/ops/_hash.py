@@ -18,6 +18,7 @@ duplicate; the row stored is the first occurrence.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +54,28 @@ class HashIndex(_errors.Flagged):
   @property
   def capacity(self) -> int:
     return self.key_hi.shape[-1]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PallasIndex(_errors.Flagged):
+  """The GPU kernels' hash table (:class:`pallas_kernels.hash.api.HashTable`) with jsparse3d's error flags.
+
+  Attributes:
+    table: the table, as the kernels take it.
+    errors: ``int32[]`` error flags (out-of-range or duplicate coordinates, a table-full build).
+  """
+
+  table: Any
+  errors: jax.Array
+
+
+def pallas_errors(flags: jax.Array) -> jax.Array:
+  """jsparse3d's error flags for the status word of a :mod:`pallas_kernels` hash or devoxelize call."""
+  api = _backend.pallas("hash")
+  return (_errors.flag((flags & api.OUT_OF_RANGE) != 0, _errors.OUT_OF_RANGE)
+          | _errors.flag((flags & api.TABLE_FULL) != 0, _errors.TABLE_FULL)
+          | _errors.flag((flags & api.DUPLICATE) != 0, _errors.DUPLICATE_COORDS))
 
 
 def _pow2(n: int) -> int:
@@ -185,9 +208,9 @@ def implementation_of(index) -> str:
   """``"xla"`` for a :class:`HashIndex`, ``"pallas"`` for the GPU kernels' table."""
   if isinstance(index, HashIndex):
     return "xla"
-  if isinstance(index, _backend.pallas("hash").HashTable):
+  if isinstance(index, PallasIndex):
     return "pallas"
-  raise TypeError(f"index must be a HashIndex or a pallas HashTable from build_index, got {type(index).__name__}.")
+  raise TypeError(f"index must be a HashIndex or a PallasIndex from build_index, got {type(index).__name__}.")
 
 
 def build_index(coords: jax.Array, num_valid: jax.Array | int, *, implementation: str | None = None):
@@ -205,7 +228,7 @@ def build_index(coords: jax.Array, num_valid: jax.Array | int, *, implementation
       backend, else XLA.
   Returns:
     A :class:`HashIndex` with the static level sizes of :func:`level_sizes` (``N``), or for ``"pallas"`` a
-    :class:`pallas_kernels.hash.api.HashTable`. :func:`query_index` takes either.
+    :class:`PallasIndex` (the GPU kernels' table). :func:`query_index` takes either.
 
   Example:
     >>> index = build_index(x.coords, x.num_valid)
@@ -216,7 +239,8 @@ def build_index(coords: jax.Array, num_valid: jax.Array | int, *, implementation
     raise ValueError(f"coords must have shape [N, 4], got {coords.shape}.")
   implementation = _backend.resolve("index", implementation)
   if implementation == "pallas":
-    index = _backend.pallas("hash").build_table(coords, num_valid)
+    table = _backend.pallas("hash").build_table(coords, num_valid)
+    index = PallasIndex(table, pallas_errors(table.flags))
   else:
     index = _build(coords, jnp.asarray(num_valid, jnp.int32))
   _errors.check_now(index.errors, "build_index")
@@ -255,7 +279,8 @@ def query_index(index, query_coords: jax.Array, *, implementation: str | None = 
                      f"with build_index(..., implementation={implementation!r}).")
   _check_coords_array(query_coords, "query_coords")
   if kind == "pallas":
-    rows, errors = _backend.pallas("hash").query_table(index, query_coords.reshape(-1, 4))
+    rows, flags = _backend.pallas("hash").query_table(index.table, query_coords.reshape(-1, 4))
+    errors = pallas_errors(flags)
     _errors.check_now(errors, "query_index")
     rows = rows.reshape(query_coords.shape[:-1])
   else:

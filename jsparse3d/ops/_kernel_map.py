@@ -220,8 +220,8 @@ def _query_table(index, coords, valid, offsets):
   else -1; ``errors`` holds the Pallas probe's table-full flag."""
   errors = _errors.no_errors()
   if _hash.implementation_of(index) == "pallas":  # the GPU query kernel loops over the offsets itself
-    found, errors = _backend.pallas("hash").query_table(index, coords, np.asarray(offsets, np.int32))
-    found = found.T
+    found, flags = _backend.pallas("hash").query_table(index.table, coords, np.asarray(offsets, np.int32))
+    found, errors = found.T, _hash.pallas_errors(flags)
   else:
     shift = jnp.concatenate([jnp.zeros((len(offsets), 1), jnp.int32), jnp.asarray(offsets)], axis=1)
     found = _hash.query_index(index, coords[None, :, :] + shift[:, None, :])

@@ -110,10 +110,10 @@ def voxel_to_point(x: SparseTensor, xyz, batch, *, implementation: str | None = 
   """
   _check_points(xyz, batch)
   if _backend.resolve("voxel_to_point", implementation, x.feats.dtype) == "pallas":
-    table, x = _conv.ensure_index(x, "pallas")
-    out, errors = _backend.pallas("devoxelize").devoxelize(table, x.feats, xyz, batch.astype(jnp.int32),
-                                                           stride=x.stride)
-    errors = x.errors | errors
+    index, x = _conv.ensure_index(x, "pallas")
+    out, flags = _backend.pallas("devoxelize").devoxelize(index.table, x.feats, xyz, batch.astype(jnp.int32),
+                                                          stride=x.stride)
+    errors = x.errors | _hash.pallas_errors(flags)
     _errors.check_now(errors, "voxel_to_point")
     return (out, errors) if with_errors else out
   index, x = _conv.ensure_index(x)

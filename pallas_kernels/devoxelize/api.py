@@ -11,9 +11,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jsparse3d import _errors
 from pallas_kernels import _config
 from pallas_kernels.devoxelize import kernel
+from pallas_kernels.hash import api as hash_api
 from pallas_kernels.hash.api import HashTable
 
 
@@ -39,7 +39,7 @@ class BlockSizes:
 
 def devoxelize(table: HashTable, feats, xyz, batch, *, stride=(1, 1, 1), block_sizes: BlockSizes | None = None,
                interpret: bool | None = None):
-  """``(out [P, C], errors int32[])``: trilinear interpolation of ``feats`` (the rows of ``table``) at ``xyz``.
+  """``(out [P, C], flags int32[])``: trilinear interpolation of ``feats`` (the rows of ``table``) at ``xyz``.
 
   Args:
     table: the hash table of the voxels' coordinates (rows = rows of ``feats``).
@@ -61,7 +61,7 @@ def devoxelize(table: HashTable, feats, xyz, batch, *, stride=(1, 1, 1), block_s
   out, rows, weights, status = _devoxelize(table.slots, table.key_hi, table.key_lo, feats, xyz, batch,
                                            stride=stride, bs=bs, interpret=interpret)
   del rows, weights
-  return out, _errors.flag(jnp.any(status == 2), _errors.TABLE_FULL)
+  return out, hash_api.flag(status == 2, hash_api.TABLE_FULL)
 
 
 def _forward(slots, key_hi, key_lo, feats, xyz, batch, *, stride, bs, interpret):

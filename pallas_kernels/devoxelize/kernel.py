@@ -20,6 +20,7 @@ from jax.experimental import pallas as pl
 
 from pallas_kernels import _config
 from pallas_kernels.hash import kernel as hash_kernel
+from pallas_kernels.hash import keys
 
 
 def _forward_kernel(p_ref, batch_ref, slots_ref, key_hi_ref, key_lo_ref, feats_ref, out_ref, rows_ref, w_ref,
@@ -33,7 +34,7 @@ def _forward_kernel(p_ref, batch_ref, slots_ref, key_hi_ref, key_lo_ref, feats_r
   def corner(j, carry):  # one corner at a time, in a loop (not unrolled): few live registers
     acc, total, unfinished = carry
     bits = [(j >> 2) & 1, (j >> 1) & 1, j & 1]  # the corner order of CORNERS in the reference
-    ok, hi, lo = hash_kernel._keys(b, *((c + d) * s for c, d, s in zip(cell, bits, stride)))
+    ok, hi, lo = keys.pack(b, *((c + d) * s for c, d, s in zip(cell, bits, stride)))
     found, active = hash_kernel.probe(slots_ref, key_hi_ref, key_lo_ref, ok & (b >= 0), hi, lo, capacity=capacity,
                                       bm=bm)
     w = jnp.ones((bm,), jnp.float32)

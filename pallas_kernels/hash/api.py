@@ -1,8 +1,9 @@
 """The GPU coordinate hash table: validation, padding and block sizes around :mod:`.kernel`.
 
 ``build_table(coords, num_valid)`` inserts rows ``[0, num_valid)`` and flags out-of-range and duplicate
-coordinates (and a probe that ran past its step limit) in ``errors``; ``query_table(table, coords, offsets)``
-returns, for every coordinate row and kernel offset, the row stored under ``coords + offset`` or -1.
+coordinates (and a probe that ran past its step limit) in the table's ``flags``; ``query_table(table, coords,
+offsets)`` returns, for every coordinate row and kernel offset, the row stored under ``coords + offset`` or -1,
+and its own flags. Flags are ``int32[]`` words of the bits below, for the caller to raise or translate.
 """
 
 from __future__ import annotations
@@ -13,27 +14,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jsparse3d import _coords
-from jsparse3d import _errors
 from pallas_kernels import _config
 from pallas_kernels.hash import kernel
+from pallas_kernels.hash import keys
+
+OUT_OF_RANGE = 1  # a valid row's coordinate is outside keys.COORD_MIN..COORD_MAX or its batch outside 0..MAX_BATCH
+TABLE_FULL = 2  # an insert or probe ran past its step limit: the table or a query is incomplete
+DUPLICATE = 4  # two valid rows hold the same coordinate
+
+
+def flag(condition, bit: int):
+  """``int32[]``: ``bit`` where ``condition`` holds anywhere, else 0."""
+  return jnp.where(jnp.any(condition), jnp.int32(bit), jnp.int32(0))
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class HashTable(_errors.Flagged):
+class HashTable:
   """A linear-probing table of row numbers.
 
   Attributes:
     slots: ``float32[capacity + 1]`` row in each slot, exact below 2^24 (-1: empty); the last slot is the build
       kernel's scratch.
     key_hi, key_lo: ``uint32[N]`` packed key of each row (zero for rows not stored).
-    errors: ``int32[]`` flags (see :mod:`jsparse3d._errors`).
+    flags: ``int32[]``: ``OUT_OF_RANGE``, ``TABLE_FULL`` and ``DUPLICATE`` bits found while building.
   """
   slots: jax.Array
   key_hi: jax.Array
   key_lo: jax.Array
-  errors: jax.Array
+  flags: jax.Array
 
   @property
   def capacity(self) -> int:
@@ -89,21 +98,20 @@ def build_table(coords, num_valid, *, capacity: int | None = None, block_sizes: 
   slots, status = kernel.build(_padded_columns(coords, bs.build_rows), num_valid, capacity=capacity,
                                bm=bs.build_rows, num_warps=bs.num_warps, num_stages=bs.num_stages, interpret=interpret)
   rows = jnp.arange(n, dtype=jnp.int32)
-  stored = (rows < num_valid[0]) & _coords.in_range(coords)
-  hi, lo = _coords.pack_keys(coords)
+  ok, hi, lo = keys.pack_rows(coords)
+  stored = (rows < num_valid[0]) & ok
   key_hi, key_lo = jnp.where(stored, hi, jnp.uint32(0)), jnp.where(stored, lo, jnp.uint32(0))
-  table = HashTable(slots, key_hi, key_lo, _errors.no_errors())
-  found, q_errors = query_table(table, jnp.where(stored[:, None], coords, -1), block_sizes=bs, interpret=interpret)
+  table = HashTable(slots, key_hi, key_lo, jnp.int32(0))
+  found, q_flags = query_table(table, jnp.where(stored[:, None], coords, -1), block_sizes=bs, interpret=interpret)
   duplicate = stored & (found[:, 0] != rows)  # a row whose key finds another row first
-  errors = (_errors.flag(jnp.any(status[:n] == kernel.OUT_OF_RANGE), _errors.OUT_OF_RANGE)
-            | _errors.flag(jnp.any(status == kernel.UNFINISHED), _errors.TABLE_FULL)
-            | _errors.flag(jnp.any(duplicate), _errors.DUPLICATE_COORDS) | q_errors)
-  return dataclasses.replace(table, errors=errors)
+  flags = (flag(status[:n] == kernel.OUT_OF_RANGE, OUT_OF_RANGE) | flag(status == kernel.UNFINISHED, TABLE_FULL)
+           | flag(duplicate, DUPLICATE) | q_flags)
+  return dataclasses.replace(table, flags=flags)
 
 
 def query_table(table: HashTable, coords, offsets=((0, 0, 0),), *, block_sizes: BlockSizes | None = None,
                 interpret: bool | None = None):
-  """``(rows int32[M, K], errors int32[])``: the row stored under ``coords[m] + offsets[k]`` (batch unchanged) or
+  """``(rows int32[M, K], flags int32[])``: the row stored under ``coords[m] + offsets[k]`` (batch unchanged) or
   -1 (absent, out of range, or ``coords[m]`` is padding with batch -1)."""
   if not isinstance(table, HashTable):
     raise TypeError(f"query_table: table must be a HashTable from build_table, got {type(table).__name__}.")
@@ -115,4 +123,4 @@ def query_table(table: HashTable, coords, offsets=((0, 0, 0),), *, block_sizes: 
   out, status = kernel.query(offsets, _padded_columns(coords, bs.query_rows), table.slots, table.key_hi,
                              table.key_lo, bm=bs.query_rows, num_warps=bs.num_warps, num_stages=bs.num_stages,
                              interpret=interpret)
-  return out[:, :m].T, _errors.flag(jnp.any(status == kernel.UNFINISHED), _errors.TABLE_FULL)
+  return out[:, :m].T, flag(status == kernel.UNFINISHED, TABLE_FULL)

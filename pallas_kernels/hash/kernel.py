@@ -32,25 +32,12 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
-from jsparse3d import _coords
 from pallas_kernels import _config
+from pallas_kernels.hash import keys
 
 EMPTY = -1
 MAX_ROWS = 1 << 24  # row numbers are exact in float32 slots below this
 OUT_OF_RANGE, UNFINISHED = 1, 2  # status codes per row
-
-
-def _keys(b, x, y, z):
-  """In-range mask and the packed ``(hi, lo)`` key of column vectors (as :func:`jsparse3d._coords.pack_keys`)."""
-  lo_c, hi_c = _coords.COORD_MIN, _coords.COORD_MAX
-  ok = (b >= 0) & (b <= _coords.MAX_BATCH)
-  for c in (x, y, z):
-    ok = ok & (c >= lo_c) & (c <= hi_c)
-  ub = b.astype(jnp.uint32)
-  ux, uy, uz = ((c - lo_c).astype(jnp.uint32) for c in (x, y, z))
-  hi = (ub << 22) | (ux << 4) | (uy >> 14)
-  lo = ((uy & jnp.uint32(0x3FFF)) << 18) | uz
-  return ok, hi, lo
 
 
 def _any(mask, axis=None):
@@ -58,15 +45,11 @@ def _any(mask, axis=None):
   return jnp.max(mask.astype(jnp.int32), axis=axis) > 0
 
 
-def _home(hi, lo, capacity):
-  return (_coords.hash_keys(hi, lo) & jnp.uint32(capacity - 1)).astype(jnp.int32)
-
-
 def _build_kernel(nv_ref, coords_ref, slots_in_ref, slots_ref, status_ref, *, bm: int, capacity: int):
   del slots_in_ref  # aliased with slots_ref
   start = pl.program_id(0) * bm
   rows = start + jnp.arange(bm, dtype=jnp.int32)
-  ok, hi, lo = _keys(*(coords_ref[c, pl.ds(start, bm)] for c in range(4)))
+  ok, hi, lo = keys.pack(*(coords_ref[c, pl.ds(start, bm)] for c in range(4)))
   valid = rows < nv_ref[0]
   lane = jnp.arange(bm, dtype=jnp.int32)
 
@@ -85,7 +68,7 @@ def _build_kernel(nv_ref, coords_ref, slots_in_ref, slots_ref, status_ref, *, bm
     h = jnp.where(moved, (h + 1) & (capacity - 1), h)
     return h, carried, active & ~(go & (prev == EMPTY)), step + 1
 
-  init = (_home(hi, lo, capacity), rows, valid & ok, jnp.int32(0))
+  init = (keys.home(hi, lo, capacity), rows, valid & ok, jnp.int32(0))
   _, _, active, _ = jax.lax.while_loop(cond, body, init)
   status_ref[pl.ds(start, bm)] = jnp.where(active, UNFINISHED, jnp.where(valid & ~ok, OUT_OF_RANGE, 0))
 
@@ -131,7 +114,7 @@ def probe(slots_ref, key_hi_ref, key_lo_ref, active, hi, lo, *, capacity: int, b
     found = jnp.where(active & match, s, found)
     return (h + 1) & (capacity - 1), found, active & (s != EMPTY) & ~match, step + 1
 
-  init = (_home(hi, lo, capacity), jnp.full((bm,), -1, jnp.int32), active, jnp.int32(0))
+  init = (keys.home(hi, lo, capacity), jnp.full((bm,), -1, jnp.int32), active, jnp.int32(0))
   _, found, unfinished, _ = jax.lax.while_loop(cond, body, init)
   return found, unfinished
 
@@ -143,7 +126,7 @@ def _query_kernel(offsets_ref, coords_ref, slots_ref, key_hi_ref, key_lo_ref, ou
   base_ok = b >= 0
 
   def offset(k, unfinished):
-    ok, hi, lo = _keys(b, x + offsets_ref[k, 0], y + offsets_ref[k, 1], z + offsets_ref[k, 2])
+    ok, hi, lo = keys.pack(b, x + offsets_ref[k, 0], y + offsets_ref[k, 1], z + offsets_ref[k, 2])
     found, active = probe(slots_ref, key_hi_ref, key_lo_ref, base_ok & ok, hi, lo, capacity=capacity, bm=bm)
     out_ref[k, pl.ds(start, bm)] = found
     return unfinished | active

@@ -1,7 +1,7 @@
 """Pure-jnp reference of the GPU coordinate hash table: ordered linear probing over ``capacity`` slots (a power
 of two), inserting rows one at a time in row order, and probing queries until their key or an empty slot.
 
-Slots hold row numbers (-1: empty); keys are the packed 64-bit ``(hi, lo)`` words of :mod:`jsparse3d._coords`, so
+Slots hold row numbers (-1: empty); keys are the packed 64-bit ``(hi, lo)`` words of :mod:`.keys`, so
 every coordinate of the supported range is covered without x64.
 """
 
@@ -10,21 +10,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jsparse3d import _coords
+from pallas_kernels.hash import keys
 
 EMPTY = -1
-
-
-def home_slot(hi, lo, capacity: int):
-  return (_coords.hash_keys(hi, lo) & jnp.uint32(capacity - 1)).astype(jnp.int32)
 
 
 def build(coords, num_valid, capacity: int):
   """``int32[capacity]`` slots of the ordered linear-probing table of rows ``[0, num_valid)`` with in-range
   coordinates, inserted one at a time in row order: at an occupied slot the larger row stays and the smaller one
   moves on (rows with equal keys are all stored; the API flags them)."""
-  hi, lo = _coords.pack_keys(coords)
-  ok = _coords.in_range(coords)
+  ok, hi, lo = keys.pack_rows(coords)
 
   def insert(r, slots):
     def cond(state):
@@ -37,7 +32,7 @@ def build(coords, num_valid, capacity: int):
       return slots, (h + 1) & (capacity - 1), jnp.where(s == EMPTY, carried, jnp.minimum(s, carried)), s != EMPTY
 
     live = (r < num_valid) & ok[r]
-    return jax.lax.while_loop(cond, body, (slots, home_slot(hi[r], lo[r], capacity), r, live))[0]
+    return jax.lax.while_loop(cond, body, (slots, keys.home(hi[r], lo[r], capacity), r, live))[0]
 
   return jax.lax.fori_loop(0, coords.shape[0], insert, jnp.full((capacity,), EMPTY, jnp.int32))
 
@@ -49,7 +44,7 @@ def query(slots, key_hi, key_lo, coords):
   """
   slots = slots.astype(jnp.int32)
   capacity = slots.shape[0]
-  hi, lo = _coords.pack_keys(coords)
+  ok, hi, lo = keys.pack_rows(coords)
 
   def one(h_lo_ok):
     hi1, lo1, ok1 = h_lo_ok
@@ -63,6 +58,6 @@ def query(slots, key_hi, key_lo, coords):
       match = (s != EMPTY) & (key_hi[jnp.maximum(s, 0)] == hi1) & (key_lo[jnp.maximum(s, 0)] == lo1)
       return (h + 1) & (capacity - 1), jnp.where(match, s, found), (s != EMPTY) & ~match
 
-    return jax.lax.while_loop(cond, body, (home_slot(hi1, lo1, capacity), jnp.int32(-1), ok1))[1]
+    return jax.lax.while_loop(cond, body, (keys.home(hi1, lo1, capacity), jnp.int32(-1), ok1))[1]
 
-  return jax.lax.map(one, (hi, lo, _coords.in_range(coords)))
+  return jax.lax.map(one, (hi, lo, ok))
