@@ -91,10 +91,13 @@ def test_weights_round_trip_through_orbax_and_refuse_another_architecture(tmp_pa
     js.nn.save_weights(trained, tmp_path / "w")
 
 
-def test_torch_layout_keeps_the_build_order_of_a_model_rebuilt_by_nnx(tmp_path):
+@pytest.mark.parametrize("make", [lambda r: js.models.MinkUNet(cr=0.25, rngs=r),
+                                  lambda r: js.models.UResNet(in_features=1, num_classes=3, filters=4, depth=3,
+                                                              rngs=r)], ids=["minkunet", "uresnet"])
+def test_torch_layout_keeps_the_build_order_of_a_model_rebuilt_by_nnx(tmp_path, make):
   # Regression: nnx.split / merge (so nnx.jit, and any model rebuilt from a train step's state) sort a module's
   # attributes by name; the state-dict order followed them, so a jit-built model exported its weights shuffled.
-  make = lambda r: js.models.MinkUNet(cr=0.25, rngs=r)
+  # The U-ResNet's layers are built by a shared driver, so its order is declared (models/_unet.ORDER).
   eager = make(nnx.Rngs(0))
   built = nnx.jit(make)(nnx.Rngs(0))
   assert list(vars(built)) != list(vars(eager))  # the premise: the rebuilt model's attributes are reordered

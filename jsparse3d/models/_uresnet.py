@@ -8,6 +8,7 @@ from flax import nnx
 from jsparse3d import nn
 from jsparse3d import ops
 from jsparse3d._sparse_tensor import SparseTensor
+from jsparse3d.models import _unet
 
 
 class PreActBlock(nnx.Module):
@@ -31,7 +32,8 @@ class PreActBlock(nnx.Module):
 
 
 class UResNet(nnx.Module):
-  """Sparse U-ResNet: a U-Net of pre-activation residual blocks on submanifold convolutions.
+  """Sparse U-ResNet: a U-Net of pre-activation residual blocks on submanifold convolutions (the topology of
+  :mod:`jsparse3d.models._unet`, shared with :class:`DenseUResNet`).
 
   Level ``i`` has ``filters * (i + 1)`` channels. The encoder runs ``reps`` blocks per level and goes down with
   BN, ReLU, conv k2 s2; the decoder comes up with BN, ReLU, transposed conv k2 s2, concatenates the skip and runs
@@ -46,36 +48,23 @@ class UResNet(nnx.Module):
     a SparseTensor of ``num_classes`` logits per voxel, on the input's coordinates.
   """
 
+  state_dict_order = _unet.ORDER
+
   def __init__(self, in_features: int = 1, num_classes: int = 5, filters: int = 16, depth: int = 5, reps: int = 2, *,
                dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
-    if depth < 1 or reps < 1 or filters < 1:
-      raise ValueError(f"depth, reps and filters must be positive, got {depth}, {reps}, {filters}.")
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    c = [filters * (i + 1) for i in range(depth)]
-    self.depth = depth
-    self.stem = nn.SparseConv3d(in_features, c[0], 3, **kw)
-    self.encoder = nnx.List([nnx.List([PreActBlock(c[i], c[i], **kw) for _ in range(reps)]) for i in range(depth)])
-    self.down_bn = nnx.List([nn.BatchNorm(c[i], relu=True, **kw) for i in range(depth - 1)])
-    self.down = nnx.List([nn.SparseConv3d(c[i], c[i + 1], 2, stride=2, **kw) for i in range(depth - 1)])
-    self.up_bn = nnx.List([nn.BatchNorm(c[i + 1], relu=True, **kw) for i in range(depth - 1)])
-    self.up = nnx.List([nn.SparseConvTranspose3d(c[i + 1], c[i], 2, stride=2, **kw) for i in range(depth - 1)])
-    self.decoder = nnx.List([nnx.List([PreActBlock(2 * c[i] if r == 0 else c[i], c[i], **kw) for r in range(reps)])
-                             for i in range(depth - 1)])
-    self.head_bn = nn.BatchNorm(c[0], relu=True, **kw)
-    self.head = nn.Linear(c[0], num_classes, use_bias=True, **kw)
+    _unet.build(self, _layers(kw), in_features, num_classes, filters, depth, reps)
 
   def __call__(self, x: SparseTensor) -> SparseTensor:
-    x = self.stem(x)
-    skips = []
-    for i in range(self.depth):
-      for block in self.encoder[i]:
-        x = block(x)
-      if i < self.depth - 1:
-        skips.append(x)
-        x = self.down[i](self.down_bn[i](x))
-    for i in reversed(range(self.depth - 1)):
-      x = self.up[i](self.up_bn[i](x))
-      x = ops.cat([skips[i], x])
-      for block in self.decoder[i]:
-        x = block(x)
-    return self.head(self.head_bn(x))
+    return _unet.apply(self, x, norm_act=lambda norm, h: norm(h), cat=lambda skip, h: ops.cat([skip, h]))
+
+
+def _layers(kw) -> _unet.Layers:
+  """The sparse twin's layers (``kw``: dtypes and rngs); its norms fuse the ReLU."""
+  return _unet.Layers(
+      stem=lambda i, o: nn.SparseConv3d(i, o, 3, **kw),
+      block=lambda i, o: PreActBlock(i, o, **kw),
+      norm=lambda ch: nn.BatchNorm(ch, relu=True, **kw),
+      down=lambda i, o: nn.SparseConv3d(i, o, 2, stride=2, **kw),
+      up=lambda i, o: nn.SparseConvTranspose3d(i, o, 2, stride=2, **kw),
+      head=lambda i, o: nn.Linear(i, o, use_bias=True, **kw))

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jsparse3d.models import _unet
 from jsparse3d.nn import _macs
 
 
@@ -57,43 +58,34 @@ class _Block(nnx.Module):
 
 
 class DenseUResNet(nnx.Module):
-  """Dense U-ResNet with the arguments and parameter count of :class:`jsparse3d.models.UResNet`.
+  """Dense U-ResNet with the arguments, topology (:mod:`jsparse3d.models._unet`) and parameter count of
+  :class:`jsparse3d.models.UResNet`.
 
   ``__call__(grid)``: ``grid`` float [B, D, H, W, in_features] with D, H, W divisible by ``2 ** (depth - 1)`` ->
   logits [B, D, H, W, num_classes].
   """
 
+  state_dict_order = _unet.ORDER
+
   def __init__(self, in_features: int = 1, num_classes: int = 5, filters: int = 16, depth: int = 5, reps: int = 2, *,
                dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    c = [filters * (i + 1) for i in range(depth)]
-    self.depth = depth
-    self.stem = _Conv(in_features, c[0], 3, **kw)
-    self.encoder = nnx.List([nnx.List([_Block(c[i], c[i], **kw) for _ in range(reps)]) for i in range(depth)])
-    self.down_bn = nnx.List([nnx.BatchNorm(c[i], momentum=0.9, **kw) for i in range(depth - 1)])
-    self.down = nnx.List([_Conv(c[i], c[i + 1], 2, stride=2, **kw) for i in range(depth - 1)])
-    self.up_bn = nnx.List([nnx.BatchNorm(c[i + 1], momentum=0.9, **kw) for i in range(depth - 1)])
-    self.up = nnx.List([_Conv(c[i + 1], c[i], 2, stride=2, transposed=True, **kw) for i in range(depth - 1)])
-    self.decoder = nnx.List([nnx.List([_Block(2 * c[i] if r == 0 else c[i], c[i], **kw) for r in range(reps)])
-                             for i in range(depth - 1)])
-    self.head_bn = nnx.BatchNorm(c[0], momentum=0.9, **kw)
-    self.head = nnx.Linear(c[0], num_classes, **kw)
+    _unet.build(self, _layers(kw), in_features, num_classes, filters, depth, reps)
 
   def __call__(self, grid):
     step = 2 ** (self.depth - 1)
     if any(s % step for s in grid.shape[1:4]):
       raise ValueError(f"grid sides {grid.shape[1:4]} must be divisible by 2 ** (depth - 1) = {step}.")
-    x = self.stem(grid)
-    skips = []
-    for i in range(self.depth):
-      for block in self.encoder[i]:
-        x = block(x)
-      if i < self.depth - 1:
-        skips.append(x)
-        x = self.down[i](jax.nn.relu(self.down_bn[i](x)))
-    for i in reversed(range(self.depth - 1)):
-      x = self.up[i](jax.nn.relu(self.up_bn[i](x)))
-      x = jnp.concatenate([skips[i], x], axis=-1)
-      for block in self.decoder[i]:
-        x = block(x)
-    return self.head(jax.nn.relu(self.head_bn(x)))
+    return _unet.apply(self, grid, norm_act=lambda norm, h: jax.nn.relu(norm(h)),
+                       cat=lambda skip, h: jnp.concatenate([skip, h], axis=-1))
+
+
+def _layers(kw) -> _unet.Layers:
+  """The dense twin's layers (``kw``: dtypes and rngs)."""
+  return _unet.Layers(
+      stem=lambda i, o: _Conv(i, o, 3, **kw),
+      block=lambda i, o: _Block(i, o, **kw),
+      norm=lambda ch: nnx.BatchNorm(ch, momentum=0.9, **kw),
+      down=lambda i, o: _Conv(i, o, 2, stride=2, **kw),
+      up=lambda i, o: _Conv(i, o, 2, stride=2, transposed=True, **kw),
+      head=lambda i, o: nnx.Linear(i, o, **kw))

@@ -81,12 +81,17 @@ def _name(path) -> str:
 
 @functools.cache
 def _build_order(cls) -> dict[str, int]:
-  """Attribute name -> position of its first assignment in ``cls.__init__`` (bases first).
+  """Attribute name -> position in the order ``cls`` builds its layers: its declared ``state_dict_order`` if it has
+  one (a model whose layers a shared driver builds), else the order of their first assignments in
+  ``cls.__init__`` (bases first).
 
   The build order cannot be read from the instance: ``nnx.split`` and ``nnx.merge`` (so ``nnx.jit``, and every
   model rebuilt from a train step's state) sort a module's attributes by name. An ``__init__`` whose source
   cannot be read gives no positions, and then the attributes keep the instance's order.
   """
+  declared = getattr(cls, "state_dict_order", None)
+  if declared is not None:
+    return {name: i for i, name in enumerate(declared)}
   names: list[str] = []
   for klass in reversed(cls.__mro__):
     init = vars(klass).get("__init__")
