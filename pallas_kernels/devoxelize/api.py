@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from pallas_kernels import _config
 from pallas_kernels.devoxelize import kernel
 from pallas_kernels.hash import api as hash_api
+from pallas_kernels.hash import kernel as hash_kernel
 from pallas_kernels.hash.api import HashTable
 
 
@@ -61,7 +62,7 @@ def devoxelize(table: HashTable, feats, xyz, batch, *, stride=(1, 1, 1), block_s
   out, rows, weights, status = _devoxelize(table.slots, table.key_hi, table.key_lo, feats, xyz, batch,
                                            stride=stride, bs=bs, interpret=interpret)
   del rows, weights
-  return out, hash_api.flag(status == 2, hash_api.TABLE_FULL)
+  return out, hash_api.flag(status == hash_kernel.UNFINISHED, hash_api.TABLE_FULL)
 
 
 def _forward(slots, key_hi, key_lo, feats, xyz, batch, *, stride, bs, interpret):
