@@ -153,6 +153,49 @@ def test_count_macs_counts_real_pairs():
   assert js.nn.count_macs(model, x2)["total"] == 2 * macs["total"]
 
 
+def test_count_macs_of_a_transposed_conv_are_the_pairs_it_transposes():
+  x, _ = _lartpc_batch()
+  down = js.nn.SparseConv3d(1, 4, 2, stride=2, rngs=nnx.Rngs(0))
+  up = js.nn.SparseConvTranspose3d(4, 3, 2, stride=2, rngs=nnx.Rngs(1))
+  y = down(x)
+  pairs = int(js.ops.kernel_map(x, 2, stride=2)[0].num_pairs)
+  assert js.nn.count_macs(down, x)["total"] == pairs * 1 * 4
+  assert js.nn.count_macs(up, y)["total"] == pairs * 4 * 3
+  assert js.nn.count_macs(up, y, x)["total"] == pairs * 4 * 3  # with an explicit target
+
+
+def test_count_macs_of_dense_layers_follow_their_shapes():
+  rngs = nnx.Rngs(0)
+  grid = jnp.ones((2, 6, 5, 4, 3))
+  same = nnx.Conv(3, 7, (3, 3, 3), padding="SAME", use_bias=False, rngs=rngs)
+  macs = 2 * 6 * 5 * 4 * 27 * 3 * 7  # every tap of every output, the zero padding included
+  assert js.nn.count_macs(same, grid) == {"total": macs, "by_kind": {"dense_conv": macs}}
+  # A transposed conv counts the taps on its real inputs: brute force over the dilated input.
+  up = nnx.ConvTranspose(3, 2, (3, 3, 3), strides=(2, 2, 2), padding="SAME", use_bias=False, rngs=rngs)
+  out = up(grid)
+  taps = 0
+  for pos in np.ndindex(*grid.shape[1:4]):  # each input voxel feeds the outputs its 27 taps reach
+    for t in np.ndindex(3, 3, 3):
+      o = [2 * p + k - 1 for p, k in zip(pos, t)]  # SAME pads the 2x-dilated input by 1 in front
+      taps += all(0 <= v < n for v, n in zip(o, out.shape[1:4]))
+  assert js.nn.count_macs(up, grid)["total"] == 2 * taps * 3 * 2
+  linear = nnx.Linear(3, 5, rngs=rngs)
+  assert js.nn.count_macs(linear, jnp.ones((4, 9, 3)))["by_kind"] == {"linear": 4 * 9 * 3 * 5}
+  masked = js.nn.Linear(3, 5, rngs=rngs)  # rows on a mask count the real rows only
+  assert js.nn.count_macs(masked, jnp.ones((9, 3)), mask=jnp.arange(9) < 4)["total"] == 4 * 3 * 5
+
+
+def test_count_macs_refuses_what_it_cannot_count():
+  x, _ = _lartpc_batch()
+  conv = js.nn.SparseConv3d(1, 8, 3, rngs=nnx.Rngs(0))
+  with pytest.raises(TypeError, match="call it eagerly"):
+    jax.jit(lambda x: js.nn.count_macs(conv, x))(x)
+  linear = nnx.Linear(3, 5, rngs=nnx.Rngs(0))
+  branchy = lambda v: jax.lax.cond(v.sum() > 0, linear, lambda v: jnp.zeros((4, 5)), v)
+  with pytest.raises(ValueError, match="inside lax.cond"):
+    js.nn.count_macs(branchy, jnp.ones((4, 3)))
+
+
 def _lidar_points(rng, p=600, pad=40):
   xyz = np.concatenate([rng.uniform(0, 40, (p, 2)), rng.uniform(0, 6, (p, 1))], axis=1).astype(np.float32)
   feats = np.concatenate([xyz / 40, rng.uniform(0, 1, (p, 1))], axis=1).astype(np.float32)

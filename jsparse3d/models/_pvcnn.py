@@ -13,7 +13,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jsparse3d import ops
-from jsparse3d.nn import _macs
 
 BLOCKS = {
     "shapenet_part": ((64, 1, 32), (128, 2, 16), (512, 1, None), (2048, 1, None)),
@@ -29,7 +28,6 @@ class SharedMLP(nnx.Module):
     self.bn = nnx.BatchNorm(out_features, momentum=0.9, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x):
-    _macs.record("linear", x.shape[0] * x.shape[1] * self.linear.in_features * self.linear.out_features)
     return jax.nn.relu(self.bn(self.linear(x)))
 
 
@@ -64,8 +62,6 @@ class PVConv(nnx.Module):
     r = self.resolution
     coords, vox = ops.normalize_dense_coords(xyz, r, normalize=self.normalize, eps=self.eps)
     grid = ops.avg_voxelize_dense(feats, vox, r)
-    b, cin, cout = feats.shape[0], self.conv1.in_features, self.conv1.out_features
-    _macs.record("dense_conv", b * r ** 3 * 27 * (cin * cout + cout * cout))
     grid = jax.nn.leaky_relu(self.bn1(self.conv1(grid)), 0.1)
     grid = jax.nn.leaky_relu(self.bn2(self.conv2(grid)), 0.1)
     if self.se is not None:

@@ -7,14 +7,11 @@ Train it with the loss restricted to non-empty voxels (see :func:`nonempty_mask`
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jsparse3d.models import _unet
-from jsparse3d.nn import _macs
 
 
 def nonempty_mask(grid):
@@ -22,34 +19,22 @@ def nonempty_mask(grid):
   return jnp.any(grid != 0, axis=-1)
 
 
-class _Conv(nnx.Module):
-  """nnx.Conv without bias that reports its MACs (every output voxel counts)."""
-
-  def __init__(self, cin, cout, k, *, stride=1, transposed=False, dtype, param_dtype, rngs):
-    kw = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    if transposed:
-      self.conv = nnx.ConvTranspose(cin, cout, (k,) * 3, strides=(stride,) * 3, padding="VALID", **kw)
-    else:
-      self.conv = nnx.Conv(cin, cout, (k,) * 3, strides=(stride,) * 3, padding="SAME" if stride == 1 else "VALID",
-                           **kw)
-    self.k, self.cin, self.cout, self.transposed = k, cin, cout, transposed
-
-  def __call__(self, x):
-    y = self.conv(x)
-    # A transposed conv does its MACs per input voxel; an ordinary one per output voxel.
-    voxels = math.prod((x if self.transposed else y).shape[:4])
-    _macs.record("dense_conv", voxels * self.k ** 3 * self.cin * self.cout)
-    return y
+def _conv(cin, cout, k, *, stride=1, transposed=False, dtype, param_dtype, rngs):
+  """A bias-free ``k``-cube convolution: 'SAME' at stride 1, 'VALID' when strided or transposed."""
+  kw = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  if transposed:
+    return nnx.ConvTranspose(cin, cout, (k,) * 3, strides=(stride,) * 3, padding="VALID", **kw)
+  return nnx.Conv(cin, cout, (k,) * 3, strides=(stride,) * 3, padding="SAME" if stride == 1 else "VALID", **kw)
 
 
 class _Block(nnx.Module):
   def __init__(self, cin, cout, *, dtype, param_dtype, rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.bn1 = nnx.BatchNorm(cin, momentum=0.9, **kw)
-    self.conv1 = _Conv(cin, cout, 3, **kw)
+    self.conv1 = _conv(cin, cout, 3, **kw)
     self.bn2 = nnx.BatchNorm(cout, momentum=0.9, **kw)
-    self.conv2 = _Conv(cout, cout, 3, **kw)
-    self.shortcut = _Conv(cin, cout, 1, **kw) if cin != cout else None
+    self.conv2 = _conv(cout, cout, 3, **kw)
+    self.shortcut = _conv(cin, cout, 1, **kw) if cin != cout else None
 
   def __call__(self, x):
     h = self.conv1(jax.nn.relu(self.bn1(x)))
@@ -83,9 +68,9 @@ class DenseUResNet(nnx.Module):
 def _layers(kw) -> _unet.Layers:
   """The dense twin's layers (``kw``: dtypes and rngs)."""
   return _unet.Layers(
-      stem=lambda i, o: _Conv(i, o, 3, **kw),
+      stem=lambda i, o: _conv(i, o, 3, **kw),
       block=lambda i, o: _Block(i, o, **kw),
       norm=lambda ch: nnx.BatchNorm(ch, momentum=0.9, **kw),
-      down=lambda i, o: _Conv(i, o, 2, stride=2, **kw),
-      up=lambda i, o: _Conv(i, o, 2, stride=2, transposed=True, **kw),
+      down=lambda i, o: _conv(i, o, 2, stride=2, **kw),
+      up=lambda i, o: _conv(i, o, 2, stride=2, transposed=True, **kw),
       head=lambda i, o: nnx.Linear(i, o, **kw))

@@ -4,13 +4,13 @@ Parameter-free pieces are functions, re-exported here from :mod:`jsparse3d.ops`:
 rows zero, skip concatenation, global pooling and the point-voxel operations.
 """
 
+from jsparse3d._macs import count_macs as count_macs
 from jsparse3d.nn._layers import BatchNorm as BatchNorm
 from jsparse3d.nn._layers import Dropout as Dropout
 from jsparse3d.nn._layers import Linear as Linear
 from jsparse3d.nn._layers import SparseConv3d as SparseConv3d
 from jsparse3d.nn._layers import SparseConvTranspose3d as SparseConvTranspose3d
 from jsparse3d.nn._layers import sync_batch_norm as sync_batch_norm
-from jsparse3d.nn._macs import count_macs as count_macs
 from jsparse3d.nn._norms import GroupNorm as GroupNorm
 from jsparse3d.nn._norms import InstanceNorm as InstanceNorm
 from jsparse3d.nn._norms import LayerNorm as LayerNorm

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jsparse3d import _coords
+from jsparse3d import _macs
 from jsparse3d import ops
 from jsparse3d._sparse_tensor import SparseTensor
-from jsparse3d.nn import _macs
 from jsparse3d.ops import _batch_norm
 
 
@@ -71,9 +71,6 @@ class SparseConv3d(nnx.Module):
   def __call__(self, x: SparseTensor) -> SparseTensor:
     dtype = self.dtype or x.feats.dtype
     bias = None if self.bias is None else self.bias[...].astype(dtype)
-    if _macs.counting():
-      kmap, _ = ops.kernel_map(x, self.kernel.shape[:3], stride=self.stride, dilation=self.dilation)
-      _macs.record("sparse_conv", int(kmap.num_pairs) * self.kernel.shape[3] * self.kernel.shape[4])
     return ops.conv3d(x.replace(feats=x.feats.astype(dtype)), self.kernel[...].astype(dtype), stride=self.stride,
                       dilation=self.dilation, bias=bias, implementation=self.implementation)
 
@@ -98,11 +95,6 @@ class SparseConvTranspose3d(nnx.Module):
   def __call__(self, x: SparseTensor, target: SparseTensor | None = None) -> SparseTensor:
     dtype = self.dtype or x.feats.dtype
     bias = None if self.bias is None else self.bias[...].astype(dtype)
-    if _macs.counting():  # the pairs of the strided map this transposes
-      fine = target if target is not None else SparseTensor.from_geometry(
-          x.cache["parent"], jnp.zeros((x.cache["parent"].coords.shape[0], 0), x.feats.dtype))
-      kmap, _ = ops.kernel_map(fine, self.kernel.shape[:3], stride=self.stride, dilation=self.dilation)
-      _macs.record("sparse_conv", int(kmap.num_pairs) * self.kernel.shape[3] * self.kernel.shape[4])
     return ops.conv_transpose3d(x.replace(feats=x.feats.astype(dtype)), self.kernel[...].astype(dtype),
                                 stride=self.stride, dilation=self.dilation, target=target, bias=bias,
                                 implementation=self.implementation)
@@ -208,13 +200,16 @@ class Linear(nnx.Module):
                              kernel_init=_kernel_init(in_features), rngs=rngs)
 
   def __call__(self, x, *, mask=None):
-    if _macs.counting():
-      rows = int(x.num_valid) if isinstance(x, SparseTensor) else int(x.shape[0] if mask is None else mask.sum())
-      _macs.record("linear", rows * self.linear.in_features * self.linear.out_features)
     if isinstance(x, SparseTensor):
-      return _zero_padding(x, self.linear(x.feats))
-    out = self.linear(x)
-    return out if mask is None else jnp.where(mask[:, None], out, jnp.zeros((), out.dtype))
+      _macs.record("linear", x.num_valid * self.linear.in_features * self.linear.out_features)
+      with _macs.counted_by_op():
+        return _zero_padding(x, self.linear(x.feats))
+    if mask is None:  # every row is real: the jaxpr count sees it
+      return self.linear(x)
+    _macs.record("linear", mask.sum() * self.linear.in_features * self.linear.out_features)
+    with _macs.counted_by_op():
+      out = self.linear(x)
+    return jnp.where(mask[:, None], out, jnp.zeros((), out.dtype))
 
 
 class Dropout(nnx.Module):

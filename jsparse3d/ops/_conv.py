@@ -10,6 +10,7 @@ import numpy as np
 
 from jsparse3d import _coords
 from jsparse3d import _errors
+from jsparse3d import _macs
 from jsparse3d._sparse_tensor import SparseTensor
 from jsparse3d.ops import _backend
 from jsparse3d.ops import _conv_primitive
@@ -182,7 +183,9 @@ def _apply(x_feats, weight, kmap, bias, y: SparseTensor, implementation: str) ->
   w = weight.reshape(math.prod(weight.shape[:3]), weight.shape[3], weight.shape[4])
   if implementation == "pallas":
     kmap = kmap.with_tables()  # a no-op for a map built for Pallas convolutions (see _for_convs)
-  out = _conv_primitive.conv(x_feats, w, kmap, implementation=implementation)
+  _macs.record("sparse_conv", kmap.num_pairs * w.shape[1] * w.shape[2])
+  with _macs.counted_by_op():
+    out = _conv_primitive.conv(x_feats, w, kmap, implementation=implementation)
   if bias is not None:
     if getattr(bias, "shape", None) != (weight.shape[4],):
       raise ValueError(f"bias must have shape ({weight.shape[4]},), got {getattr(bias, 'shape', bias)}.")

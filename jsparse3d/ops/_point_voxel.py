@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jsparse3d import _errors
+from jsparse3d import _macs
 from jsparse3d._sparse_tensor import SparseTensor
 from jsparse3d.ops import _backend
 from jsparse3d.ops import _conv
@@ -130,7 +131,8 @@ def voxel_to_point(x: SparseTensor, xyz, batch, *, implementation: str | None = 
   w = jnp.where(present, w, 0.0)
   w = w / jnp.maximum(w.sum(axis=1, keepdims=True), 1e-12)
   vals = x.feats.at[jnp.where(present, rows, _kernel_map.SENTINEL)].get(mode="fill", fill_value=0)
-  out = jnp.einsum("pk,pkc->pc", w.astype(vals.dtype), vals)
+  with _macs.counted_by_op():  # an interpolation, which count_macs leaves out, not a layer's matmul
+    out = jnp.einsum("pk,pkc->pc", w.astype(vals.dtype), vals)
   return (out, x.errors) if with_errors else out
 
 
