@@ -20,6 +20,8 @@ def _params(model) -> int:
     (lambda r: models.UResNet(rngs=r), 2_741_477),
     (lambda r: models.UResNet(filters=32, rngs=r), 10_956_229),
     (lambda r: models.DenseUResNet(rngs=r), 2_741_477),
+    (lambda r: models.UResNet(spatial_dims=2, rngs=r), 954_309),
+    (lambda r: models.DenseUResNet(spatial_dims=2, rngs=r), 954_309),
     (lambda r: models.MinkUNet(cr=1.0, rngs=r), 21_723_315),
     (lambda r: models.MinkUNet(cr=0.64, rngs=r), 8_771_298),
     (lambda r: models.MinkUNet(cr=0.5, rngs=r), 5_435_235),
@@ -204,6 +206,29 @@ def _lidar_points(rng, p=600, pad=40):
   pad_xyz = np.zeros((pad, 3), np.float32)
   return (jnp.asarray(np.r_[xyz, pad_xyz]), jnp.asarray(np.r_[batch, -np.ones(pad, np.int32)]),
           jnp.asarray(np.r_[feats, np.zeros((pad, 4), np.float32)]), jnp.asarray(np.r_[labels, -np.ones(pad, int)]))
+
+
+@pytest.mark.parametrize("dims", [3, 2])
+def test_the_uresnet_twins_agree_on_a_fully_occupied_grid(dims, rng):
+  """Where every voxel is active a submanifold conv is a 'SAME' dense conv and masked batch norm is batch norm, so
+  the sparse U-ResNet must give the dense one's logits: the twins start from the same weights."""
+  kw = dict(filters=4, depth=3, reps=1, spatial_dims=dims)
+  sparse, dense = models.UResNet(**kw, rngs=nnx.Rngs(3)), models.DenseUResNet(**kw, rngs=nnx.Rngs(3))
+  for a, b in zip(jax.tree.leaves(nnx.state(sparse, nnx.Param)), jax.tree.leaves(nnx.state(dense, nnx.Param)),
+                  strict=True):
+    np.testing.assert_array_equal(np.ravel(a), np.ravel(b))
+  side = 8 if dims == 3 else 16
+  shape = (side,) * 3 if dims == 3 else (side, side, 1)
+  grid = rng.standard_normal((2, *shape, 1)).astype(np.float32)
+  coords = np.argwhere(np.ones(grid.shape[:4], bool))
+  x = js.SparseTensor.from_coords(jnp.asarray(coords), jnp.asarray(grid[tuple(coords.T)]))
+  got = np.asarray(nnx.jit(lambda m, x: m(x).feats)(sparse, x))
+  want = np.asarray(nnx.jit(lambda m, g: m(g))(dense, jnp.asarray(grid if dims == 3 else grid[..., 0, :])))
+  rows = np.asarray(x.coords)[:len(coords)]
+  want = want[tuple(rows.T)] if dims == 3 else want[tuple(rows[:, :3].T)]
+  np.testing.assert_allclose(got[:len(coords)], want, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="spatial_dims must be 2 or 3"):
+    models.UResNet(spatial_dims=1, rngs=nnx.Rngs(0))
 
 
 @pytest.mark.slow  # minutes on 2 cores; run with -m slow

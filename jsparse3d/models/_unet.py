@@ -26,6 +26,23 @@ class Layers:
   head: Callable
 
 
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+  """Kernel sizes of one layout: ``conv`` for the stem and blocks, ``down`` for the strided convs (also their
+  stride). Sparse layers take them as given; dense ones keep the first ``dims`` entries."""
+  dims: int
+  conv: tuple
+  down: tuple
+
+
+def kernels(spatial_dims: int) -> Kernels:
+  """3D cubes, or the 2D layout on a flat z axis (3x3x1 convolutions, 2x2x1 strides)."""
+  if spatial_dims not in (2, 3):
+    raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
+  flat = spatial_dims == 2
+  return Kernels(spatial_dims, (3, 3, 1) if flat else (3, 3, 3), (2, 2, 1) if flat else (2, 2, 2))
+
+
 # The layers in the order they are built: the order of their random draws and of a PyTorch state dict's entries.
 # A model built here declares it (``state_dict_order = ORDER``): nnx rebuilds modules with their attributes sorted by
 # name, and the build order cannot be read from this driver's caller (jsparse3d.nn._weights).

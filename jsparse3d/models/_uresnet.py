@@ -15,13 +15,13 @@ class PreActBlock(nnx.Module):
   """Pre-activation residual block: BN, ReLU, conv 3^3, BN, ReLU, conv 3^3, plus the input (through a 1x1 linear
   map without bias when the channel count changes)."""
 
-  def __init__(self, in_features: int, out_features: int, *, dtype=None, param_dtype=jnp.float32,
+  def __init__(self, in_features: int, out_features: int, *, kernel_size=3, dtype=None, param_dtype=jnp.float32,
                rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.bn1 = nn.BatchNorm(in_features, relu=True, **kw)
-    self.conv1 = nn.SparseConv3d(in_features, out_features, 3, **kw)
+    self.conv1 = nn.SparseConv3d(in_features, out_features, kernel_size, **kw)
     self.bn2 = nn.BatchNorm(out_features, relu=True, **kw)
-    self.conv2 = nn.SparseConv3d(out_features, out_features, 3, **kw)
+    self.conv2 = nn.SparseConv3d(out_features, out_features, kernel_size, **kw)
     self.shortcut = nn.Linear(in_features, out_features, use_bias=False, **kw) if in_features != out_features else None
 
   def __call__(self, x: SparseTensor) -> SparseTensor:
@@ -44,6 +44,7 @@ class UResNet(nnx.Module):
     in_features: input channels (1: deposited energy). num_classes: output classes.
     filters: channels of the first level. depth: levels (the deepest stride is ``2 ** (depth - 1)``).
     reps: residual blocks per level and side.
+    spatial_dims: 3, or 2 for images on a flat z axis (coordinates ``z = 0``): 3x3x1 convolutions, 2x2x1 strides.
   Returns (``__call__``):
     a SparseTensor of ``num_classes`` logits per voxel, on the input's coordinates.
   """
@@ -51,20 +52,20 @@ class UResNet(nnx.Module):
   state_dict_order = _unet.ORDER
 
   def __init__(self, in_features: int = 1, num_classes: int = 5, filters: int = 16, depth: int = 5, reps: int = 2, *,
-               dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               spatial_dims: int = 3, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    _unet.build(self, _layers(kw), in_features, num_classes, filters, depth, reps)
+    _unet.build(self, _layers(kw, _unet.kernels(spatial_dims)), in_features, num_classes, filters, depth, reps)
 
   def __call__(self, x: SparseTensor) -> SparseTensor:
     return _unet.apply(self, x, norm_act=lambda norm, h: norm(h), cat=lambda skip, h: ops.cat([skip, h]))
 
 
-def _layers(kw) -> _unet.Layers:
+def _layers(kw, k: _unet.Kernels) -> _unet.Layers:
   """The sparse twin's layers (``kw``: dtypes and rngs); its norms fuse the ReLU."""
   return _unet.Layers(
-      stem=lambda i, o: nn.SparseConv3d(i, o, 3, **kw),
-      block=lambda i, o: PreActBlock(i, o, **kw),
+      stem=lambda i, o: nn.SparseConv3d(i, o, k.conv, **kw),
+      block=lambda i, o: PreActBlock(i, o, kernel_size=k.conv, **kw),
       norm=lambda ch: nn.BatchNorm(ch, relu=True, **kw),
-      down=lambda i, o: nn.SparseConv3d(i, o, 2, stride=2, **kw),
-      up=lambda i, o: nn.SparseConvTranspose3d(i, o, 2, stride=2, **kw),
+      down=lambda i, o: nn.SparseConv3d(i, o, k.down, stride=k.down, **kw),
+      up=lambda i, o: nn.SparseConvTranspose3d(i, o, k.down, stride=k.down, **kw),
       head=lambda i, o: nn.Linear(i, o, use_bias=True, **kw))

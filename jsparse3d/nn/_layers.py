@@ -37,8 +37,9 @@ def _scaled_normal(key, shape, dtype, std):
 _scaled_normal_once = jax.jit(_scaled_normal, static_argnums=(1, 2), compiler_options=ONE_SHOT_COMPILE)
 
 
-def _kernel_init(fan_in: int):
-  """He-normal for ReLU networks, with the fan-in of a sparse kernel (all offsets x input channels)."""
+def he_normal(fan_in: int):
+  """He-normal for ReLU networks, with the fan-in of a kernel (all offsets x input channels): every layer of the
+  library's models draws with it, the dense U-ResNet's too, so that the two twins start from the same weights."""
   std = math.sqrt(2.0 / max(fan_in, 1))
   def init(key, shape, dtype):
     if isinstance(key, jax.core.Tracer):  # inside the caller's jit, under its compile options
@@ -65,7 +66,7 @@ class SparseConv3d(nnx.Module):
     self.stride, self.dilation = stride, dilation
     self.dtype, self.implementation = dtype, implementation
     shape = (*ks, in_features, out_features)
-    self.kernel = nnx.Param(_kernel_init(math.prod(ks) * in_features)(rngs.params(), shape, param_dtype))
+    self.kernel = nnx.Param(he_normal(math.prod(ks) * in_features)(rngs.params(), shape, param_dtype))
     self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
 
   def __call__(self, x: SparseTensor) -> SparseTensor:
@@ -89,7 +90,7 @@ class SparseConvTranspose3d(nnx.Module):
     ks = _coords.as_triple(kernel_size, "kernel_size")
     self.stride, self.dilation, self.dtype, self.implementation = stride, dilation, dtype, implementation
     shape = (*ks, in_features, out_features)
-    self.kernel = nnx.Param(_kernel_init(math.prod(ks) * in_features)(rngs.params(), shape, param_dtype))
+    self.kernel = nnx.Param(he_normal(math.prod(ks) * in_features)(rngs.params(), shape, param_dtype))
     self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
 
   def __call__(self, x: SparseTensor, target: SparseTensor | None = None) -> SparseTensor:
@@ -197,7 +198,7 @@ class Linear(nnx.Module):
   def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True, dtype=None,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     self.linear = nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                             kernel_init=_kernel_init(in_features), rngs=rngs)
+                             kernel_init=he_normal(in_features), rngs=rngs)
 
   def __call__(self, x, *, mask=None):
     if isinstance(x, SparseTensor):

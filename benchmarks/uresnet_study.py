@@ -1,0 +1,281 @@
+"""The sparse-vs-dense U-ResNet study of Domine and Terao (CPAD 2018; ACAT 2019, arXiv:1903.05663), on this library.
+
+The same U-ResNet (depth 5, 16 filters, 5 classes) as a submanifold sparse network (``models.UResNet``) and as a
+dense one (``models.DenseUResNet``), on synthetic LArTPC events. Parts (``--parts``, default all):
+
+  scaling   time per event (forward; training step = forward, loss on non-empty voxels, backward and Adam) and
+            peak memory against the image side: sparse at 192, 512 and 768, dense at 64, 96 and 128 (timed) and at
+            192, 512 and 768 (compiled only: the bytes it would need, from XLA's memory analysis). Memory is XLA's
+            compiled-memory analysis of the training step (arguments + outputs + temporaries) and the measured
+            peak RSS of a fresh process that compiles and runs it. Sparse runs at 64-128 too, on the same events
+            as the dense network, for the ratios.
+  voxels    the sparse forward time of single events against their number of non-zero voxels, with a linear fit.
+  batch2d   the 2D batch study: both networks in 2D (3x3x1 kernels on a flat z axis for the sparse network,
+            2D convolutions for the dense one) on 512 x 512 images (events projected along z) at batch 88:
+            memory of both at batch 88 (the dense step compiled only), times of both at batch 8.
+
+Every configuration runs in its own process (``--child``), one at a time, so each peak RSS is that
+configuration's alone. Times are medians of ``--reps`` calls after one untimed call (which compiles). Writes
+``--out`` (JSON) and the figures into ``--figures``. ``--quick`` runs small sizes of a small network (a test
+runs it).
+
+  python benchmarks/uresnet_study.py                  # about 25 minutes on 2 cores
+  python benchmarks/uresnet_study.py --quick --out /tmp/study.json --figures /tmp/figs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FULL = dict(model=dict(filters=16, depth=5, reps=2), sparse=(64, 96, 128, 192, 512, 768), dense=(64, 96, 128),
+            dense_compile_only=(192, 512, 768), voxel_sizes=(192, 512, 768), voxel_events=8, reps=7, dense_reps=2,
+            batch2d=dict(size=512, batch=88, timed_batch=8))
+QUICK = dict(model=dict(filters=4, depth=3, reps=1), sparse=(32, 64), dense=(32,), dense_compile_only=(64,),
+             voxel_sizes=(32, 64), voxel_events=3, reps=2, dense_reps=1, batch2d=dict(size=64, batch=4, timed_batch=2))
+
+
+# -- one configuration, in a fresh process ----------------------------------------------------------------------
+
+
+def _peak_rss_mb() -> float:
+  """This process's peak resident memory (VmHWM: getrusage's ru_maxrss would carry over the parent's peak)."""
+  for line in Path("/proc/self/status").read_text().splitlines():
+    if line.startswith("VmHWM:"):
+      return int(line.split()[1]) / 1024
+  import resource  # noqa: PLC0415 - not Linux: the rusage peak, which is this process's own there
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2 ** 20)
+
+
+def _events(size: int, seeds, dims: int):
+  """Synthetic events at ``size``; in 2D each is projected along z (energy summed, the label of the voxel that
+  deposits most)."""
+  import numpy as np  # noqa: PLC0415
+
+  from jsparse3d import data  # noqa: PLC0415
+  events = [data.synthetic_lartpc_event(int(s), size=size) for s in seeds]
+  if dims == 3:
+    return events
+  out = []
+  for ev in events:
+    c, e, lab = ev["coords"], ev["energy"], ev["labels"]
+    order = np.lexsort((-e, c[:, 1], c[:, 0]))  # per (x, y) column, the largest deposit first
+    c, e, lab = c[order], e[order], lab[order]
+    first = np.r_[True, np.any(c[1:, :2] != c[:-1, :2], axis=1)]
+    column = np.cumsum(first) - 1
+    out.append(dict(coords=np.c_[c[first, :2], np.zeros(first.sum(), c.dtype)],
+                    energy=np.bincount(column, e).astype(np.float32), labels=lab[first]))
+  return out
+
+
+def _inputs(kind: str, events, size: int, dims: int, level_strides):
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  import jsparse3d as js  # noqa: PLC0415
+  from jsparse3d import data  # noqa: PLC0415
+  x, y = data.collate(events, level_strides=level_strides)
+  voxels = int(x.num_valid)
+  if kind == "sparse":
+    return x, jnp.asarray(y), voxels
+  shape = (size, size, 1) if dims == 2 else (size,) * 3
+  grid = js.ops.to_dense(x, spatial_shape=shape, batch_size=len(events))
+  lab = js.ops.to_dense(x.replace(feats=jnp.asarray(y + 1, jnp.float32)[:, None]), spatial_shape=shape,
+                        batch_size=len(events))[..., 0].astype(jnp.int32) - 1  # -1: empty voxels, not scored
+  if dims == 2:
+    grid, lab = grid[:, :, :, 0], lab[:, :, :, 0]
+  return grid, lab, voxels
+
+
+def child(spec: dict) -> dict:
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  import optax  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+
+  from jsparse3d import models  # noqa: PLC0415
+  from jsparse3d import training  # noqa: PLC0415
+
+  kind, size, dims, batch = spec["kind"], spec["size"], spec.get("dims", 3), spec.get("batch", 1)
+  m = spec["model"]
+  # Capacity plans for the coarse levels (their tensor strides; z stays 1 in the 2D layout).
+  strides = tuple((2 ** i, 2 ** i, 2 ** i if dims == 3 else 1) for i in range(1, m["depth"]))
+  t0 = time.perf_counter()
+  events = _events(size, range(100, 100 + batch), dims) if not spec.get("compile_only") else None
+  if kind == "sparse":
+    model = models.UResNet(**m, spatial_dims=dims, rngs=nnx.Rngs(0))
+    x, y, voxels = _inputs(kind, events, size, dims, strides)
+    forward = training.sparse_logits
+  else:
+    model = models.DenseUResNet(**m, spatial_dims=dims, rngs=nnx.Rngs(0))
+    if spec.get("compile_only"):
+      shape = (batch, size, size, 1) if dims == 2 else (batch, size, size, size, 1)
+      x, y, voxels = jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape[:-1], jnp.int32), None
+    else:
+      x, y, voxels = _inputs(kind, events, size, dims, strides)
+
+    def forward(model, grid):
+      logits = model(grid)
+      events = jnp.broadcast_to(jnp.arange(grid.shape[0]).reshape((-1,) + (1,) * (grid.ndim - 2)), grid.shape[:-1])
+      return logits.reshape(-1, logits.shape[-1]), events.reshape(-1)
+  optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+  graphdef, state = nnx.split((model, optimizer))
+  step = training.make_train_step(graphdef, num_classes=5, num_events=batch, ignore_index=-1, forward=forward)
+  t1 = time.perf_counter()
+  compiled = step.lower(state, x, y).compile()
+  compile_s = time.perf_counter() - t1
+  mem = compiled.memory_analysis()
+  out = dict(spec, voxels=voxels, compile_s=compile_s, setup_s=t1 - t0,
+             xla_mb=(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                     - mem.alias_size_in_bytes) / 2 ** 20,
+             xla_temp_mb=mem.temp_size_in_bytes / 2 ** 20)
+  if spec.get("compile_only"):
+    return out
+  fwd = jax.jit(lambda state, x: forward(nnx.merge(graphdef, state)[0], x)[0])
+  reps = spec["reps"]
+
+  def timed(fn):
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(reps):
+      t = time.perf_counter()
+      jax.block_until_ready(fn())
+      times.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(times), times
+
+  out["forward_ms"], out["forward_all_ms"] = timed(lambda: fwd(state, x))
+  holder = [state]
+
+  def train():
+    holder[0], loss, _ = compiled(holder[0], x, y)
+    return loss
+  out["step_ms"], out["step_all_ms"] = timed(train)
+  out["peak_rss_mb"] = _peak_rss_mb()
+  return out
+
+
+def voxels_child(spec: dict) -> dict:
+  """Sparse forward times of single events of several sizes, against their non-zero voxels (one process)."""
+  import jax  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+
+  from jsparse3d import models  # noqa: PLC0415
+  from jsparse3d import training  # noqa: PLC0415
+
+  m = spec["model"]
+  model = models.UResNet(**m, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  fwd = jax.jit(lambda state, x: training.sparse_logits(nnx.merge(graphdef, state), x)[0])
+  strides = tuple(2 ** i for i in range(1, m["depth"]))
+  rows = []
+  for size in spec["sizes"]:
+    for seed in range(spec["events"]):
+      x, _, voxels = _inputs("sparse", _events(size, [1000 + seed], 3), size, 3, strides)
+      jax.block_until_ready(fwd(state, x))  # compiles a new capacity bucket
+      times = []
+      for _ in range(spec["reps"]):
+        t = time.perf_counter()
+        jax.block_until_ready(fwd(state, x))
+        times.append(1e3 * (time.perf_counter() - t))
+      rows.append(dict(size=size, seed=1000 + seed, voxels=voxels, capacity=int(x.capacity),
+                       forward_ms=statistics.median(times)))
+  return dict(rows=rows)
+
+
+def _run_child(spec: dict) -> dict:
+  print(f"  {json.dumps({k: v for k, v in spec.items() if k != 'model'})} ...", flush=True)
+  t = time.perf_counter()
+  proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])))
+  if proc.returncode != 0:
+    raise RuntimeError(f"configuration {spec} failed:\n{proc.stderr[-4000:]}")
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  print(f"    {time.perf_counter() - t:.0f} s: " + ", ".join(
+      f"{k} {result[k]:.1f}" for k in ("forward_ms", "step_ms", "xla_mb", "peak_rss_mb") if k in result), flush=True)
+  return result
+
+
+# -- the parts -------------------------------------------------------------------------------------------------
+
+
+def scaling(cfg, kinds, previous) -> list[dict]:
+  """The rows of ``kinds``, measured now, and the other kind's rows from ``previous``."""
+  rows = [r for r in previous or [] if r["kind"] not in kinds]
+  for kind in kinds:
+    reps = cfg["reps"] if kind == "sparse" else cfg["dense_reps"]
+    for size in cfg[kind]:
+      rows.append(_run_child(dict(kind=kind, size=size, model=cfg["model"], reps=reps)))
+  if "dense" in kinds:
+    for size in cfg["dense_compile_only"]:
+      rows.append(_run_child(dict(kind="dense", size=size, model=cfg["model"], compile_only=True)))
+  return rows
+
+
+def voxels(cfg) -> dict:
+  import numpy as np  # noqa: PLC0415
+  spec = dict(part="voxels", model=cfg["model"], sizes=cfg["voxel_sizes"], events=cfg["voxel_events"],
+              reps=cfg["reps"])
+  rows = _run_child(spec)["rows"]
+  n = np.array([r["voxels"] for r in rows], float)
+  t = np.array([r["forward_ms"] for r in rows], float)
+  slope, intercept = np.polyfit(n, t, 1)
+  residual = t - (slope * n + intercept)
+  r2 = 1 - residual.var() / t.var()
+  return dict(rows=rows, fit=dict(ms_per_kvoxel=1e3 * slope, intercept_ms=intercept, r2=r2))
+
+
+def batch2d(cfg) -> list[dict]:
+  """Both networks at the study's batch, the dense one compiled only (it needs more memory than this machine
+  has); both timed at a batch the dense one fits, whose time scales linearly to the full batch."""
+  b = cfg["batch2d"]
+  common = dict(size=b["size"], dims=2, model=cfg["model"])
+  return [_run_child(dict(common, kind="sparse", batch=b["batch"], reps=cfg["reps"])),
+          _run_child(dict(common, kind="dense", batch=b["batch"], compile_only=True)),
+          _run_child(dict(common, kind="sparse", batch=b["timed_batch"], reps=cfg["reps"])),
+          _run_child(dict(common, kind="dense", batch=b["timed_batch"], reps=cfg["dense_reps"]))]
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--quick", action="store_true", help="small sizes of a small network (about a minute)")
+  p.add_argument("--parts", default="scaling,voxels,batch2d")
+  p.add_argument("--kinds", default="sparse,dense", help="the networks the scaling part measures (the other's "
+                 "rows are kept from --out)")
+  p.add_argument("--out", default=str(ROOT / "results" / "uresnet_study.json"))
+  p.add_argument("--figures", default=str(ROOT / "docs" / "figures"))
+  p.add_argument("--child", help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.child:
+    spec = json.loads(args.child)
+    print(json.dumps(voxels_child(spec) if spec.get("part") == "voxels" else child(spec)))
+    return
+  cfg = QUICK if args.quick else FULL
+  parts = args.parts.split(",")
+  unknown = set(parts) - {"scaling", "voxels", "batch2d"}
+  if unknown:
+    raise SystemExit(f"unknown parts {sorted(unknown)}; choose from scaling, voxels, batch2d.")
+  out = Path(args.out)
+  results = json.loads(out.read_text()) if out.exists() and not args.quick else {}
+  results["config"] = cfg
+  for part in parts:
+    print(f"{part}:", flush=True)
+    if part == "scaling":
+      results[part] = scaling(cfg, args.kinds.split(","), results.get(part))
+    else:
+      results[part] = globals()[part](cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+  from _study_figures import uresnet_figures  # noqa: PLC0415 - matplotlib only for the figures
+  for path in uresnet_figures(results, Path(args.figures)):
+    print("wrote", path)
+  print("wrote", out)
+
+
+if __name__ == "__main__":
+  main()
