@@ -12,8 +12,8 @@ from jsparse3d.models import _unet
 
 
 class PreActBlock(nnx.Module):
-  """Pre-activation residual block: BN, ReLU, conv 3^3, BN, ReLU, conv 3^3, plus the input (through a 1x1 linear
-  map without bias when the channel count changes)."""
+  """Pre-activation residual block: BN, ReLU, conv, BN, ReLU, conv (``kernel_size``, 3^3 by default), plus the
+  input (through a 1x1 linear map without bias when the channel count changes)."""
 
   def __init__(self, in_features: int, out_features: int, *, kernel_size=3, dtype=None, param_dtype=jnp.float32,
                rngs: nnx.Rngs):
