@@ -30,7 +30,8 @@ def _lowers(kernel, out_shape, args, **kwargs) -> str:
       jax.jit(call).trace(*args).lower(lowering_platforms=("cuda",))
     return "lowers"
   except Exception as e:  # noqa: BLE001 - an unsupported feature is the finding
-    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}"
+    first = next(iter(str(e).strip().splitlines()), "")  # some failures (a bare assert in jax) carry no message
+    return f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__
 
 
 def _vector_gather(idx_ref, x_ref, o_ref):

@@ -94,5 +94,8 @@ def test_the_tuning_file_is_used_on_a_gpu_only_and_merged_on_write(tmp_path, mon
 def test_the_mosaic_gpu_probe_lowers_the_row_copies_a_port_would_use():
   from pallas_kernels import mosaic_probe
   results = mosaic_probe.probes()
+  if set(results.values()) == {"AssertionError"}:  # jax's bare `assert rule is not None` in pallas_call's lowering
+    pytest.skip(f"jax {jax.__version__} here registers no Mosaic GPU lowering for pallas_call (seen with jax "
+                "0.11.2's CPU wheels; the probe runs on jax 0.10.2): nothing to probe.")
   assert results["copy rows global -> shared one at a time by scalar indices (TMA)"] == "lowers"
   assert len(results) == 6 and all(isinstance(v, str) and v for v in results.values())
