@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from _timing import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 KITTI_ENV = "JSPARSE3D_KITTI_SAMPLE"  # the folder holding SemanticKITTI's velodyne scan 000000.bin
@@ -354,15 +355,6 @@ def memory_child(name: str, framework: str, inputs_path: str) -> None:
   for _ in range(3):
     net.train_step()
   print(peak_rss_mb())
-
-
-def peak_rss_mb() -> float:
-  """This process's peak resident memory. (Not getrusage's ru_maxrss: Linux carries that over from the parent
-  through fork and exec, so a child would report its parent's peak.)"""
-  for line in Path("/proc/self/status").read_text().splitlines():
-    if line.startswith("VmHWM:"):
-      return int(line.split()[1]) / 1024
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def check_twin(name: str, js_net: JsparseNet, sp: SpconvNet) -> float:

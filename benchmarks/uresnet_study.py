@@ -34,6 +34,9 @@ import sys
 import time
 from pathlib import Path
 
+from _timing import peak_rss_mb
+from _timing import times_ms
+
 ROOT = Path(__file__).resolve().parents[1]
 FULL = dict(model=dict(filters=16, depth=5, reps=2), sparse=(64, 96, 128, 192, 512, 768), dense=(64, 96, 128),
             dense_compile_only=(192, 512, 768), voxel_sizes=(192, 512, 768), voxel_events=8, reps=7, dense_reps=2,
@@ -43,15 +46,6 @@ QUICK = dict(model=dict(filters=4, depth=3, reps=1), sparse=(32, 64), dense=(32,
 
 
 # -- one configuration, in a fresh process ----------------------------------------------------------------------
-
-
-def _peak_rss_mb() -> float:
-  """This process's peak resident memory (VmHWM: getrusage's ru_maxrss would carry over the parent's peak)."""
-  for line in Path("/proc/self/status").read_text().splitlines():
-    if line.startswith("VmHWM:"):
-      return int(line.split()[1]) / 1024
-  import resource  # noqa: PLC0415 - not Linux: the rusage peak, which is this process's own there
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2 ** 20)
 
 
 def _events(size: int, seeds, dims: int):
@@ -138,25 +132,15 @@ def child(spec: dict) -> dict:
   if spec.get("compile_only"):
     return out
   fwd = jax.jit(lambda state, x: forward(nnx.merge(graphdef, state)[0], x)[0])
-  reps = spec["reps"]
-
-  def timed(fn):
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(reps):
-      t = time.perf_counter()
-      jax.block_until_ready(fn())
-      times.append(1e3 * (time.perf_counter() - t))
-    return statistics.median(times), times
-
-  out["forward_ms"], out["forward_all_ms"] = timed(lambda: fwd(state, x))
+  out["forward_all_ms"] = times_ms(fwd, state, x, warmup=1, reps=spec["reps"])
   holder = [state]
 
   def train():
     holder[0], loss, _ = compiled(holder[0], x, y)
     return loss
-  out["step_ms"], out["step_all_ms"] = timed(train)
-  out["peak_rss_mb"] = _peak_rss_mb()
+  out["step_all_ms"] = times_ms(train, warmup=1, reps=spec["reps"])
+  out["forward_ms"], out["step_ms"] = (statistics.median(out[k]) for k in ("forward_all_ms", "step_all_ms"))
+  out["peak_rss_mb"] = peak_rss_mb()
   return out
 
 
@@ -177,12 +161,7 @@ def voxels_child(spec: dict) -> dict:
   for size in spec["sizes"]:
     for seed in range(spec["events"]):
       x, _, voxels = _inputs("sparse", _events(size, [1000 + seed], 3), size, 3, strides)
-      jax.block_until_ready(fwd(state, x))  # compiles a new capacity bucket
-      times = []
-      for _ in range(spec["reps"]):
-        t = time.perf_counter()
-        jax.block_until_ready(fwd(state, x))
-        times.append(1e3 * (time.perf_counter() - t))
+      times = times_ms(fwd, state, x, warmup=1, reps=spec["reps"])  # the warm-up compiles a new capacity bucket
       rows.append(dict(size=size, seed=1000 + seed, voxels=voxels, capacity=int(x.capacity),
                        forward_ms=statistics.median(times)))
   return dict(rows=rows)
