@@ -27,22 +27,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from _study import ROOT
+from _study import run_child
+from _study import run_parts
+from _study import run_trainer
 
 from _timing import peak_rss_mb
 from _timing import times_ms
 
-ROOT = Path(__file__).resolve().parents[1]
+# Part 4's variants of the main job: name -> its ``--set`` overrides (the first is the baseline). The weights of
+# "sqrt_inverse_frequency" come from the training split's class frequencies (``_sqrt_inverse_frequency``).
+VARIANTS = {"cross_entropy": [], "inverse_frequency": ["class_weights=inverse_frequency"],
+            "sqrt_inverse_frequency": None, "focal_loss": ["focal_gamma=2.0"]}
 FULL = dict(model=dict(filters=16, depth=5, reps=2), sparse=(64, 96, 128, 192, 512, 768), dense=(64, 96, 128),
             dense_compile_only=(192, 512, 768), voxel_sizes=(192, 512, 768), voxel_events=8, reps=7, dense_reps=2,
-            batch2d=dict(size=512, batch=88, timed_batch=8))
+            batch2d=dict(size=512, batch=88, timed_batch=8),
+            accuracy=dict(size=128, dims=2, batch=4, steps=600, eval_every=50, val_events=64, learning_rate=4e-3,
+                          warmup_steps=50, train_seed=20_000, val_seed=30_000),
+            classes=dict(config="uresnet_lartpc", common=[], variants=VARIANTS, frequency_events=400, displays=3,
+                         min_michel_voxels=10, margin=12))
 QUICK = dict(model=dict(filters=4, depth=3, reps=1), sparse=(32, 64), dense=(32,), dense_compile_only=(64,),
-             voxel_sizes=(32, 64), voxel_events=3, reps=2, dense_reps=1, batch2d=dict(size=64, batch=4, timed_batch=2))
+             voxel_sizes=(32, 64), voxel_events=3, reps=2, dense_reps=1, batch2d=dict(size=64, batch=4, timed_batch=2),
+             accuracy=dict(size=32, dims=2, batch=2, steps=6, eval_every=3, val_events=4, learning_rate=4e-3,
+                           warmup_steps=2, train_seed=20_000, val_seed=30_000),
+             classes=dict(config="uresnet_lartpc_smoke", common=["data.synthetic.test_events=16"],
+                          variants={k: VARIANTS[k] for k in ("cross_entropy", "sqrt_inverse_frequency", "focal_loss")},
+                          frequency_events=16, displays=2, min_michel_voxels=1, margin=12))
 
 
 # -- one configuration, in a fresh process ----------------------------------------------------------------------
@@ -69,12 +83,12 @@ def _events(size: int, seeds, dims: int):
   return out
 
 
-def _inputs(kind: str, events, size: int, dims: int, level_strides):
+def _inputs(kind: str, events, size: int, dims: int, level_strides, level_fractions=None):
   import jax.numpy as jnp  # noqa: PLC0415
 
   import jsparse3d as js  # noqa: PLC0415
   from jsparse3d import data  # noqa: PLC0415
-  x, y = data.collate(events, level_strides=level_strides)
+  x, y = data.collate(events, level_strides=level_strides, level_fractions=level_fractions)
   voxels = int(x.num_valid)
   if kind == "sparse":
     return x, jnp.asarray(y), voxels
@@ -168,17 +182,10 @@ def voxels_child(spec: dict) -> dict:
 
 
 def _run_child(spec: dict) -> dict:
-  print(f"  {json.dumps({k: v for k, v in spec.items() if k != 'model'})} ...", flush=True)
-  t = time.perf_counter()
-  proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                        env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])))
-  if proc.returncode != 0:
-    raise RuntimeError(f"configuration {spec} failed:\n{proc.stderr[-4000:]}")
-  result = json.loads(proc.stdout.strip().splitlines()[-1])
-  print(f"    {time.perf_counter() - t:.0f} s: " + ", ".join(
-      f"{k} {result[k]:.1f}" for k in ("forward_ms", "step_ms", "xla_mb", "peak_rss_mb") if k in result), flush=True)
-  return result
+  return run_child(__file__, spec, shown=("forward_ms", "step_ms", "xla_mb", "peak_rss_mb"))
 
+
+PARTS = ("scaling", "voxels", "batch2d", "accuracy", "classes")
 
 # -- the parts -------------------------------------------------------------------------------------------------
 
@@ -220,36 +227,73 @@ def batch2d(cfg) -> list[dict]:
           _run_child(dict(common, kind="dense", batch=b["timed_batch"], reps=cfg["dense_reps"]))]
 
 
+def accuracy(cfg) -> dict:
+  """Part 3: both networks trained on the same events; learning curves and the speed-up to a common accuracy."""
+  import _uresnet_learning  # noqa: PLC0415
+  runs = [_run_child(dict(cfg["accuracy"], part="accuracy", kind=kind, model=cfg["model"]))
+          for kind in ("sparse", "dense")]
+  return dict(runs=runs, summary=_uresnet_learning.summary(runs))
+
+
+def _sqrt_inverse_frequency(config: str, common, events: int) -> list[float]:
+  """Class weights ``sqrt(f_max / f_c)`` (2 decimals) from the class frequencies of the first ``events`` events
+  of the config's training split: a milder weighting than the per-batch inverse frequency."""
+  import numpy as np  # noqa: PLC0415
+
+  from train import configs  # noqa: PLC0415
+  from train import tasks  # noqa: PLC0415
+  cfg = configs.get_config(config, common)
+  train_set, k = tasks.build_task(cfg).train_set, cfg["model"]["num_classes"]
+  counts = sum(np.bincount(train_set[i]["labels"], minlength=k) for i in range(events))
+  return [round(float(np.sqrt(counts.max() / max(n, 1))), 2) for n in counts]
+
+
+def classes(cfg, runs: Path) -> dict:
+  """Part 4: each variant trained by the trainer (a finished run in ``runs`` is reused as it is), then scored on
+  the test split in a fresh process."""
+  c = dict(cfg["classes"])
+  c["variants"] = {name: overrides if overrides is not None else
+                   [f"class_weights={_sqrt_inverse_frequency(c['config'], c['common'], c['frequency_events'])}"]
+                   for name, overrides in c["variants"].items()}
+  runs.mkdir(parents=True, exist_ok=True)
+  for name, overrides in c["variants"].items():
+    print(f"  training {name} ({' '.join(overrides) or 'the main job as it is'}) in {runs / name} ...", flush=True)
+    run_trainer(c["config"], runs / name, c["common"] + overrides, runs / f"{name}.log")
+  return _run_child(dict(c, part="classes", runs=str(runs)))
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--quick", action="store_true", help="small sizes of a small network (about a minute)")
-  p.add_argument("--parts", default="scaling,voxels,batch2d")
+  p.add_argument("--parts", default=",".join(PARTS))
   p.add_argument("--kinds", default="sparse,dense", help="the networks the scaling part measures (the other's "
                  "rows are kept from --out)")
   p.add_argument("--out", default=str(ROOT / "results" / "uresnet_study.json"))
   p.add_argument("--figures", default=str(ROOT / "docs" / "figures"))
+  p.add_argument("--runs", default=str(ROOT / "runs" / "uresnet_study"),
+                 help="workdirs of part 4's training runs (finished ones are reused)")
   p.add_argument("--child", help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.child:
     spec = json.loads(args.child)
-    print(json.dumps(voxels_child(spec) if spec.get("part") == "voxels" else child(spec)))
+    if spec.get("part") == "accuracy":
+      import _uresnet_learning  # noqa: PLC0415
+      result = _uresnet_learning.accuracy_child(spec, _events, _inputs)
+    elif spec.get("part") == "classes":
+      import _uresnet_classes  # noqa: PLC0415
+      result = _uresnet_classes.classes_child(spec)
+    else:
+      result = voxels_child(spec) if spec.get("part") == "voxels" else child(spec)
+    print(json.dumps(result))
     return
   cfg = QUICK if args.quick else FULL
-  parts = args.parts.split(",")
-  unknown = set(parts) - {"scaling", "voxels", "batch2d"}
-  if unknown:
-    raise SystemExit(f"unknown parts {sorted(unknown)}; choose from scaling, voxels, batch2d.")
-  out = Path(args.out)
-  results = json.loads(out.read_text()) if out.exists() and not args.quick else {}
-  results["config"] = cfg
-  for part in parts:
-    print(f"{part}:", flush=True)
+
+  def run(part, previous):
     if part == "scaling":
-      results[part] = scaling(cfg, args.kinds.split(","), results.get(part))
-    else:
-      results[part] = globals()[part](cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+      return scaling(cfg, args.kinds.split(","), previous)
+    return classes(cfg, Path(args.runs)) if part == "classes" else globals()[part](cfg)
+  out = Path(args.out)
+  results = run_parts(args.parts, PARTS, out, quick=args.quick, cfg=cfg, run=run)
   from _study_figures import uresnet_figures  # noqa: PLC0415 - matplotlib only for the figures
   for path in uresnet_figures(results, Path(args.figures)):
     print("wrote", path)

@@ -30,6 +30,8 @@ def _params(model) -> int:
     (lambda r: models.SPVCNN(cr=0.5, rngs=r), 5_449_267),
     (lambda r: models.PVCNN("shapenet_part", rngs=r), 4_200_434),
     (lambda r: models.PVCNN("s3dis", rngs=r), 2_572_493),
+    (lambda r: models.PointNet(rngs=r), 8_342_395),
+    (lambda r: models.PointNet(transforms=False, rngs=r), 2_519_858),
 ])
 def test_parameter_counts_match_the_published_models(make, count):
   assert _params(nnx.eval_shape(lambda: make(nnx.Rngs(0)))) == count  # shapes only: no weights are drawn
@@ -310,6 +312,29 @@ def test_pvcnn_and_dense_uresnet_run_and_train(rng):
   assert losses[-1] < losses[0], losses
   with pytest.raises(ValueError, match="divisible"):
     net(jnp.zeros((1, 30, 32, 32, 1)))
+
+
+def test_pointnet_is_a_function_of_the_point_set_and_its_alignments_start_as_the_identity(rng):
+  pts = jnp.asarray(rng.uniform(-1, 1, (2, 48, 3)).astype(np.float32))
+  one_hot = jax.nn.one_hot(jnp.array([2, 7]), 16)
+  model = models.PointNet(num_classes=4, width=0.125, rngs=nnx.Rngs(0))
+  model.eval()
+  out = model(pts, one_hot)
+  assert out.shape == (2, 48, 4)
+  perm = rng.permutation(48)
+  np.testing.assert_allclose(np.asarray(model(pts[:, perm], one_hot)), np.asarray(out)[:, perm], atol=1e-5)
+  # The T-Nets' last layer starts at zero: the input alignment is the identity, to the last bit.
+  align = model.blocks[0][0]
+  assert isinstance(align, nnx.Module) and np.array_equal(np.asarray(align(pts)), np.asarray(pts))
+  # Once trained away from zero, an alignment is a per-cloud linear map of the points: x -> x A_b^T.
+  align.matrix.bias[...] = jnp.asarray(rng.standard_normal(9).astype(np.float32))
+  aligned = np.asarray(align(pts))
+  for b in range(2):
+    a, *_ = np.linalg.lstsq(np.asarray(pts[b]), aligned[b], rcond=None)
+    np.testing.assert_allclose(np.asarray(pts[b]) @ a, aligned[b], atol=1e-4)
+  with pytest.raises(ValueError, match=r"part segmentation needs shape_one_hot \[B, 16\]"):
+    model(pts, None)
+  assert models.PointNet(transforms=False, width=0.125, rngs=nnx.Rngs(0)).blocks[0][0] is None
 
 
 def _standard_promotion(fn):

@@ -11,13 +11,25 @@ ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.slow  # about 70 s on 2 cores
-def test_uresnet_study_quick(tmp_path):
-  out, figs = tmp_path / "study.json", tmp_path / "figs"
-  proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "uresnet_study.py"), "--quick", "--out", str(out),
-                         "--figures", str(figs)], capture_output=True, text=True, timeout=600)
+def _quick(script: str, parts: str, tmp_path: Path):
+  """Runs ``parts`` of a study script's quick mode into ``tmp_path``; returns its results and its figures' folder."""
+  out, figs = tmp_path / "results.json", tmp_path / "figs"
+  proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--parts", parts, "--out",
+                         str(out), "--figures", str(figs), "--runs", str(tmp_path / "runs")], capture_output=True,
+                        text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  r = json.loads(out.read_text())
+  return json.loads(out.read_text()), figs
+
+
+def _assert_pngs(figs: Path, names) -> None:
+  for name in names:
+    data = (figs / f"{name}.png").read_bytes()
+    assert data.startswith(PNG) and len(data) > 10_000, name
+
+
+@pytest.mark.slow  # about 70 s on 2 cores
+def test_uresnet_study_quick_costs(tmp_path):
+  r, figs = _quick("uresnet_study.py", "scaling,voxels,batch2d", tmp_path)
   cfg = r["config"]
   timed = {(row["kind"], row["size"]): row for row in r["scaling"] if not row.get("compile_only")}
   assert set(timed) == {("sparse", s) for s in cfg["sparse"]} | {("dense", s) for s in cfg["dense"]}
@@ -38,6 +50,45 @@ def test_uresnet_study_quick(tmp_path):
   full, small = cfg["batch2d"]["batch"], cfg["batch2d"]["timed_batch"]
   assert set(b) == {("sparse", full, False), ("dense", full, True), ("sparse", small, False), ("dense", small, False)}
   assert b["dense", full, True]["xla_mb"] > b["sparse", full, False]["xla_mb"]
-  for name in ("uresnet_scaling_time", "uresnet_scaling_memory", "uresnet_time_vs_voxels"):
-    data = (figs / f"{name}.png").read_bytes()
-    assert data.startswith(PNG) and len(data) > 10_000, name
+  _assert_pngs(figs, ("uresnet_scaling_time", "uresnet_scaling_memory", "uresnet_time_vs_voxels"))
+
+
+@pytest.mark.slow  # about 50 s on 2 cores
+def test_uresnet_study_quick_time_to_accuracy(tmp_path):
+  # Both networks trained the same steps, evaluated at the same steps, on the same held-out events.
+  r, figs = _quick("uresnet_study.py", "accuracy", tmp_path)
+  cfg, a = r["config"], r["accuracy"]
+  steps = cfg["accuracy"]["steps"]
+  for run in a["runs"]:
+    assert [p["step"] for p in run["curve"]] == list(range(0, steps + 1, cfg["accuracy"]["eval_every"]))
+    assert all(0 <= p["accuracy"] <= 1 for p in run["curve"]) and run["curve"][-1]["train_s"] > 0
+    assert len(run["em_score"]) == steps and run["em_score_std_late"] >= 0
+  assert a["summary"]["common_accuracy"] <= min(max(p["accuracy"] for p in run["curve"]) for run in a["runs"])
+  _assert_pngs(figs, ("uresnet_learning_curves", "uresnet_em_scores"))
+
+
+@pytest.mark.slow  # about 100 s on 2 cores
+def test_uresnet_study_quick_classes(tmp_path):
+  # Every variant trained by the trainer and scored on every test event; the study's own count of the test split
+  # agrees with the trainer's report of it.
+  r, figs = _quick("uresnet_study.py", "classes", tmp_path)
+  c = r["classes"]
+  assert list(c["variants"]) == ["cross_entropy", "sqrt_inverse_frequency", "focal_loss"]
+  for name, v in c["variants"].items():
+    assert v["events"] == 16 and sum(map(sum, v["confusion"])) == v["trainer_test"]["counted"], name
+    assert abs(v["nonzero_accuracy"] - v["trainer_test"]["nonzero_accuracy"]) < 1e-3, name
+  assert c["variants"]["sqrt_inverse_frequency"]["overrides"][0].startswith("class_weights=[")
+  assert c["displays"]  # the 16 smoke test events hold Michel electrons, none labelled right after 6 steps
+  _assert_pngs(figs, ("uresnet_confusion", "uresnet_michel_failures"))
+
+
+@pytest.mark.slow  # about 2 minutes on 2 cores
+def test_pvcnn_study_quick(tmp_path):
+  r, figs = _quick("pvcnn_study.py", "throughput,accuracy", tmp_path)
+  assert set(r["throughput"]) == set(r["config"]["networks"]) and set(r["accuracy"]) == set(r["config"]["trained"])
+  for network, t in r["throughput"].items():
+    assert t["inference_objects_per_s"] > t["training_objects_per_s"] > 0 and t["macs_per_object"] > 0, network
+  for network, a in r["accuracy"].items():
+    assert a["shapes"] == r["config"]["eval_shapes"] and 0 < a["instance_miou"] <= 1, network
+    assert a["train_process_s"] > 0 and a["eval_curve"][-1]["step"] == r["config"]["steps"], network
+  _assert_pngs(figs, ["pvcnn_vs_pointnet"])

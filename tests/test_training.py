@@ -42,6 +42,69 @@ def test_segmentation_loss_matches_numpy(rng):
   np.testing.assert_allclose(float(got_w), want_w, rtol=1e-5)
 
 
+def test_focal_loss_matches_numpy(rng):
+  logits = (3 * rng.standard_normal((30, 4))).astype(np.float32)
+  labels = rng.integers(0, 4, 30).astype(np.int32)
+  labels[26:] = -1
+  events = np.r_[np.zeros(12), np.ones(14), -np.ones(4)].astype(np.int32)
+  p = np.exp(logits.astype(np.float64))
+  p /= p.sum(axis=1, keepdims=True)
+  pt = p[np.arange(30), np.maximum(labels, 0)]
+  args = (jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(events), 2)
+  for gamma in (0.5, 2.0):
+    fl = -((1 - pt) ** gamma) * np.log(pt)
+    want = np.mean([fl[:12].mean(), fl[12:26].mean()])
+    np.testing.assert_allclose(float(training.segmentation_loss(*args, focal_gamma=gamma)), want, rtol=1e-5)
+    counts = np.bincount(labels[:26], minlength=4)
+    w = np.where(counts > 0, 26 / (np.count_nonzero(counts) * np.maximum(counts, 1)), 0)[np.maximum(labels, 0)]
+    want_w = np.mean([(w[:12] * fl[:12]).sum() / w[:12].sum(), (w[12:26] * fl[12:26]).sum() / w[12:26].sum()])
+    got_w = training.segmentation_loss(*args, focal_gamma=gamma, class_weights="inverse_frequency")
+    np.testing.assert_allclose(float(got_w), want_w, rtol=1e-5)
+  assert float(training.segmentation_loss(*args, focal_gamma=0.0)) == float(training.segmentation_loss(*args))
+  # The gradient of the focal term against central differences in float64 numpy.
+  def numpy_loss(z):
+    q = np.exp(z - z.max(axis=1, keepdims=True))
+    q /= q.sum(axis=1, keepdims=True)
+    t = q[np.arange(30), np.maximum(labels, 0)]
+    f = -((1 - t) ** 2) * np.log(t)
+    return np.mean([f[:12].mean(), f[12:26].mean()])
+  grad = np.asarray(jax.grad(lambda z: training.segmentation_loss(z, *args[1:], focal_gamma=2.0))(args[0]))
+  z, eps = logits.astype(np.float64), 1e-5
+  for i, j in [(0, 1), (5, 3), (20, 0), (27, 2)]:
+    dz = np.zeros_like(z)
+    dz[i, j] = eps
+    assert grad[i, j] == pytest.approx((numpy_loss(z + dz) - numpy_loss(z - dz)) / (2 * eps), abs=1e-5)
+  with pytest.raises(ValueError, match="focal_gamma must be >= 0"):
+    training.segmentation_loss(*args, focal_gamma=-1.0)
+
+
+def test_part_ious_follow_the_shapenet_protocol(rng):
+  parts = (4, 2, 3)
+  offsets = np.r_[0, np.cumsum(parts)]
+  shapes = np.array([0, 1, 2, 2, 1])
+  logits = rng.standard_normal((5, 40, 9)).astype(np.float32)
+  labels = np.stack([rng.integers(offsets[c], offsets[c + 1], 40) for c in shapes])
+  labels[2] = offsets[2]  # only one of its three parts present
+  logits[2, :, offsets[2]] += 10  # and predicted everywhere: the two absent parts count as IoU 1
+  want = []
+  for b, c in enumerate(shapes):
+    masked = np.full_like(logits[b], -np.inf)
+    masked[:, offsets[c]:offsets[c + 1]] = logits[b, :, offsets[c]:offsets[c + 1]]
+    pred = masked.argmax(axis=1)  # the best part of the object's own category
+    cm = np.zeros((9, 9))
+    np.add.at(cm, (labels[b], pred), 1)
+    ious = [cm[p, p] / (cm[p].sum() + cm[:, p].sum() - cm[p, p]) if cm[p].sum() + cm[:, p].sum() else 1.0
+            for p in range(offsets[c], offsets[c + 1])]
+    want.append(np.mean(ious))
+  got = training.part_ious(logits, labels, shapes, parts)
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+  assert got[2] == 1.0
+  with pytest.raises(ValueError, match="labels outside its parts 4..5"):
+    training.part_ious(logits, np.where(np.arange(5)[:, None] == 1, 0, labels), shapes, parts)
+  with pytest.raises(ValueError, match="parts_per_shape sums to 8"):
+    training.part_ious(logits, labels, shapes, (4, 2, 2))
+
+
 def test_ignore_index_leaves_the_loss_finite_and_counts_ignored_rows(rng):
   # Regression: SemanticKITTI's ignore label 255 made the loss NaN and vanished from the confusion matrix.
   logits = rng.standard_normal((40, 5)).astype(np.float32)
@@ -169,7 +232,8 @@ def _tensorboard_scalars(folder: Path) -> dict:
 @pytest.mark.parametrize("name", ["uresnet_lartpc_smoke", "minkunet_kitti_smoke",
                                   # 30-60 s each on 2 cores; their models' steps are tested in test_models.py
                                   pytest.param("spvcnn_kitti_smoke", marks=pytest.mark.slow),
-                                  pytest.param("pvcnn_shapenet_smoke", marks=pytest.mark.slow)])
+                                  pytest.param("pvcnn_shapenet_smoke", marks=pytest.mark.slow),
+                                  pytest.param("pointnet_shapenet_smoke", marks=pytest.mark.slow)])
 def test_every_config_trains_on_its_synthetic_data(name, tmp_path):
   cfg = configs.get_config(name, ["steps=2", "log_every=1", "eval_every=2", "checkpoint_every=2"])
   result = train_lib.train(cfg, tmp_path, progress=False)
@@ -213,6 +277,7 @@ def test_kill_and_resume_gives_bitwise_identical_parameters(name, tmp_path):
     ("minkunet_kitti", ["data.kind=synthetic_lidar", "data.synthetic.eval_events=2"]),
     ("spvcnn_kitti", ["data.kind=synthetic_lidar", "data.synthetic.eval_events=2"]),
     ("pvcnn_shapenet", ["data.kind=synthetic_shapes", "data.synthetic.eval_events=8"]),
+    ("pointnet_shapenet", ["data.kind=synthetic_shapes", "data.synthetic.eval_events=8"]),
 ])
 def test_every_full_config_runs_a_step_on_synthetic_data(name, overrides, tmp_path):
   cfg = configs.get_config(name, overrides + ["steps=1", "eval_every=1", "checkpoint_every=1"])
@@ -251,6 +316,13 @@ def test_bad_configs_and_workdirs_fail_clearly(tmp_path):
     train_lib.train(_smoke(**{"model.num_classes": 7}), tmp_path / "n")
   with pytest.raises(ValueError, match="optimizer.kind"):
     configs.get_config("uresnet_lartpc", ["optimizer.kind=lamb"])
+  with pytest.raises(ValueError, match=r"a list of 5 non-negative weights"):
+    configs.get_config("uresnet_lartpc", ["class_weights=[1, 2, 3]"])
+  with pytest.raises(ValueError, match=r"a list of 5 non-negative weights"):
+    configs.get_config("uresnet_lartpc", ["class_weights=balanced"])
+  assert configs.get_config("uresnet_lartpc", ["class_weights=[1, 1, 2, 4, 8.5]"])["class_weights"][-1] == 8.5
+  with pytest.raises(ValueError, match="focal_gamma must be >= 0"):
+    configs.get_config("uresnet_lartpc", ["focal_gamma=-2.0"])
 
 
 def test_dropout_masks_differ_across_devices_but_the_state_stays_replicated():

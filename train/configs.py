@@ -17,7 +17,7 @@ def _optimizer(kind="adam", learning_rate=1e-3, *, warmup_steps=0, decay="cosine
 
 
 def _common(**kw) -> dict:
-  return dict(class_weights=None, log_every=25, eval_every=400, checkpoint_every=200, seed=0) | kw
+  return dict(class_weights=None, focal_gamma=0.0, log_every=25, eval_every=400, checkpoint_every=200, seed=0) | kw
 
 
 def uresnet_lartpc() -> dict:
@@ -121,8 +121,22 @@ def pvcnn_shapenet_smoke() -> dict:
   return cfg
 
 
+def pointnet_shapenet() -> dict:
+  """PointNet, PVCNN's point-only baseline, trained as ``pvcnn_shapenet`` is (xyz and normals in, the T-Nets on)."""
+  cfg = pvcnn_shapenet()
+  cfg.update(name="pointnet_shapenet", model=dict(kind="PointNet", in_features=6, num_classes=50, width=1.0))
+  return cfg
+
+
+def pointnet_shapenet_smoke() -> dict:
+  cfg = pvcnn_shapenet_smoke()
+  cfg.update(name="pointnet_shapenet_smoke", model=dict(kind="PointNet", in_features=6, num_classes=50, width=0.125))
+  return cfg
+
+
 CONFIGS = {f.__name__: f for f in (uresnet_lartpc, uresnet_lartpc_smoke, minkunet_kitti, minkunet_kitti_smoke,
-                                   spvcnn_kitti, spvcnn_kitti_smoke, pvcnn_shapenet, pvcnn_shapenet_smoke)}
+                                   spvcnn_kitti, spvcnn_kitti_smoke, pvcnn_shapenet, pvcnn_shapenet_smoke,
+                                   pointnet_shapenet, pointnet_shapenet_smoke)}
 
 
 def get_config(name: str, overrides=()) -> dict:
@@ -164,5 +178,11 @@ def validate(cfg: dict) -> None:
     raise ValueError(f"config {cfg['name']!r}: optimizer.kind must be 'adam' or 'sgd', got {o['kind']!r}.")
   if o["decay"] not in ("cosine", "constant"):
     raise ValueError(f"config {cfg['name']!r}: optimizer.decay must be 'cosine' or 'constant', got {o['decay']!r}.")
-  if cfg["class_weights"] not in (None, "inverse_frequency"):
-    raise ValueError(f"config {cfg['name']!r}: class_weights must be None or 'inverse_frequency'.")
+  w, k = cfg["class_weights"], cfg["model"].get("num_classes")
+  fixed = isinstance(w, (list, tuple)) and len(w) == k and all(isinstance(v, (int, float)) and v >= 0 for v in w)
+  if w not in (None, "inverse_frequency") and not fixed:
+    raise ValueError(f"config {cfg['name']!r}: class_weights must be None, 'inverse_frequency' (per batch) or a list "
+                     f"of {k} non-negative weights, one per class (e.g. --set 'class_weights=[1,1,2,4,8]'); got {w!r}.")
+  if not cfg["focal_gamma"] >= 0:
+    raise ValueError(f"config {cfg['name']!r}: focal_gamma must be >= 0 (0: cross-entropy), got "
+                     f"{cfg['focal_gamma']!r}.")

@@ -1,7 +1,8 @@
 """What a config's ``model`` and ``data`` sections build: the model, the datasets, how events become batches, and
 how a batch becomes per-row logits and event ids for the loss.
 
-Model kinds: UResNet, MinkUNet (voxel events), SPVCNN (point clouds), PVCNN (fixed-size part-segmentation clouds).
+Model kinds: UResNet, MinkUNet (voxel events), SPVCNN (point clouds), PVCNN and PointNet (fixed-size
+part-segmentation clouds).
 Data kinds: synthetic_lartpc, larcv3 (PILArNet files), semantickitti, synthetic_lidar, shapenet_part,
 synthetic_shapes.
 """
@@ -30,6 +31,7 @@ _DATA_FOR = {
     "MinkUNet": ("semantickitti", "synthetic_lidar"),
     "SPVCNN": ("semantickitti", "synthetic_lidar"),
     "PVCNN": ("shapenet_part", "synthetic_shapes"),
+    "PointNet": ("shapenet_part", "synthetic_shapes"),
 }
 
 

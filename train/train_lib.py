@@ -304,7 +304,8 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
     start = step
   kw = dict(num_classes=cfg["model"]["num_classes"], num_events=layout.per_device, forward=task.forward,
             ignore_index=task.ignore_index, axis_name=AXIS if layout.pmap else None)
-  train_step = training.make_train_step(graphdef, class_weights=cfg["class_weights"], **kw)
+  train_step = training.make_train_step(graphdef, class_weights=cfg["class_weights"],
+                                        focal_gamma=cfg["focal_gamma"], **kw)
   eval_step = training.make_eval_step(eval_graphdef, **(kw | dict(forward=task.eval_forward or task.forward)))
   state = layout.replicate(state)
   writer = _Writer(workdir, task.class_names, active=layout.process == 0)
@@ -363,8 +364,11 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
       if shape not in compiled:
         say(f"step {step + 1}: compiling the train step for a new batch shape ({len(compiled) + 1} so far; each "
             "shape compiles once, and a rerun loads it from the compilation cache)...")
-        compiled[shape] = train_step.lower(state, x, y).compile()
-        training.release_freed_memory()  # the compiler's working set, before the step's buffers are allocated
+        # Ahead of time, so that the compiler's working set is freed before the step's buffers are allocated. Not
+        # across processes: there pmap's ahead-of-time executable takes every process's shards, so the step
+        # compiles on its first call instead.
+        compiled[shape] = train_step.lower(state, x, y).compile() if layout.processes == 1 else train_step
+        training.release_freed_memory()
       state, loss, counts = compiled[shape](state, x, y)
       step += 1
       window_counts.append(layout.first(counts))
@@ -406,6 +410,21 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
   # arrives much later than the others, so they leave together.
   _meet("finish")
   return dict(step=step, state=layout.first(state), eval=last, test=test, stopped=stop.signal, complete=False)
+
+
+def trained_model(cfg: dict, state):
+  """The model of ``cfg`` holding ``state`` (the state :func:`train` returns, of a finished run too), in eval mode
+  (running batch-norm averages): for predictions after training.
+
+  Example:
+    >>> result = train(cfg, "runs/uresnet_lartpc")   # a finished run: restores it, trains nothing
+    >>> model = trained_model(cfg, result["state"])
+  """
+  model = tasks.build_model(cfg, rngs=nnx.Rngs(cfg["seed"]))
+  optimizer = nnx.Optimizer(model, build_optimizer(cfg), wrt=nnx.Param)
+  model.eval()
+  graphdef, _ = nnx.split((model, optimizer))
+  return nnx.merge(graphdef, state)[0]
 
 
 def _remove_earlier_run(workdir: Path) -> None:

@@ -28,13 +28,16 @@ from jsparse3d.data._lidar import SyntheticLidar
 from jsparse3d.data._lidar import synthetic_lidar_scan
 from jsparse3d.data._schemes import class_names
 from jsparse3d.data._schemes import uresnet5_to_larcv5
+from jsparse3d.data._shapes import CATEGORIES as SHAPENET_CATEGORIES
+from jsparse3d.data._shapes import PARTS_PER_CATEGORY as SHAPENET_PARTS_PER_CATEGORY
 from jsparse3d.data._shapes import ShapeNetPart
 from jsparse3d.data._shapes import SyntheticShapeParts
 from jsparse3d.data._shapes import collate_shapes
 from jsparse3d.data._shapes import synthetic_part_shape
 
 __all__ = [
-    "DEFAULT_BUCKETS", "Larcv3Dataset", "Loader", "SemanticKittiDataset", "ShapeNetPart", "SyntheticLArTPC",
+    "DEFAULT_BUCKETS", "Larcv3Dataset", "Loader", "SHAPENET_CATEGORIES", "SHAPENET_PARTS_PER_CATEGORY",
+    "SemanticKittiDataset", "ShapeNetPart", "SyntheticLArTPC",
     "SyntheticLidar", "SyntheticShapeParts", "augment_lidar", "bucket_capacity", "class_names", "collate",
     "collate_points", "collate_voxel_points", "collate_shapes", "ignore_index", "learning_map",
     "read_semantickitti", "scan_to_voxels", "synthetic_calo_event", "synthetic_lartpc_event",

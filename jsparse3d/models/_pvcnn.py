@@ -31,6 +31,37 @@ class SharedMLP(nnx.Module):
     return jax.nn.relu(self.bn(self.linear(x)))
 
 
+PART_HEAD = (256, 0.2, 256, 0.2, 128)  # the part-segmentation head: shared MLP widths and dropout rates
+
+
+def segmentation_head(head_in: int, spec, width: float, num_classes: int, *, dtype=None, param_dtype=jnp.float32,
+                      rngs: nnx.Rngs):
+  """The per-point head ``(layers, classifier)``: a shared MLP per width in ``spec`` (times ``width``), a dropout
+  per rate (the entries below 1), then a Linear to ``num_classes``."""
+  kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  layers = []
+  for item in spec:
+    if item < 1:
+      layers.append(nnx.Dropout(item, rngs=rngs))
+    else:
+      layers.append(SharedMLP(head_in, int(width * item), **kw))
+      head_in = int(width * item)
+  return nnx.List(layers), nnx.Linear(head_in, num_classes, **kw)
+
+
+def part_features(outs, shape_one_hot, num_shapes: int):
+  """``[B, N, C]``: the object's one-hot category, every layer's output in ``outs`` and the max over the points
+  of the last one, side by side at every point (the input of a part-segmentation head)."""
+  if shape_one_hot is None:
+    raise ValueError(f"part segmentation needs shape_one_hot [B, {num_shapes}], the object category of each cloud "
+                     "(collate_shapes makes it).")
+  last = outs[-1]
+  b, n, _ = last.shape
+  pooled = last.max(axis=1)
+  return jnp.concatenate([jnp.broadcast_to(shape_one_hot[:, None, :].astype(last.dtype), (b, n, num_shapes)), *outs,
+                          jnp.broadcast_to(pooled[:, None, :], (b, n, pooled.shape[-1]))], axis=-1)
+
+
 class SqueezeExcite(nnx.Module):
   """Channel gates from the grid mean: Linear(C, C/8) + ReLU + Linear(C/8, C) + sigmoid, no biases."""
 
@@ -105,20 +136,12 @@ class PVCNN(nnx.Module):
     w = lambda c: int(width * c)
     if shapenet:
       self.cloud = None
-      head_in, head = num_shapes + cin + concat, (256, 0.2, 256, 0.2, 128)
+      head_in, head = num_shapes + cin + concat, PART_HEAD
     else:
       self.cloud = nnx.List([nnx.Linear(cin, w(256), **kw), nnx.BatchNorm(w(256), momentum=0.9, **kw),
                              nnx.Linear(w(256), w(128), **kw), nnx.BatchNorm(w(128), momentum=0.9, **kw)])
       head_in, head = concat + w(128), (512, 0.3, 256, 0.3)
-    mlp = []
-    for spec in head:
-      if spec < 1:
-        mlp.append(nnx.Dropout(spec, rngs=rngs))
-      else:
-        mlp.append(SharedMLP(head_in, w(spec), **kw))
-        head_in = w(spec)
-    self.head = nnx.List(mlp)
-    self.classifier = nnx.Linear(head_in, num_classes, **kw)
+    self.head, self.classifier = segmentation_head(head_in, head, width, num_classes, **kw)
 
   def __call__(self, points, shape_one_hot=None):
     b, n, _ = points.shape
@@ -127,18 +150,13 @@ class PVCNN(nnx.Module):
     for block in self.blocks:
       feats = block(feats, xyz) if isinstance(block, PVConv) else block(feats)
       outs.append(feats)
-    pooled = feats.max(axis=1)
     if self.cloud is None:
-      if shape_one_hot is None:
-        raise ValueError("the shapenet_part PVCNN needs shape_one_hot [B, 16] (the object category of each cloud).")
-      outs = [jnp.broadcast_to(shape_one_hot[:, None, :].astype(feats.dtype), (b, n, self.num_shapes))] + outs
-      outs.append(jnp.broadcast_to(pooled[:, None, :], (b, n, pooled.shape[-1])))
+      h = part_features(outs, shape_one_hot, self.num_shapes)
     else:
-      g = pooled
+      g = feats.max(axis=1)
       for i in range(0, 4, 2):
         g = jax.nn.relu(self.cloud[i + 1](self.cloud[i](g)))
-      outs.append(jnp.broadcast_to(g[:, None, :], (b, n, g.shape[-1])))
-    h = jnp.concatenate(outs, axis=-1)
+      h = jnp.concatenate(outs + [jnp.broadcast_to(g[:, None, :], (b, n, g.shape[-1]))], axis=-1)
     for layer in self.head:
       h = layer(h)
     return self.classifier(h)

@@ -7,6 +7,7 @@ from jsparse3d.training._losses import segmentation_loss_terms as segmentation_l
 from jsparse3d.training._memory import release_freed_memory as release_freed_memory
 from jsparse3d.training._metrics import ConfusionMatrix as ConfusionMatrix
 from jsparse3d.training._metrics import confusion_matrix as confusion_matrix
+from jsparse3d.training._metrics import part_ious as part_ious
 from jsparse3d.training._steps import make_eval_step as make_eval_step
 from jsparse3d.training._steps import make_train_step as make_train_step
 from jsparse3d.training._steps import per_device_keys as per_device_keys

@@ -51,8 +51,12 @@ def class_weights_inverse_frequency(labels, num_classes: int, *, ignore_index: i
 
 
 def segmentation_loss(logits, labels, events, num_events: int, *, class_weights=None,
-                      ignore_index: int | None = None):
+                      ignore_index: int | None = None, focal_gamma: float = 0.0):
   """Cross-entropy over the labelled rows, averaged within each event, then over the events present.
+
+  With ``focal_gamma`` > 0 each row's cross-entropy is scaled by ``(1 - p)^focal_gamma``, ``p`` the softmax
+  probability of its true class (the focal loss of Lin et al., ICCV 2017): rows already classified with
+  confidence weigh less, so rare, hard classes weigh more without per-class weights. Both can be combined.
 
   Args:
     logits: [N, K] (any float dtype; computed in float32).
@@ -63,6 +67,7 @@ def segmentation_loss(logits, labels, events, num_events: int, *, class_weights=
     class_weights: None, ``"inverse_frequency"`` (per batch) or float [K].
     ignore_index: a label value that marks unlabelled rows (255 for SemanticKITTI's ``"spvnas"`` map, 0 for its
       ``"official"`` one; :attr:`jsparse3d.data.SemanticKittiDataset.ignore_index`).
+    focal_gamma: the focal loss's exponent, >= 0; 0 (the default) is the plain cross-entropy.
   Returns:
     scalar float32 loss.
 
@@ -72,12 +77,13 @@ def segmentation_loss(logits, labels, events, num_events: int, *, class_weights=
     >>> loss = segmentation_loss(logits, labels, x.coords[:, 0], num_events=2, ignore_index=255)
   """
   total, present = segmentation_loss_terms(logits, labels, events, num_events, class_weights=class_weights,
-                                           ignore_index=ignore_index)
+                                           ignore_index=ignore_index, focal_gamma=focal_gamma)
   return total / jnp.maximum(present, 1.0)
 
 
 def segmentation_loss_terms(logits, labels, events, num_events: int, *, class_weights=None,
-                            ignore_index: int | None = None, axis_name: str | None = None):
+                            ignore_index: int | None = None, axis_name: str | None = None,
+                            focal_gamma: float = 0.0):
   """``(sum of per-event losses, number of events present)`` of :func:`segmentation_loss`, as float32 scalars.
 
   Data-parallel steps divide each device's sum by the global number of events present and ``psum`` the result
@@ -85,12 +91,17 @@ def segmentation_loss_terms(logits, labels, events, num_events: int, *, class_we
   events; ``axis_name`` makes ``"inverse_frequency"`` weights use the global batch's class counts.
   """
   num_classes = logits.shape[-1]
+  if not focal_gamma >= 0:
+    raise ValueError(f"focal_gamma must be >= 0 (0: plain cross-entropy; 2 is the focal loss's usual value), "
+                     f"got {focal_gamma!r}.")
   _check_if_concrete(labels, num_classes, ignore_index)
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   valid = _counted(labels, ignore_index)
   # An out-of-range label gathers NaN (mode="fill"): loud, where dropping it would be silent.
   nll = -jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[:, None], axis=1, mode="fill",
                              fill_value=jnp.nan)[:, 0]
+  if focal_gamma:
+    nll = nll * (-jnp.expm1(-nll)) ** focal_gamma  # (1 - p)^gamma, p = exp(-nll), without cancellation near p = 1
   if class_weights is None:
     w = jnp.ones_like(nll)
   else:

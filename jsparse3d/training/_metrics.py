@@ -85,3 +85,44 @@ class ConfusionMatrix:
     """Mean IoU over the classes present in the labels."""
     values = [v for v in self.iou() if v is not None]
     return float(np.mean(values)) if values else 0.0
+
+
+def part_ious(logits, labels, shapes, parts_per_shape) -> np.ndarray:
+  """ShapeNet-part's per-object IoU: ``float64[B]``, each object's mean IoU over the parts of its category.
+
+  The protocol of the benchmark's papers: each point's prediction is the best-scoring part *of its object's
+  category* (the category is given), and a part that is neither in the labels nor in the predictions of an object
+  counts as IoU 1. The instance mIoU is the mean of this array over the objects; the category mIoU is the mean
+  over categories of their objects' means.
+
+  Args:
+    logits: ``[B, N, P]`` (P parts of all categories, numbered category by category).
+    labels: int ``[B, N]`` part labels.
+    shapes: int ``[B]``, each object's category.
+    parts_per_shape: the number of parts of each category, in order (``(4, 2, 2, 4, ...)`` for ShapeNet-part).
+
+  Example:
+    >>> logits = np.zeros((1, 4, 6)); logits[0, :, 1] = 1   # every point says part 1
+    >>> part_ious(logits, np.array([[0, 1, 1, 1]]), np.array([0]), (2, 4))   # parts 0 and 1: IoU 0 and 3/4
+    array([0.375])
+  """
+  logits, labels, shapes = np.asarray(logits), np.asarray(labels), np.asarray(shapes)
+  offsets = np.concatenate([[0], np.cumsum(parts_per_shape)])
+  if logits.ndim != 3 or labels.shape != logits.shape[:2] or shapes.shape != logits.shape[:1]:
+    raise ValueError(f"part_ious: expected logits [B, N, P], labels [B, N] and shapes [B], got {logits.shape}, "
+                     f"{labels.shape} and {shapes.shape}.")
+  if logits.shape[-1] != offsets[-1]:
+    raise ValueError(f"part_ious: the logits have {logits.shape[-1]} parts but parts_per_shape sums to "
+                     f"{offsets[-1]}.")
+  out = np.empty(len(shapes))
+  for b, c in enumerate(shapes):
+    lo, hi = offsets[c], offsets[c + 1]
+    if labels[b].min() < lo or labels[b].max() >= hi:
+      raise ValueError(f"part_ious: object {b} of category {c} has labels outside its parts {lo}..{hi - 1}.")
+    pred = lo + np.argmax(logits[b, :, lo:hi], axis=-1)
+    ious = []
+    for part in range(lo, hi):
+      union = np.sum((pred == part) | (labels[b] == part))
+      ious.append(np.sum((pred == part) & (labels[b] == part)) / union if union else 1.0)
+    out[b] = np.mean(ious)
+  return out

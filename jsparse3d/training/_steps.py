@@ -48,10 +48,10 @@ def per_device_keys(state, axis_name: str):
   return jax.tree.map(lambda v: jax.random.fold_in(v, index) if _is_key(v) else v, state)
 
 
-def _loss(logits, labels, events, num_events, class_weights, ignore_index, axis_name):
+def _loss(logits, labels, events, num_events, class_weights, ignore_index, axis_name, focal_gamma=0.0):
   """The batch loss, or under pmap this device's share of the global batch's loss."""
   total, present = segmentation_loss_terms(logits, labels, events, num_events, class_weights=class_weights,
-                                           ignore_index=ignore_index, axis_name=axis_name)
+                                           ignore_index=ignore_index, axis_name=axis_name, focal_gamma=focal_gamma)
   if axis_name is not None:
     present = jax.lax.psum(present, axis_name)
   return total / jnp.maximum(present, 1.0)
@@ -59,13 +59,13 @@ def _loss(logits, labels, events, num_events, class_weights, ignore_index, axis_
 
 def make_train_step(graphdef, *, num_classes: int, num_events: int, class_weights=None,
                     ignore_index: int | None = None, forward: Callable = sparse_logits,
-                    axis_name: str | None = None):
+                    axis_name: str | None = None, focal_gamma: float = 0.0):
   """``step(state, x, labels) -> (state, loss, confusion int32[K, K])``; ``labels`` are flattened to the rows of
   the logits (so ``[B, N]`` labels of fixed-size clouds work as well as ``[N]``).
 
   Args:
     graphdef: from ``nnx.split((model, optimizer))`` with the model in training mode.
-    num_classes, num_events: static (events per device batch). class_weights, ignore_index: as in
+    num_classes, num_events: static (events per device batch). class_weights, ignore_index, focal_gamma: as in
       :func:`segmentation_loss` (the confusion counts then have the ignored row of :func:`confusion_matrix`).
     forward: ``forward(model, x) -> (logits [N, K], events int [N])``, the event index of each row.
     axis_name: None for ``jax.jit``; a name for ``jax.pmap`` (the step is then pmapped over it).
@@ -77,7 +77,7 @@ def make_train_step(graphdef, *, num_classes: int, num_events: int, class_weight
 
     def loss_fn(model):
       logits, events = forward(model, x)
-      loss = _loss(logits, labels, events, num_events, class_weights, ignore_index, axis_name)
+      loss = _loss(logits, labels, events, num_events, class_weights, ignore_index, axis_name, focal_gamma)
       return loss, logits
 
     (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
