@@ -16,6 +16,7 @@ Parts (``--parts``, default both):
 
   python benchmarks/pvcnn_study.py                  # about 30 minutes on 2 cores
   python benchmarks/pvcnn_study.py --quick --out /tmp/pvcnn.json --figures /tmp/figs --runs /tmp/runs
+  python benchmarks/pvcnn_study.py --shapenet-root data/shapenet_part --out results/pvcnn_shapenet.json
 """
 
 from __future__ import annotations
@@ -47,11 +48,17 @@ QUICK = dict(networks={"PVCNN 0.125xC": ("pvcnn_shapenet", ["model.width=0.125"]
 PARTS = ("throughput", "accuracy")
 
 
+def _sets(spec: dict, network: str) -> list[str]:
+  """The trainer overrides of ``network``: its own, the data (ShapeNet-part where ``spec["data_root"]`` names the
+  release, else the synthetic shapes), the cloud size and the batch."""
+  data = ["data.kind=shapenet_part", f"data.root={spec['data_root']}"] if spec.get("data_root") else [
+      "data.kind=synthetic_shapes"]
+  return [*spec["networks"][network][1], *data, f"data.num_points={spec['points']}", f"batch_size={spec['batch']}"]
+
+
 def _config(spec: dict, network: str, extra=()):
   from train import configs  # noqa: PLC0415
-  name, overrides = spec["networks"][network]
-  return configs.get_config(name, [*overrides, "data.kind=synthetic_shapes", f"data.num_points={spec['points']}",
-                                   f"batch_size={spec['batch']}", *extra])
+  return configs.get_config(spec["networks"][network][0], [*_sets(spec, network), *extra])
 
 
 def throughput_child(spec: dict) -> dict:
@@ -156,12 +163,10 @@ def accuracy(cfg, runs: Path, previous=None) -> dict:
   runs.mkdir(parents=True, exist_ok=True)
   wall = {}
   for network in cfg["trained"]:
-    name, overrides = cfg["networks"][network]
-    sets = [*overrides, "data.kind=synthetic_shapes", f"data.num_points={cfg['points']}", f"batch_size={cfg['batch']}",
-            *_budget(cfg)]
     print(f"  training {network} ({cfg['steps']} steps of {cfg['batch']} shapes) ...", flush=True)
     reused = (runs / _folder(network) / "checkpoints" / str(cfg["steps"])).exists()
-    seconds = run_trainer(name, runs / _folder(network), sets, runs / f"{_folder(network)}.log")
+    seconds = run_trainer(cfg["networks"][network][0], runs / _folder(network), _sets(cfg, network) + _budget(cfg),
+                          runs / f"{_folder(network)}.log")
     wall[network] = None if reused else seconds  # the whole trainer process
   scores = _run_child(dict(cfg, part="accuracy", runs=str(runs)))
   for network, s in scores.items():
@@ -178,20 +183,22 @@ def main():
   p.add_argument("--figures", default=str(ROOT / "docs" / "figures"))
   p.add_argument("--runs", default=str(ROOT / "runs" / "pvcnn_study"), help="workdirs of the training runs "
                  "(finished ones are reused)")
+  p.add_argument("--shapenet-root", help="train and score on the ShapeNet-part release in this folder (its val "
+                 "split held out) instead of the synthetic shapes; its runs go to RUNS/shapenet_part")
   p.add_argument("--child", help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.child:
     spec = json.loads(args.child)
     print(json.dumps(throughput_child(spec) if spec["part"] == "throughput" else accuracy_child(spec)))
     return
-  cfg = QUICK if args.quick else FULL
-  out = Path(args.out)
-  results = run_parts(args.parts, PARTS, out, quick=args.quick, cfg=cfg, run=lambda part, previous: (
-      throughput(cfg) if part == "throughput" else accuracy(cfg, Path(args.runs), previous)))
+  cfg = dict(QUICK if args.quick else FULL, data_root=args.shapenet_root)
+  runs = Path(args.runs) / "shapenet_part" if args.shapenet_root else Path(args.runs)
+  results = run_parts(args.parts, PARTS, Path(args.out), quick=args.quick, cfg=cfg, run=lambda part, previous: (
+      throughput(cfg) if part == "throughput" else accuracy(cfg, runs, previous)))
   from _study_figures import pvcnn_figures  # noqa: PLC0415 - matplotlib only for the figures
   for path in pvcnn_figures(results, Path(args.figures)):
     print("wrote", path)
-  print("wrote", out)
+  print("wrote", args.out)
 
 
 if __name__ == "__main__":

@@ -319,21 +319,25 @@ def test_pointnet_is_a_function_of_the_point_set_and_its_alignments_start_as_the
   one_hot = jax.nn.one_hot(jnp.array([2, 7]), 16)
   model = models.PointNet(num_classes=4, width=0.125, rngs=nnx.Rngs(0))
   model.eval()
-  out = model(pts, one_hot)
+  run = nnx.jit(lambda m, p: m(p, one_hot))  # one compiled program, not one per eager op
+  out = run(model, pts)
   assert out.shape == (2, 48, 4)
   perm = rng.permutation(48)
-  np.testing.assert_allclose(np.asarray(model(pts[:, perm], one_hot)), np.asarray(out)[:, perm], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(run(model, pts[:, perm])), np.asarray(out)[:, perm], atol=1e-5)
   # The T-Nets' last layer starts at zero: the input alignment is the identity, to the last bit.
   align = model.blocks[0][0]
-  assert isinstance(align, nnx.Module) and np.array_equal(np.asarray(align(pts)), np.asarray(pts))
+  apply = nnx.jit(lambda a, p: a(p))
+  assert isinstance(align, nnx.Module) and np.array_equal(np.asarray(apply(align, pts)), np.asarray(pts))
   # Once trained away from zero, an alignment is a per-cloud linear map of the points: x -> x A_b^T.
   align.matrix.bias[...] = jnp.asarray(rng.standard_normal(9).astype(np.float32))
-  aligned = np.asarray(align(pts))
+  aligned = np.asarray(apply(align, pts))
   for b in range(2):
     a, *_ = np.linalg.lstsq(np.asarray(pts[b]), aligned[b], rcond=None)
     np.testing.assert_allclose(np.asarray(pts[b]) @ a, aligned[b], atol=1e-4)
-  with pytest.raises(ValueError, match=r"part segmentation needs shape_one_hot \[B, 16\]"):
+  with pytest.raises(ValueError, match=r"part segmentation needs shape_one_hot \[B, 16\].*got None"):
     model(pts, None)
+  with pytest.raises(ValueError, match=r"got \(2, 15\)"):
+    model(pts, one_hot[:, :15])
   assert models.PointNet(transforms=False, width=0.125, rngs=nnx.Rngs(0)).blocks[0][0] is None
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,3 +93,33 @@ def test_pvcnn_study_quick(tmp_path):
     assert a["shapes"] == r["config"]["eval_shapes"] and 0 < a["instance_miou"] <= 1, network
     assert a["train_process_s"] > 0 and a["eval_curve"][-1]["step"] == r["config"]["steps"], network
   _assert_pngs(figs, ["pvcnn_vs_pointnet"])
+
+
+@pytest.mark.slow  # about 80 s on 2 cores
+def test_pvcnn_study_trains_and_scores_on_a_shapenet_part_release(tmp_path):
+  # A miniature release in ShapeNet-part's layout: 2 categories x 2 objects, the same objects listed as the
+  # training and the validation split.
+  rng = np.random.default_rng(0)
+  root = tmp_path / "shapenet"
+  (root / "train_test_split").mkdir(parents=True)
+  (root / "synsetoffset2category.txt").write_text("Bag\t02773838\nMug\t03797390\n")
+  entries = []
+  for synset, first_part in (("02773838", 4), ("03797390", 36)):  # Bag's parts are 4-5, Mug's 36-37
+    (root / synset).mkdir()
+    for m in range(2):
+      rows = np.c_[rng.standard_normal((60, 6)), first_part + rng.integers(0, 2, 60)]
+      np.savetxt(root / synset / f"model{m}.txt", rows)
+      entries.append(f"shape_data/{synset}/model{m}")
+  for split in ("train", "val"):
+    (root / "train_test_split" / f"shuffled_{split}_file_list.json").write_text(json.dumps(entries))
+  out = tmp_path / "results.json"
+  proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pvcnn_study.py"), "--quick", "--parts", "accuracy",
+                         "--shapenet-root", str(root), "--out", str(out), "--figures", str(tmp_path / "figs"),
+                         "--runs", str(tmp_path / "runs")], capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.loads(out.read_text())
+  assert r["config"]["data_root"] == str(root)
+  for network, a in r["accuracy"].items():
+    assert a["shapes"] == 4 and 0 < a["instance_miou"] <= 1, network  # the whole val split, not eval_shapes
+    log = (tmp_path / "runs" / "shapenet_part" / f"{network.replace(' ', '_').replace('.', '')}.log").read_text()
+    assert f"final: step {r['config']['steps']}" in log, network

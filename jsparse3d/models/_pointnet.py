@@ -14,6 +14,7 @@ from flax import nnx
 
 from jsparse3d.models._pvcnn import PART_HEAD
 from jsparse3d.models._pvcnn import SharedMLP
+from jsparse3d.models._pvcnn import check_shape_one_hot
 from jsparse3d.models._pvcnn import part_features
 from jsparse3d.models._pvcnn import segmentation_head
 
@@ -80,6 +81,7 @@ class PointNet(nnx.Module):
     self.head, self.classifier = segmentation_head(num_shapes + cin + concat, PART_HEAD, width, num_classes, **kw)
 
   def __call__(self, points, shape_one_hot):
+    check_shape_one_hot(shape_one_hot, self.num_shapes)
     feats, outs = points, []
     for align, mlp in self.blocks:
       feats = mlp(feats if align is None else align(feats))

@@ -49,12 +49,17 @@ def segmentation_head(head_in: int, spec, width: float, num_classes: int, *, dty
   return nnx.List(layers), nnx.Linear(head_in, num_classes, **kw)
 
 
+def check_shape_one_hot(shape_one_hot, num_shapes: int) -> None:
+  """Part segmentation's second input, checked before any layer runs."""
+  if shape_one_hot is None or shape_one_hot.ndim != 2 or shape_one_hot.shape[-1] != num_shapes:
+    got = None if shape_one_hot is None else tuple(shape_one_hot.shape)
+    raise ValueError(f"part segmentation needs shape_one_hot [B, {num_shapes}], the object category of each cloud "
+                     f"(collate_shapes makes it); got {got}.")
+
+
 def part_features(outs, shape_one_hot, num_shapes: int):
   """``[B, N, C]``: the object's one-hot category, every layer's output in ``outs`` and the max over the points
   of the last one, side by side at every point (the input of a part-segmentation head)."""
-  if shape_one_hot is None:
-    raise ValueError(f"part segmentation needs shape_one_hot [B, {num_shapes}], the object category of each cloud "
-                     "(collate_shapes makes it).")
   last = outs[-1]
   b, n, _ = last.shape
   pooled = last.max(axis=1)
@@ -145,6 +150,8 @@ class PVCNN(nnx.Module):
 
   def __call__(self, points, shape_one_hot=None):
     b, n, _ = points.shape
+    if self.cloud is None:
+      check_shape_one_hot(shape_one_hot, self.num_shapes)
     xyz = points[..., :3]
     feats, outs = points, []
     for block in self.blocks:
