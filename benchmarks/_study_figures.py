@@ -168,6 +168,10 @@ TITLES = {"cross_entropy": "cross-entropy (the main job)", "inverse_frequency": 
 CLASS_COLORS = ("tab:purple", "tab:blue", "tab:orange", "tab:green", "tab:red")
 
 
+def _fraction(value) -> str:
+  return "n/a" if value is None else f"{value:.2f}"  # None: the class is absent from the labels
+
+
 def _voxels_text(n) -> str:
   return f"{int(n):,} voxel" + ("" if n == 1 else "s")
 
@@ -188,8 +192,9 @@ def _confusions(part, path: Path) -> Path:
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_title(f"{TITLES.get(name, name)}\nnon-zero accuracy {100 * v['nonzero_accuracy']:.1f}%, "
-                 f"mIoU {v['miou']:.3f}\nMichel IoU {v['per_class_iou'][-1]:.2f}; {_voxels_text(counts[:, -1].sum())} "
-                 f"called Michel, {100 * v['per_class_precision'][-1]:.0f}% right", fontsize=8.5)
+                 f"mIoU {v['miou']:.3f}\nMichel IoU {_fraction(v['per_class_iou'][-1])}; "
+                 f"{_voxels_text(counts[:, -1].sum())} called Michel, {100 * v['per_class_precision'][-1]:.0f}% right",
+                 fontsize=8.5)
   np.atleast_1d(axes)[0].set_ylabel("true class (each row sums to 100%)")
   fig.suptitle(f"U-ResNet on the {next(iter(variants.values()))['events']} test events: where each class's voxels "
                "go (%)", fontsize=11)

@@ -67,6 +67,7 @@ def classes_child(spec: dict) -> dict:
   its ``--set`` overrides (after ``spec["common"]``'s), ``spec["runs"]`` is the folder of their workdirs."""
   from pathlib import Path  # noqa: PLC0415
 
+  from jsparse3d import training  # noqa: PLC0415
   from train import configs  # noqa: PLC0415
   from train import tasks  # noqa: PLC0415
   from train import train_lib  # noqa: PLC0415
@@ -81,13 +82,13 @@ def classes_child(spec: dict) -> dict:
     events = _predictions(cfg, result["state"], task)
     if len(events) != len(task.test_set):
       raise RuntimeError(f"variant {name}: {len(task.test_set) - len(events)} test events held no voxel.")
-    counts = _confusion(events, cfg["model"]["num_classes"])
-    per_class = (np.diag(counts) / np.maximum(counts.sum(axis=1), 1)).tolist()
-    iou = np.diag(counts) / np.maximum(counts.sum(axis=0) + counts.sum(axis=1) - np.diag(counts), 1)
+    cm = training.ConfusionMatrix(cfg["model"]["num_classes"])  # the trainer's metrics, on these counts
+    cm.counts += _confusion(events, cfg["model"]["num_classes"])
     out["variants"][name] = dict(
-        overrides=overrides, confusion=counts.tolist(), per_class_accuracy=per_class, per_class_iou=iou.tolist(),
-        per_class_precision=(np.diag(counts) / np.maximum(counts.sum(axis=0), 1)).tolist(),
-        nonzero_accuracy=float(np.trace(counts) / counts.sum()), miou=float(iou.mean()),
+        overrides=overrides, confusion=cm.counts.tolist(), per_class_accuracy=cm.per_class_accuracy(),
+        per_class_iou=cm.iou(),
+        per_class_precision=(np.diag(cm.counts) / np.maximum(cm.counts.sum(axis=0), 1)).tolist(),
+        nonzero_accuracy=cm.nonzero_accuracy(), miou=cm.miou(),
         trainer_test=result["test"], events=len(events),
         michel_events=int(sum((ev["labels"] == MICHEL).any() for ev in events)))
     out["class_names"] = list(task.class_names)

@@ -31,6 +31,7 @@ import statistics
 import time
 from pathlib import Path
 
+import _uresnet_learning
 from _study import ROOT
 from _study import run_child
 from _study import run_parts
@@ -119,7 +120,6 @@ def child(spec: dict) -> dict:
   if kind == "sparse":
     model = models.UResNet(**m, spatial_dims=dims, rngs=nnx.Rngs(0))
     x, y, voxels = _inputs(kind, events, size, dims, strides)
-    forward = training.sparse_logits
   else:
     model = models.DenseUResNet(**m, spatial_dims=dims, rngs=nnx.Rngs(0))
     if spec.get("compile_only"):
@@ -127,11 +127,7 @@ def child(spec: dict) -> dict:
       x, y, voxels = jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape[:-1], jnp.int32), None
     else:
       x, y, voxels = _inputs(kind, events, size, dims, strides)
-
-    def forward(model, grid):
-      logits = model(grid)
-      events = jnp.broadcast_to(jnp.arange(grid.shape[0]).reshape((-1,) + (1,) * (grid.ndim - 2)), grid.shape[:-1])
-      return logits.reshape(-1, logits.shape[-1]), events.reshape(-1)
+  forward = _uresnet_learning.forward_of(kind)
   optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
   graphdef, state = nnx.split((model, optimizer))
   step = training.make_train_step(graphdef, num_classes=5, num_events=batch, ignore_index=-1, forward=forward)
@@ -229,7 +225,6 @@ def batch2d(cfg) -> list[dict]:
 
 def accuracy(cfg) -> dict:
   """Part 3: both networks trained on the same events; learning curves and the speed-up to a common accuracy."""
-  import _uresnet_learning  # noqa: PLC0415
   runs = [_run_child(dict(cfg["accuracy"], part="accuracy", kind=kind, model=cfg["model"]))
           for kind in ("sparse", "dense")]
   return dict(runs=runs, summary=_uresnet_learning.summary(runs))
@@ -277,7 +272,6 @@ def main():
   if args.child:
     spec = json.loads(args.child)
     if spec.get("part") == "accuracy":
-      import _uresnet_learning  # noqa: PLC0415
       result = _uresnet_learning.accuracy_child(spec, _events, _inputs)
     elif spec.get("part") == "classes":
       import _uresnet_classes  # noqa: PLC0415
