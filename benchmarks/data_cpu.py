@@ -1,7 +1,7 @@
 """Data throughput on CPU: event generation, larcv3 reading and batching, in events per second.
 
   lartpc_192 / lartpc_512   synthetic_lartpc_event at 192^3 and 512^3 (one core; target >= 50/s at 192^3)
-  calo                      synthetic_calo_event
+  hgcal, hcal               synthetic_hgcal_event, synthetic_hcal_event
   larcv3_read               Larcv3Dataset[i] with labels and clusters, from a file written first
   collate_192               collate of batches of 8 events at 192^3 (already generated)
   loader_192                Loader over SyntheticLArTPC, batch 8, with and without prefetch (generation included)
@@ -48,7 +48,8 @@ def main():
   results["lartpc_192"] = rate(lambda: [data.synthetic_lartpc_event((1, s)) for s in range(40)], 40, args.reps)
   results["lartpc_512"] = rate(lambda: [data.synthetic_lartpc_event((1, s), size=512) for s in range(8)], 8,
                                args.reps)
-  results["calo"] = rate(lambda: [data.synthetic_calo_event(s) for s in range(100)], 100, args.reps)
+  results["hgcal"] = rate(lambda: [data.synthetic_hgcal_event(s) for s in range(100)], 100, args.reps)
+  results["hcal"] = rate(lambda: [data.synthetic_hcal_event(s) for s in range(100)], 100, args.reps)
   events = [data.synthetic_lartpc_event((2, s)) for s in range(64)]
   for ev in events:
     ev["cluster"] = np.where(ev["labels"] == 2, 0, -1).astype(np.int32)

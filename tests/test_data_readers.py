@@ -1,4 +1,4 @@
-"""The calorimeter generator, larcv3 files (write, read, compare exactly; bad files) and SemanticKITTI scans."""
+"""larcv3 files (write, read, compare exactly; bad files) and SemanticKITTI scans."""
 
 import os
 from pathlib import Path
@@ -8,42 +8,12 @@ import numpy as np
 import pytest
 
 from jsparse3d import data
-from jsparse3d.data import _calo
 from jsparse3d.data import _kitti
 
 # The real scan's licence forbids redistributing it: point JSPARSE3D_KITTI_SAMPLE at a folder holding
 # 000000.bin and 000000.label (sequence 00, frame 0); the tests that use it skip otherwise.
 KITTI_SAMPLE = Path(os.environ.get("JSPARSE3D_KITTI_SAMPLE", Path(__file__).resolve().parents[2] / "shared" / "data"
                                    / "semantickitti-sample"))
-
-
-# -- calorimeter --------------------------------------------------------------------------------------------
-
-
-def test_calo_events_hold_every_class_with_distinct_signatures():
-  events = [data.synthetic_calo_event(seed) for seed in range(40)]
-  labels = np.concatenate([ev["labels"] for ev in events])
-  points = np.concatenate([ev["points"] for ev in events])
-  assert points.shape[1] == 5 and points.dtype == np.float32 and labels.dtype == np.int32
-  assert set(np.unique(labels)) == {0, 1, 2, 3}
-  noise, em, mip = labels == _calo.NOISE, labels == _calo.EM, labels == _calo.MIP
-  assert 0.2 <= noise.mean() <= 0.4  # noise_fraction = 0.3
-  # Noise is out of time and soft; EM hits are in time and dense; MIP hits carry ~1 MIP.
-  assert points[noise, 4].std() > 5 * points[em, 4].std()
-  assert np.median(points[noise, 3]) < np.median(points[mip, 3]) < np.median(points[em, 3])
-  assert abs(np.median(points[mip, 3]) - 1.0) < 0.3
-  for ev in events[:5]:  # one hit per cell, cells consistent with the positions
-    keys = ev["coords"][:, 2].astype(np.int64) * 10 ** 6 + ev["coords"][:, 0] * 1000 + ev["coords"][:, 1]
-    assert len(np.unique(keys)) == len(keys)
-    np.testing.assert_allclose(ev["points"][:, 2], ev["coords"][:, 2] + 0.5)
-
-
-def test_calo_events_are_seeded():
-  a, b = data.synthetic_calo_event(3), data.synthetic_calo_event(3)
-  np.testing.assert_array_equal(a["points"], b["points"])
-  np.testing.assert_array_equal(a["labels"], b["labels"])
-  with pytest.raises(ValueError, match="noise_fraction"):
-    data.synthetic_calo_event(0, noise_fraction=1.0)
 
 
 # -- larcv3 -------------------------------------------------------------------------------------------------

@@ -76,7 +76,12 @@ def test_the_package_has_docstring_examples():
   assert len(EXAMPLES) >= 20, sorted(EXAMPLES)
 
 
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
+# Examples that build a whole flax-initialised model eagerly (a compile per weight shape): 30 s each on 2 cores.
+SLOW_EXAMPLES = {"jsparse3d.models._pvcnn.PVCNN", "jsparse3d.models._pointnet.PointNet"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_EXAMPLES else n
+                                  for n in sorted(EXAMPLES)])
 def test_docstring_example_runs(name, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # examples that write files write them here
   test = EXAMPLES[name]

@@ -32,6 +32,7 @@ def _run(tmp_path, *extra):
   return results
 
 
+@pytest.mark.slow  # 35-50 s on 2 cores
 def test_gpu_check_runs_one_item_of_every_step_at_toy_sizes(tmp_path):
   results = _run(tmp_path, "--select", "conv float32 16x16 without TF32,index lartpc,uresnet xla,"
                  "conv_forward float32 16x16,dataflow float32 16x16")

@@ -210,7 +210,7 @@ def test_planned_capacity_gives_the_same_level_with_less_padding(rng, implementa
     assert up.capacity == x.capacity and up.capacities == planned.capacities
 
 
-@pytest.mark.parametrize("implementation", ["xla", "native"])
+@pytest.mark.parametrize("implementation", [pytest.param("xla", marks=pytest.mark.slow), "native"])  # xla: 15-19 s
 def test_too_small_an_output_capacity_is_flagged_not_dropped(rng, implementation):
   x = random_tensor(rng, n_grid=16, density=0.2)
   n_out = int(js.ops.kernel_map(x, 2, stride=2)[1].num_valid)

@@ -265,6 +265,7 @@ def test_minkunet_and_spvcnn_run_train_and_ignore_padding(rng):
   assert losses[-1] < losses[0], losses
 
 
+@pytest.mark.slow  # 20 s on 2 cores; the U-ResNet's translation test stays in the default suite
 def test_minkunet_translation_equivariance(rng):
   xyz, batch, feats, _ = _lidar_points(rng, p=400, pad=0)
   x, _ = js.ops.voxelize(xyz, batch, feats)
@@ -312,6 +313,36 @@ def test_pvcnn_and_dense_uresnet_run_and_train(rng):
   assert losses[-1] < losses[0], losses
   with pytest.raises(ValueError, match="divisible"):
     net(jnp.zeros((1, 30, 32, 32, 1)))
+
+
+@pytest.mark.parametrize("task", ["calo", pytest.param("shapenet_part", marks=pytest.mark.slow)])
+def test_pvcnn_ignores_masked_points(task, rng):
+  # Two sets of 48 points, then the same sets padded to 80 with junk: the real points' logits and the gradients
+  # must not change (batch statistics, voxel averages, pooled features and the centring all skip the padding).
+  channels = 5 if task == "calo" else 6
+  real = rng.uniform(-1, 1, (2, 48, channels)).astype(np.float32)
+  padded = np.concatenate([real, rng.uniform(-3, 3, (2, 32, channels)).astype(np.float32)], axis=1)
+  mask = np.arange(80)[None].repeat(2, 0) < 48
+  one_hot = jax.nn.one_hot(jnp.array([3, 5]), 16) if task == "shapenet_part" else None
+  model = models.PVCNN(task, width=0.125, num_classes=3, rngs=nnx.Rngs(0))
+
+  def loss(m, pts, msk):
+    logits = m(pts, one_hot, point_mask=msk)[:, :48]
+    return jnp.mean(logits ** 2), logits
+
+  # Training mode (batch statistics over the real points only); dropout's masks depend on the padded shape: off.
+  for _, module in nnx.iter_modules(model):
+    if isinstance(module, nnx.Dropout):
+      module.deterministic = True
+  graphdef, state = nnx.split(model)
+  run = jax.jit(lambda st, p, k: nnx.value_and_grad(loss, has_aux=True)(nnx.merge(graphdef, st), p, k))
+  (_, want), grads_want = run(state, jnp.asarray(real), jnp.ones((2, 48), bool))
+  (_, got), grads_got = run(state, jnp.asarray(padded), jnp.asarray(mask))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(grads_got), jax.tree.leaves(grads_want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-4)
+  with pytest.raises(ValueError, match="point_mask must be bool"):
+    model(jnp.asarray(real), one_hot, point_mask=jnp.ones((2, 40), bool))
 
 
 def test_pointnet_is_a_function_of_the_point_set_and_its_alignments_start_as_the_identity(rng):

@@ -91,9 +91,9 @@ def test_weights_round_trip_through_orbax_and_refuse_another_architecture(tmp_pa
     js.nn.save_weights(trained, tmp_path / "w")
 
 
+@pytest.mark.slow  # 25-40 s each on 2 cores; test_torch_layout_weights_round_trip stays in the default suite
 @pytest.mark.parametrize("make", [
-    # 40 s on 2 cores; the U-ResNet case, with its declared order, stays in the default suite
-    pytest.param(lambda r: js.models.MinkUNet(cr=0.25, rngs=r), marks=pytest.mark.slow),
+    lambda r: js.models.MinkUNet(cr=0.25, rngs=r),
     lambda r: js.models.UResNet(in_features=1, num_classes=3, filters=4, depth=3, rngs=r)], ids=["minkunet", "uresnet"])
 def test_torch_layout_keeps_the_build_order_of_a_model_rebuilt_by_nnx(tmp_path, make):
   # Regression: nnx.split / merge (so nnx.jit, and any model rebuilt from a train step's state) sort a module's

@@ -229,8 +229,10 @@ def _tensorboard_scalars(folder: Path) -> dict:
   return out
 
 
-@pytest.mark.parametrize("name", ["uresnet_lartpc_smoke", "minkunet_kitti_smoke",
-                                  # 30-60 s each on 2 cores; their models' steps are tested in test_models.py
+@pytest.mark.parametrize("name", ["uresnet_lartpc_smoke",
+                                  # 30-60 s each on 2 cores; their models' steps are tested in test_models.py, and
+                                  # MinkUNet through the trainer in test_minkunet_is_scored_per_point_on_its_scans
+                                  pytest.param("minkunet_kitti_smoke", marks=pytest.mark.slow),
                                   pytest.param("spvcnn_kitti_smoke", marks=pytest.mark.slow),
                                   pytest.param("pvcnn_shapenet_smoke", marks=pytest.mark.slow),
                                   pytest.param("pointnet_shapenet_smoke", marks=pytest.mark.slow)])

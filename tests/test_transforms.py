@@ -61,6 +61,8 @@ def _pair(rng, capacity=300):
   return xs
 
 
+# The XLA path: 20-27 s on 2 cores, run with -m slow; the native path stays in the default suite.
+@pytest.mark.parametrize("impl", [pytest.param("xla", marks=pytest.mark.slow), "native"], indirect=True)
 def test_vmap_over_stacked_tensors(rng, impl):
   xs = _pair(rng)
   ws = _weights(rng)
@@ -83,6 +85,8 @@ def test_pmap_over_devices(rng, impl):
     np.testing.assert_allclose(out[i], _net(x, *ws).feats, rtol=0, atol=1e-6)
 
 
+# The XLA path: 17-21 s on 2 cores, run with -m slow.
+@pytest.mark.parametrize("impl", [pytest.param("xla", marks=pytest.mark.slow), "native"], indirect=True)
 def test_checkpoint_gives_the_same_gradient(rng, impl):
   x = random_tensor(rng)
   ws = _weights(rng)

@@ -17,7 +17,14 @@ def _optimizer(kind="adam", learning_rate=1e-3, *, warmup_steps=0, decay="cosine
 
 
 def _common(**kw) -> dict:
-  return dict(class_weights=None, focal_gamma=0.0, log_every=25, eval_every=400, checkpoint_every=200, seed=0) | kw
+  return dict(class_weights=None, focal_gamma=0.0, instance_loss=None, log_every=25, eval_every=400,
+              checkpoint_every=200, seed=0) | kw
+
+
+def _instance_loss(weight=1.0, max_instances=32, delta_v=0.5, delta_d=1.5, bandwidth=1.5) -> dict:
+  """The instance head's discriminative loss (training.discriminative_loss) and its clustering radius at inference
+  (training.cluster_embeddings)."""
+  return dict(weight=weight, max_instances=max_instances, delta_v=delta_v, delta_d=delta_d, bandwidth=bandwidth)
 
 
 def uresnet_lartpc() -> dict:
@@ -134,9 +141,67 @@ def pointnet_shapenet_smoke() -> dict:
   return cfg
 
 
+# Feature normalisation of the calorimeter configs (data.calo_features): x, y, z over the detector's half extents
+# around its centre, log(E / energy_unit), time around the middle of the 25 ns bunch crossing.
+HGCAL_NORMALISE = dict(centre=(0.0, 0.0, 403.4, 12.5), scale=(40.0, 40.0, 82.2, 12.5), energy_unit=1.0)
+HCAL_NORMALISE = dict(centre=(0.0, 0.0, 0.0, 12.5), scale=(265.0, 265.0, 500.0, 12.5), energy_unit=1.0)
+
+
+def _calo(name, model, kind, normalise, display, steps, **data) -> dict:
+  return _common(
+      name=name,
+      model=model,
+      data=dict(kind=kind, synthetic=dict(train_events=1_000_000, eval_events=48, test_events=200, train_seed=0,
+                                          eval_seed=1, test_seed=2, options={}),
+                train_path="", eval_path="", test_path="", class_names=[], normalise=normalise, display=display,
+                **data),
+      batch_size=4,
+      steps=steps,
+      optimizer=_optimizer("adam", 2e-3, warmup_steps=50, final_fraction=0.05),
+      instance_loss=_instance_loss(),
+      log_every=25, eval_every=steps // 3, checkpoint_every=steps // 4,
+  )
+
+
+def hgcal_pvcnn() -> dict:
+  """PVCNN (``task="calo"`` at width 0.5, in a fixed detector frame) segmenting the hits of the HGCAL-like
+  calorimeter (``data.synthetic_hgcal_event``) into noise, HAD, EM and MIP, and clustering them into particles
+  (an 8-dimensional instance head, ``instance_loss``). Synthetic splits: training (seed
+  0), validation (seed 1, 48 events, the only split used for choices) and test (seed 2, 200 events, reported).
+  ``--set data.kind=calo_files data.train_path=... data.eval_path=... data.test_path=...
+  'data.class_names=[noise,HAD,EM,MIP]'`` trains on hit tables (``data.CaloEvents``)."""
+  return _calo("hgcal_pvcnn", dict(kind="PVCNN", task="calo", width=0.5, num_classes=4, in_features=5, embed_dim=8),
+               "synthetic_hgcal", HGCAL_NORMALISE, "endcap", 1200)
+
+
+def hgcal_pvcnn_smoke() -> dict:
+  cfg = hgcal_pvcnn()
+  cfg.update(name="hgcal_pvcnn_smoke", batch_size=2, steps=4, log_every=2, eval_every=2, checkpoint_every=2)
+  cfg["model"].update(width=0.125)
+  cfg["data"]["synthetic"].update(train_events=16, eval_events=2, test_events=2, options=dict(half_width=12.0))
+  return cfg
+
+
+def hcal_spvcnn() -> dict:
+  """SPVCNN (cr 0.5) filtering the noise from the particle deposits of the HCAL-like barrel
+  (``data.synthetic_hcal_event``), hits voxelized at 10 cm, with the instance head; splits as in
+  ``hgcal_pvcnn``."""
+  return _calo("hcal_spvcnn", dict(kind="SPVCNN", in_features=5, num_classes=2, cr=0.5, embed_dim=8),
+               "synthetic_hcal", HCAL_NORMALISE, "barrel", 3000, voxel_size=10.0)
+
+
+def hcal_spvcnn_smoke() -> dict:
+  cfg = hcal_spvcnn()
+  cfg.update(name="hcal_spvcnn_smoke", batch_size=2, steps=4, log_every=2, eval_every=2, checkpoint_every=2)
+  cfg["model"].update(cr=0.25)
+  cfg["data"]["synthetic"].update(train_events=16, eval_events=2, test_events=2)
+  return cfg
+
+
 CONFIGS = {f.__name__: f for f in (uresnet_lartpc, uresnet_lartpc_smoke, minkunet_kitti, minkunet_kitti_smoke,
                                    spvcnn_kitti, spvcnn_kitti_smoke, pvcnn_shapenet, pvcnn_shapenet_smoke,
-                                   pointnet_shapenet, pointnet_shapenet_smoke)}
+                                   pointnet_shapenet, pointnet_shapenet_smoke, hgcal_pvcnn, hgcal_pvcnn_smoke,
+                                   hcal_spvcnn, hcal_spvcnn_smoke)}
 
 
 def get_config(name: str, overrides=()) -> dict:
@@ -183,6 +248,13 @@ def validate(cfg: dict) -> None:
   if w not in (None, "inverse_frequency") and not fixed:
     raise ValueError(f"config {cfg['name']!r}: class_weights must be None, 'inverse_frequency' (per batch) or a list "
                      f"of {k} non-negative weights, one per class (e.g. --set 'class_weights=[1,1,2,4,8]'); got {w!r}.")
+  spec = cfg["instance_loss"]
+  if spec is not None:
+    keys = set(_instance_loss())
+    if not isinstance(spec, dict) or set(spec) != keys or not cfg["model"].get("embed_dim"):
+      raise ValueError(f"config {cfg['name']!r}: instance_loss must be None or a dict with {sorted(keys)}, and needs "
+                       f"a model with an instance head (model.embed_dim > 0); got {spec!r} and embed_dim "
+                       f"{cfg['model'].get('embed_dim')!r}.")
   if not cfg["focal_gamma"] >= 0:
     raise ValueError(f"config {cfg['name']!r}: focal_gamma must be >= 0 (0: cross-entropy), got "
                      f"{cfg['focal_gamma']!r}.")

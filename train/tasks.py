@@ -1,10 +1,10 @@
 """What a config's ``model`` and ``data`` sections build: the model, the datasets, how events become batches, and
 how a batch becomes per-row logits and event ids for the loss.
 
-Model kinds: UResNet, MinkUNet (voxel events), SPVCNN (point clouds), PVCNN and PointNet (fixed-size
-part-segmentation clouds).
+Model kinds: UResNet, MinkUNet (voxel events), SPVCNN (point clouds, calorimeter hits), PVCNN (fixed-size
+part-segmentation clouds, or padded calorimeter hits with ``task="calo"``) and PointNet.
 Data kinds: synthetic_lartpc, larcv3 (PILArNet files), semantickitti, synthetic_lidar, shapenet_part,
-synthetic_shapes.
+synthetic_shapes, synthetic_hgcal, synthetic_hcal, calo_files (hit tables: ``data.CaloEvents``).
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from jsparse3d.nn import _layers
 _DATA_FOR = {
     "UResNet": ("synthetic_lartpc", "larcv3"),
     "MinkUNet": ("semantickitti", "synthetic_lidar"),
-    "SPVCNN": ("semantickitti", "synthetic_lidar"),
-    "PVCNN": ("shapenet_part", "synthetic_shapes"),
+    "SPVCNN": ("semantickitti", "synthetic_lidar", "synthetic_hcal", "synthetic_hgcal", "calo_files"),
+    "PVCNN": ("shapenet_part", "synthetic_shapes", "synthetic_hgcal", "synthetic_hcal", "calo_files"),
     "PointNet": ("shapenet_part", "synthetic_shapes"),
 }
+CALO_KINDS = ("synthetic_hgcal", "synthetic_hcal", "calo_files")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,9 @@ class Task:
   eval_collate_fn: Callable | None = None
   eval_collate_kwargs: dict | None = None
   eval_forward: Callable | None = None
+  # Writes the data kind's own report of a split after training: ``report(predict, dataset, workdir, split)``
+  # with ``predict(x) -> (logits [rows, K], events [rows])`` of the trained model in eval mode.
+  report: Callable | None = None
 
   def batching(self, training: bool) -> tuple[Callable, dict]:
     """The collate function and its arguments of the training or evaluation loader."""
@@ -108,6 +112,22 @@ def _shapes_forward(model, x):
   return logits.reshape(b * n, k), jnp.repeat(jnp.arange(b, dtype=jnp.int32), n)
 
 
+def _sets_forward(model, x):
+  """Padded point sets (``collate_point_sets``) through PVCNN: per-point logits (and embeddings, with an instance
+  head) and event ids (-1 on padding)."""
+  points, mask = x
+  out = model(points, point_mask=mask)
+  b, n = mask.shape
+  events = jnp.where(mask, jnp.arange(b, dtype=jnp.int32)[:, None], -1).reshape(-1)
+  flat = lambda v: v.reshape(b * n, v.shape[-1])
+  return (tuple(map(flat, out)) if isinstance(out, tuple) else flat(out)), events
+
+
+def _calo_inputs(event, rng, *, normalise):
+  del rng
+  return data.calo_features(event, **normalise)
+
+
 def _voxels(scan, rng, *, voxel_size):
   del rng
   return _kitti.scan_to_voxels(scan, voxel_size)
@@ -155,6 +175,17 @@ def build_task(cfg) -> Task:
     root = _existing(cfg, "root")
     sets = (data.ShapeNetPart(root, "train", num_points=d["num_points"]),
             data.ShapeNetPart(root, "val", num_points=d["num_points"]))
+  elif kind in ("synthetic_hgcal", "synthetic_hcal"):
+    make = data.SyntheticHGCAL if kind == "synthetic_hgcal" else data.SyntheticHCAL
+    options = dict(syn.get("options", {}))
+    sets = (make(syn["train_events"], seed=syn["train_seed"], **options),
+            make(syn["eval_events"], seed=syn["eval_seed"], **options))
+    if syn.get("test_events"):
+      test_set = make(syn["test_events"], seed=syn["test_seed"], **options)
+  elif kind == "calo_files":
+    sets = (data.CaloEvents(_existing(cfg, "train_path")), data.CaloEvents(_existing(cfg, "eval_path")))
+    if d.get("test_path"):
+      test_set = data.CaloEvents(_existing(cfg, "test_path"))
   else:  # synthetic_shapes
     sets = (data.SyntheticShapeParts(syn["train_events"], seed=syn["train_seed"], num_points=d["num_points"]),
             data.SyntheticShapeParts(syn["eval_events"], seed=syn["eval_seed"], num_points=d["num_points"]))
@@ -169,6 +200,11 @@ def build_task(cfg) -> Task:
     return Task(*sets, names, data.collate,
                 dict(features=("energy",), level_strides=strides, level_fractions=fractions),
                 training.sparse_logits, test_set=test_set)
+  if kind in CALO_KINDS:
+    return _calo_task(cfg, sets, test_set)
+  if model == "PVCNN" and cfg["model"].get("task") == "calo":
+    raise ValueError(f"config {cfg['name']!r}: PVCNN(task='calo') trains on calorimeter hits (data kinds "
+                     f"{list(CALO_KINDS)}), not {kind!r}.")
   augment = data.augment_lidar if d.get("augment") else None
   if model == "MinkUNet":
     transform = functools.partial(_voxels, voxel_size=d["voxel_size"])
@@ -182,6 +218,29 @@ def build_task(cfg) -> Task:
                 ignore_index=data.ignore_index("spvnas"), augment=augment)
   names = tuple(f"{_shapes.CATEGORIES[c]}/{j}" for c, n in enumerate(_shapes.PARTS_PER_CATEGORY) for j in range(n))
   return Task(*sets, names, data.collate_shapes, {}, _shapes_forward)
+
+
+def _calo_task(cfg, sets, test_set) -> Task:
+  """Calorimeter hits: features normalised by ``data.normalise`` (see ``data.calo_features``); PVCNN takes padded
+  hit sets, SPVCNN hits voxelized at ``data.voxel_size`` (cm)."""
+  from train import calo_report
+  d, model = cfg["data"], cfg["model"]["kind"]
+  names = tuple(d.get("class_names") or getattr(sets[0], "class_names", ()))
+  if not names:
+    raise ValueError(f"config {cfg['name']!r}: calorimeter files need data.class_names (one name per semantic id, "
+                     "noise first), e.g. --set 'data.class_names=[noise,signal]'.")
+  transform = functools.partial(_calo_inputs, normalise=d["normalise"])
+  targets = dict(instances="instances") if cfg.get("instance_loss") else {}
+  report = functools.partial(calo_report.write, class_names=names, display=d.get("display", "endcap"),
+                             clustering=cfg.get("instance_loss"))
+  if model == "PVCNN":
+    if cfg["model"].get("task") != "calo":
+      raise ValueError(f"config {cfg['name']!r}: PVCNN on calorimeter hits needs model.task='calo' (hits in a "
+                       f"fixed detector frame, padded with a mask), got {cfg['model'].get('task')!r}.")
+    return Task(*sets, names, data.collate_point_sets, dict(features=("feats",), **targets), _sets_forward,
+                transform, test_set=test_set, report=report)
+  return Task(*sets, names, data.collate_points, dict(voxel_size=d["voxel_size"], features=("feats",), **targets),
+              _points_forward, transform, test_set=test_set, report=report)
 
 
 def check_classes(cfg, task: Task) -> None:

@@ -181,6 +181,14 @@ def _from_saved(saved, like):
   return jax.tree.map(leaf, saved, like)
 
 
+def check_targets(y, cfg, task, what: str) -> None:
+  """Class labels (and instance ids, with an instance loss) of a host batch, checked before the step."""
+  labels = y["labels"] if isinstance(y, dict) else y
+  training.check_labels(labels, cfg["model"]["num_classes"], task.ignore_index, what=what)
+  if isinstance(y, dict):
+    training.check_instances(y["instances"], cfg["instance_loss"]["max_instances"], what=f"instance ids of {what}")
+
+
 def evaluate(eval_step, state, dataset, task, layout, cfg):
   """Loss and confusion over every event of ``dataset``: the last batch may hold fewer events (none dropped)."""
   cm = training.ConfusionMatrix(cfg["model"]["num_classes"])
@@ -191,7 +199,7 @@ def evaluate(eval_step, state, dataset, task, layout, cfg):
     raise ValueError(f"config {cfg['name']!r}: the eval split {dataset!r} holds no events.")
   loader = layout.loader(dataset, task, shuffle=False, num_steps=steps, prefetch=0, drop_remainder=False)
   for step, (x, y) in enumerate(loader):
-    training.check_labels(y, cfg["model"]["num_classes"], task.ignore_index, what="evaluation labels")
+    check_targets(y, cfg, task, "evaluation labels")
     loss, counts = eval_step(state, x, y)
     losses.append(float(layout.first(loss)))  # the mean over this batch's events
     weights.append(min(global_batch, len(dataset) - step * global_batch))
@@ -305,7 +313,7 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
   kw = dict(num_classes=cfg["model"]["num_classes"], num_events=layout.per_device, forward=task.forward,
             ignore_index=task.ignore_index, axis_name=AXIS if layout.pmap else None)
   train_step = training.make_train_step(graphdef, class_weights=cfg["class_weights"],
-                                        focal_gamma=cfg["focal_gamma"], **kw)
+                                        focal_gamma=cfg["focal_gamma"], instance_loss=cfg["instance_loss"], **kw)
   eval_step = training.make_eval_step(eval_graphdef, **(kw | dict(forward=task.eval_forward or task.forward)))
   state = layout.replicate(state)
   writer = _Writer(workdir, task.class_names, active=layout.process == 0)
@@ -336,7 +344,20 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
       save_confusion_png(workdir / "confusion.png", cm, task.class_names)
     return rec
 
-  if start >= cfg["steps"]:  # a finished run: report it rather than silently doing nothing
+  def write_report():
+    """The data kind's own report (calorimeters: calo_report.write) of the test split, else the eval split."""
+    if task.report is None or layout.process != 0:
+      return
+    split, dataset = ("test", task.test_set) if task.test_set is not None else ("eval", task.eval_set)
+    say(f"writing the {split} split's report (every hit scored; figures and JSON in {workdir})...")
+    forward = task.eval_forward or task.forward
+    predict = jax.jit(lambda st, x: forward(nnx.merge(eval_graphdef, st)[0], x))
+    host = layout.first(state)
+    task.report(task, lambda x: predict(host, x), dataset, workdir, split, batch_size=cfg["batch_size"])
+
+  bar = None
+  if start >= cfg["steps"]:  # a finished run: report it (and write its report again) rather than do nothing
+    write_report()
     writer.close()
     ckpt.close()
     _meet("finish")
@@ -344,7 +365,6 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
                 **_final_records(workdir, start))
   loader = layout.loader(task.train_set, task, training=True, seed=cfg["seed"], start_step=start,
                          num_steps=cfg["steps"] - start, prefetch=2)
-  bar = None
   lines = progress and layout.process == 0 and not sys.stdout.isatty()  # files, pipes, batch systems
   if progress and layout.process == 0 and not lines:
     from tqdm import tqdm
@@ -359,7 +379,7 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
   last = None
   with _Stop() as stop:
     for x, y in loader:
-      training.check_labels(y, cfg["model"]["num_classes"], task.ignore_index, what=f"the labels of step {step}")
+      check_targets(y, cfg, task, f"the labels of step {step}")
       shape = (jax.tree.structure(x), tuple(np.shape(v) for v in jax.tree.leaves((x, y))))
       if shape not in compiled:
         say(f"step {step + 1}: compiling the train step for a new batch shape ({len(compiled) + 1} so far; each "
@@ -404,6 +424,8 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
   test = None
   if task.test_set is not None and step == cfg["steps"]:
     test = evaluate_and_report("test", task.test_set, f"test ({len(task.test_set)} events, never used for choices)")
+  if step == cfg["steps"]:
+    write_report()
   writer.close()
   ckpt.close()
   # Process 0 finishes later (it draws and writes the reports); jax's shutdown barrier gives up on a process that

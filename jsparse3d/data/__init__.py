@@ -1,5 +1,5 @@
-"""Data for sparse 3D networks: synthetic LArTPC, calorimeter, LiDAR and part-shape data, larcv3, SemanticKITTI
-and ShapeNet-part readers, and capacity-bucketed batching.
+"""Data for sparse 3D networks: synthetic LArTPC, calorimeter (HGCAL- and HCAL-like), LiDAR and part-shape data;
+larcv3, calorimeter-table, SemanticKITTI and ShapeNet-part readers, and capacity-bucketed batching.
 
 Every reader and generator returns plain numpy dicts: voxel events (``coords`` int32[N, 3] plus per-voxel arrays)
 or point clouds (``points`` float32[P, C] plus per-point arrays). :func:`collate`, :func:`collate_points`,
@@ -11,9 +11,18 @@ from jsparse3d.data._batching import DEFAULT_BUCKETS
 from jsparse3d.data._batching import Loader
 from jsparse3d.data._batching import bucket_capacity
 from jsparse3d.data._batching import collate
+from jsparse3d.data._batching import collate_point_sets
 from jsparse3d.data._batching import collate_points
 from jsparse3d.data._batching import collate_voxel_points
-from jsparse3d.data._calo import synthetic_calo_event
+from jsparse3d.data._calo import HCAL_CLASS_NAMES
+from jsparse3d.data._calo import HGCAL_CLASS_NAMES
+from jsparse3d.data._calo import SyntheticHCAL
+from jsparse3d.data._calo import SyntheticHGCAL
+from jsparse3d.data._calo import calo_features
+from jsparse3d.data._calo import synthetic_hcal_event
+from jsparse3d.data._calo import synthetic_hgcal_event
+from jsparse3d.data._calo_files import CaloEvents
+from jsparse3d.data._calo_files import write_calo_events
 from jsparse3d.data._kitti import SemanticKittiDataset
 from jsparse3d.data._kitti import ignore_index
 from jsparse3d.data._kitti import learning_map
@@ -36,10 +45,11 @@ from jsparse3d.data._shapes import collate_shapes
 from jsparse3d.data._shapes import synthetic_part_shape
 
 __all__ = [
-    "DEFAULT_BUCKETS", "Larcv3Dataset", "Loader", "SHAPENET_CATEGORIES", "SHAPENET_PARTS_PER_CATEGORY",
-    "SemanticKittiDataset", "ShapeNetPart", "SyntheticLArTPC",
-    "SyntheticLidar", "SyntheticShapeParts", "augment_lidar", "bucket_capacity", "class_names", "collate",
-    "collate_points", "collate_voxel_points", "collate_shapes", "ignore_index", "learning_map",
-    "read_semantickitti", "scan_to_voxels", "synthetic_calo_event", "synthetic_lartpc_event",
-    "synthetic_lidar_scan", "synthetic_part_shape", "uresnet5_to_larcv5", "voxelize", "write_larcv3",
+    "CaloEvents", "DEFAULT_BUCKETS", "HCAL_CLASS_NAMES", "HGCAL_CLASS_NAMES", "Larcv3Dataset", "Loader",
+    "SHAPENET_CATEGORIES", "SHAPENET_PARTS_PER_CATEGORY", "SemanticKittiDataset", "ShapeNetPart", "SyntheticHCAL",
+    "SyntheticHGCAL", "SyntheticLArTPC", "SyntheticLidar", "SyntheticShapeParts", "augment_lidar", "bucket_capacity",
+    "calo_features", "class_names", "collate", "collate_point_sets", "collate_points", "collate_voxel_points",
+    "collate_shapes", "ignore_index", "learning_map", "read_semantickitti", "scan_to_voxels", "synthetic_hcal_event",
+    "synthetic_hgcal_event", "synthetic_lartpc_event", "synthetic_lidar_scan", "synthetic_part_shape",
+    "uresnet5_to_larcv5", "voxelize", "write_calo_events", "write_larcv3",
 ]

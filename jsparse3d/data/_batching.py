@@ -154,7 +154,7 @@ def collate_voxel_points(events: Sequence[dict], *, features: Sequence[str] = ("
 
 def collate_points(events: Sequence[dict], *, voxel_size: float, features: Sequence[str] = ("points",),
                    labels: str | None = "labels", buckets: Sequence[int] = DEFAULT_BUCKETS,
-                   capacity: int | None = None):
+                   capacity: int | None = None, instances: str | None = None):
   """Point clouds -> ``((xyz, batch, feats), labels)`` for point-voxel models such as SPVCNN.
 
   Args:
@@ -164,6 +164,7 @@ def collate_points(events: Sequence[dict], *, voxel_size: float, features: Seque
     labels: key of the per-point class ids (kept as they are: ignored ids are handled by the losses' and metrics'
       ``ignore_index``), or None.
     buckets, capacity: point capacity, as in :func:`collate`.
+    instances: key of per-point instance ids (-1: none); the targets are then ``{"labels", "instances"}``.
   Returns:
     ``xyz`` float32[C, 3], ``batch`` int32[C] (-1 on padding), ``feats`` float32[C, F] and ``labels``
     int32[C] (-1 on padding), or None.
@@ -197,7 +198,54 @@ def collate_points(events: Sequence[dict], *, voxel_size: float, features: Seque
          np.concatenate(feats + [np.zeros((pad, num_features), np.float32)]))
   if labels is None:
     return out, None
-  return out, np.concatenate(labs + [np.full(pad, -1, np.int32)])
+  targets = np.concatenate(labs + [np.full(pad, -1, np.int32)])
+  if instances is None:
+    return out, targets
+  ids = [_per_point(ev, instances, len(x), b) for b, (ev, x) in enumerate(zip(events, xyz))]
+  return out, {"labels": targets, "instances": np.concatenate(ids + [np.full(pad, -1, np.int32)])}
+
+
+def _per_point(event, key, n, b):
+  v = np.asarray(event[key]).astype(np.int32)
+  if v.shape != (n,):
+    raise ValueError(f"event {b}: {key!r} must have one value per point ({n}), got {v.shape}.")
+  return v
+
+
+def collate_point_sets(events: Sequence[dict], *, features: Sequence[str] = ("points",), labels: str | None = "labels",
+                       buckets: Sequence[int] = DEFAULT_BUCKETS, capacity: int | None = None,
+                       instances: str | None = None):
+  """Point sets of different sizes -> ``((points float32[B, N, F], mask bool[B, N]), labels int32[B, N])`` for
+  dense point models (PVCNN with ``point_mask``): each set padded to ``N`` points, the bucket of the largest.
+
+  Args:
+    events: dicts with the ``features`` keys (per-point arrays, concatenated as columns) and ``labels``.
+    buckets, capacity: ``N`` is ``capacity`` if given (it must hold the largest set; the :class:`Loader` passes
+      its per-device row total, which does), else the bucket of the largest set.
+    instances: key of per-point instance ids (-1: none); the targets are then ``{"labels", "instances"}``.
+  Returns:
+    padded points (zero rows), the mask (True on real points) and the labels (-1 on padding), or None.
+  """
+  rows = [_features(ev, features) for ev in events]
+  largest = max((len(r) for r in rows), default=0)
+  if capacity is None:
+    capacity = bucket_capacity(max(largest, 1), buckets)
+  elif capacity < largest:
+    raise ValueError(f"capacity {capacity} cannot hold a set of {largest} points; no point is ever dropped.")
+  num_features = rows[0].shape[1] if rows else 0
+  points = np.zeros((len(events), capacity, num_features), np.float32)
+  mask = np.zeros((len(events), capacity), bool)
+  labs = np.full((len(events), capacity), -1, np.int32)
+  ids = np.full((len(events), capacity), -1, np.int32)
+  for b, (ev, r) in enumerate(zip(events, rows)):
+    points[b, :len(r)], mask[b, :len(r)] = r, True
+    if labels is not None:
+      labs[b, :len(r)] = _per_point(ev, labels, len(r), b)
+    if instances is not None:
+      ids[b, :len(r)] = _per_point(ev, instances, len(r), b)
+  if labels is None:
+    return (points, mask), None
+  return (points, mask), (labs if instances is None else {"labels": labs, "instances": ids})
 
 
 def _rows(event: dict) -> int:

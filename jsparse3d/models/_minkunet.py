@@ -133,11 +133,13 @@ class SPVCNN(nnx.Module):
   8,793,617 / 5,449,267 at cr 1.0 / 0.64 / 0.5.
 
   ``__call__(xyz, batch, feats)``: ``xyz`` float [P, 3] in voxel units, ``batch`` int32 [P] (-1 for padded points),
-  ``feats`` [P, in_features] -> logits [P, num_classes] (zero on padded points).
+  ``feats`` [P, in_features] -> logits [P, num_classes] (zero on padded points). With ``embed_dim > 0`` a second
+  Linear on the same point features gives per-point embeddings for clustering (the instance head of the
+  calo-cluster study), and the call returns ``(logits, embeddings [P, embed_dim])``.
   """
 
   def __init__(self, in_features: int = 4, num_classes: int = 19, cr: float = 1.0, *, dropout: float = 0.3,
-               dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               embed_dim: int = 0, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     cs = channels(cr)
     self.backbone = _Backbone(in_features, cr, **kw)
@@ -145,6 +147,7 @@ class SPVCNN(nnx.Module):
                             PointBranch(cs[6], cs[8], **kw)])
     self.dropout = nn.Dropout(dropout, rngs=rngs)
     self.classifier = nn.Linear(cs[8], num_classes, **kw)
+    self.embedding = nn.Linear(cs[8], embed_dim, **kw) if embed_dim else None
 
   def __call__(self, xyz, batch, feats):
     b = self.backbone
@@ -165,4 +168,5 @@ class SPVCNN(nnx.Module):
     y = b.up(2, y, x1)
     y = b.up(3, y, x0)
     z3 = ops.voxel_to_point(y, xyz, batch) + self.points[2](z2, mask)
-    return self.classifier(z3, mask=mask)
+    logits = self.classifier(z3, mask=mask)
+    return logits if self.embedding is None else (logits, self.embedding(z3, mask=mask))

@@ -60,7 +60,7 @@ class PointNet(nnx.Module):
   [B, num_shapes]. Returns logits [B, N, num_classes].
 
   Example:
-    >>> net = PointNet(in_features=6, rngs=nnx.Rngs(0))
+    >>> net = PointNet(in_features=6, width=0.125, rngs=nnx.Rngs(0))
     >>> points = jax.random.normal(jax.random.key(0), (2, 256, 6))
     >>> net(points, jax.nn.one_hot(jnp.array([0, 3]), 16)).shape
     (2, 256, 50)

@@ -139,17 +139,20 @@ def voxel_to_point(x: SparseTensor, xyz, batch, *, implementation: str | None = 
 # -- dense (PVCNN) ------------------------------------------------------------------------------------------
 
 
-def avg_voxelize_dense(feats, vox, resolution: int):
+def avg_voxelize_dense(feats, vox, resolution: int, *, mask=None):
   """Average point features into dense grids.
 
   Args:
     feats: [B, N, C]. vox: int32 [B, N, 3] voxel indices in ``[0, resolution)``. resolution: static grid edge.
+    mask: optional bool [B, N], False on padded points (they enter no voxel).
   Returns:
     [B, r, r, r, C]: the mean of the points in each voxel (zero where there is none).
   """
   b, n, c = feats.shape
   r = int(resolution)
   flat = (vox[..., 0] * r + vox[..., 1]) * r + vox[..., 2] + (jnp.arange(b, dtype=jnp.int32) * r ** 3)[:, None]
+  if mask is not None:
+    flat = jnp.where(mask, flat, -1)
   grid = _scatter_mean(feats.reshape(b * n, c), flat.reshape(-1), b * r ** 3)
   return grid.reshape(b, r, r, r, c)
 
@@ -176,19 +179,28 @@ def trilinear_devoxelize_dense(grid, coords):
   return out
 
 
-def normalize_dense_coords(xyz, resolution: int, *, normalize: bool = True, eps: float = 0.0):
+def normalize_dense_coords(xyz, resolution: int, *, normalize: bool = True, eps: float = 0.0, centre: bool = True,
+                           mask=None):
   """PVCNN's voxelization coordinates: centre each point set, scale into the unit cube, times ``resolution``.
 
   Args:
     xyz: float [B, N, 3]. normalize: scale by twice the largest distance from the centre (else assume coordinates
-      in [-1, 1]). eps: added to that scale.
+      in [-1, 1]). eps: added to that scale. centre: subtract each set's mean first (False: a fixed frame, as for
+      a detector whose coordinates were scaled into [-1, 1]). mask: optional bool [B, N], False on padded points
+      (left out of the mean and the scale).
   Returns:
     ``(float [B, N, 3] in [0, r - 1], int32 [B, N, 3] rounded voxel indices)``.
   """
   c = jax.lax.stop_gradient(xyz)
-  c = c - c.mean(axis=1, keepdims=True)
+  valid = jnp.ones(c.shape[:2], bool) if mask is None else mask
+  if centre:
+    if mask is None:
+      c = c - c.mean(axis=1, keepdims=True)
+    else:
+      count = jnp.maximum(valid.sum(axis=1), 1)[:, None, None].astype(c.dtype)
+      c = c - jnp.where(valid[..., None], c, 0).sum(axis=1, keepdims=True) / count
   if normalize:
-    radius = jnp.linalg.norm(c, axis=2, keepdims=True).max(axis=1, keepdims=True)
+    radius = jnp.where(valid, jnp.linalg.norm(c, axis=2), 0).max(axis=1)[:, None, None]
     c = c / (radius * 2.0 + eps) + 0.5
   else:
     c = (c + 1.0) / 2.0

@@ -1,5 +1,14 @@
 """Training pieces (no CLI, no file I/O): losses, metrics and jitted / pmapped step builders."""
 
+from jsparse3d.training._calo_metrics import panoptic_counts as panoptic_counts
+from jsparse3d.training._calo_metrics import panoptic_quality as panoptic_quality
+from jsparse3d.training._calo_metrics import roc_auc as roc_auc
+from jsparse3d.training._calo_metrics import roc_curve as roc_curve
+from jsparse3d.training._calo_metrics import row_normalised as row_normalised
+from jsparse3d.training._calo_metrics import weighted_confusion as weighted_confusion
+from jsparse3d.training._instances import check_instances as check_instances
+from jsparse3d.training._instances import cluster_embeddings as cluster_embeddings
+from jsparse3d.training._instances import discriminative_loss as discriminative_loss
 from jsparse3d.training._losses import check_labels as check_labels
 from jsparse3d.training._losses import class_weights_inverse_frequency as class_weights_inverse_frequency
 from jsparse3d.training._losses import segmentation_loss as segmentation_loss

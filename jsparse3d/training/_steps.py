@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jsparse3d.training._instances import discriminative_loss
 from jsparse3d.training._losses import segmentation_loss_terms
 from jsparse3d.training._metrics import confusion_matrix
 
@@ -57,27 +58,57 @@ def _loss(logits, labels, events, num_events, class_weights, ignore_index, axis_
   return total / jnp.maximum(present, 1.0)
 
 
+def _split_targets(y):
+  """``(labels [N], instances [N] or None)`` from a batch's targets: labels, or a dict with both."""
+  if isinstance(y, dict):
+    return y["labels"].reshape(-1), y["instances"].reshape(-1)
+  return y.reshape(-1), None
+
+
+def _split_outputs(out):
+  """``(logits, embeddings or None)`` from a forward's first output: logits, or (logits, embeddings)."""
+  return out if isinstance(out, tuple) else (out, None)
+
+
+def _instance_loss(embeddings, instances, events, num_events, spec, axis_name):
+  """The discriminative loss's share of this device, weighted by ``spec["weight"]``."""
+  if embeddings is None or instances is None:
+    raise ValueError("instance_loss needs a model that returns (logits, embeddings) (embed_dim > 0) and targets "
+                     "{'labels': ..., 'instances': ...} (the collate functions' instances= option).")
+  total, present = discriminative_loss(embeddings.reshape(instances.shape[0], -1), instances, events, num_events,
+                                       spec["max_instances"], delta_v=spec["delta_v"], delta_d=spec["delta_d"])
+  if axis_name is not None:
+    present = jax.lax.psum(present, axis_name)
+  return spec["weight"] * total / jnp.maximum(present, 1.0)
+
+
 def make_train_step(graphdef, *, num_classes: int, num_events: int, class_weights=None,
                     ignore_index: int | None = None, forward: Callable = sparse_logits,
-                    axis_name: str | None = None, focal_gamma: float = 0.0):
-  """``step(state, x, labels) -> (state, loss, confusion int32[K, K])``; ``labels`` are flattened to the rows of
-  the logits (so ``[B, N]`` labels of fixed-size clouds work as well as ``[N]``).
+                    axis_name: str | None = None, focal_gamma: float = 0.0, instance_loss: dict | None = None):
+  """``step(state, x, y) -> (state, loss, confusion int32[K, K])``; the labels are flattened to the rows of the
+  logits (so ``[B, N]`` labels of fixed-size clouds work as well as ``[N]``).
 
   Args:
     graphdef: from ``nnx.split((model, optimizer))`` with the model in training mode.
     num_classes, num_events: static (events per device batch). class_weights, ignore_index, focal_gamma: as in
       :func:`segmentation_loss` (the confusion counts then have the ignored row of :func:`confusion_matrix`).
-    forward: ``forward(model, x) -> (logits [N, K], events int [N])``, the event index of each row.
+    forward: ``forward(model, x) -> (logits [N, K], events int [N])``, the event index of each row; or
+      ``((logits, embeddings [N, D]), events)`` for a model with an instance head.
     axis_name: None for ``jax.jit``; a name for ``jax.pmap`` (the step is then pmapped over it).
+    instance_loss: None, or a dict ``weight, max_instances, delta_v, delta_d`` adding ``weight`` times the
+      :func:`discriminative_loss` of the embeddings; ``y`` is then ``{"labels": ..., "instances": ...}``.
   """
 
-  def step(state, x, labels):
-    labels = labels.reshape(-1)
+  def step(state, x, y):
+    labels, instances = _split_targets(y)
     model, optimizer = nnx.merge(graphdef, state if axis_name is None else per_device_keys(state, axis_name))
 
     def loss_fn(model):
-      logits, events = forward(model, x)
+      out, events = forward(model, x)
+      logits, embeddings = _split_outputs(out)
       loss = _loss(logits, labels, events, num_events, class_weights, ignore_index, axis_name, focal_gamma)
+      if instance_loss is not None:
+        loss = loss + _instance_loss(embeddings, instances, events, num_events, instance_loss, axis_name)
       return loss, logits
 
     (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -105,10 +136,11 @@ def make_eval_step(graphdef, *, num_classes: int, num_events: int, ignore_index:
   ``graphdef`` must come from ``nnx.split((model, optimizer))`` taken after ``model.eval()``.
   """
 
-  def step(state, x, labels):
-    labels = labels.reshape(-1)
+  def step(state, x, y):
+    labels, _ = _split_targets(y)
     model, _ = nnx.merge(graphdef, state)
-    logits, events = forward(model, x)
+    out, events = forward(model, x)
+    logits, _ = _split_outputs(out)
     loss = _loss(logits, labels, events, num_events, None, ignore_index, axis_name)
     cm = confusion_matrix(logits, labels, num_classes, ignore_index=ignore_index)
     if axis_name is not None:
