@@ -52,6 +52,54 @@ def uresnet_lartpc() -> dict:
   )
 
 
+def uresnet_pilarnet() -> dict:
+  """The U-ResNet on PILArNet-M (768^3 voxels of 3 mm) with the motif labels, as the PoLAr-MAE and Panda papers
+  prepare the data (points above 0.13 MeV, events of at least 1024 points, log-scaled energy as the feature). Point
+  it at the files:
+  ``--set data.train_path=.../train data.eval_path=.../val data.test_path=.../test`` (a folder of ``.h5`` files or
+  one file). ``--set model.filters=32`` gives SPINE's canonical width. Without paths it trains on synthetic events
+  written in the same layout (``data.synthetic``; at 768^3 only the smoke variant's sizes are practical here)."""
+  return _common(
+      name="uresnet_pilarnet",
+      model=dict(kind="UResNet", in_features=1, num_classes=5, filters=16, depth=5, reps=2),
+      data=dict(kind="pilarnet", size=768, train_path="", eval_path="", test_path="", features=["log_energy"],
+                pilarnet=dict(labels="motif", energy_threshold=0.13, min_points=1024, remove_low_energy_scatters=False),
+                synthetic=dict(train_events=0, eval_events=0, test_events=0, train_seed=0, eval_seed=1, test_seed=2),
+                level_fractions=None),
+      batch_size=4,
+      steps=20_000,
+      optimizer=_optimizer("adam", 1e-3, warmup_steps=200, final_fraction=0.05),
+      log_every=50, eval_every=2000, checkpoint_every=1000,
+  )
+
+
+def uresnet_pilarnet_pid() -> dict:
+  """As ``uresnet_pilarnet``, segmenting by particle id (PILArNet-M v2: photon, electron, muon, pion, proton,
+  none)."""
+  cfg = uresnet_pilarnet()
+  cfg.update(name="uresnet_pilarnet_pid")
+  cfg["model"].update(num_classes=6)
+  cfg["data"]["pilarnet"].update(labels="pid")
+  return cfg
+
+
+def _pilarnet_smoke(cfg) -> dict:
+  cfg.update(name=cfg["name"] + "_smoke", batch_size=2, steps=4, log_every=2, eval_every=2, checkpoint_every=2)
+  cfg["model"].update(filters=4, depth=3, reps=1)
+  cfg["data"].update(size=64)
+  cfg["data"]["pilarnet"].update(min_points=0)
+  cfg["data"]["synthetic"].update(train_events=16, eval_events=4, test_events=4)
+  return cfg
+
+
+def uresnet_pilarnet_smoke() -> dict:
+  return _pilarnet_smoke(uresnet_pilarnet())
+
+
+def uresnet_pilarnet_pid_smoke() -> dict:
+  return _pilarnet_smoke(uresnet_pilarnet_pid())
+
+
 def uresnet_lartpc_smoke() -> dict:
   cfg = uresnet_lartpc()
   cfg.update(name="uresnet_lartpc_smoke", batch_size=2, steps=6, log_every=2, eval_every=3, checkpoint_every=3)
@@ -198,7 +246,9 @@ def hcal_spvcnn_smoke() -> dict:
   return cfg
 
 
-CONFIGS = {f.__name__: f for f in (uresnet_lartpc, uresnet_lartpc_smoke, minkunet_kitti, minkunet_kitti_smoke,
+CONFIGS = {f.__name__: f for f in (uresnet_lartpc, uresnet_lartpc_smoke, uresnet_pilarnet, uresnet_pilarnet_smoke,
+                                   uresnet_pilarnet_pid, uresnet_pilarnet_pid_smoke, minkunet_kitti,
+                                   minkunet_kitti_smoke,
                                    spvcnn_kitti, spvcnn_kitti_smoke, pvcnn_shapenet, pvcnn_shapenet_smoke,
                                    pointnet_shapenet, pointnet_shapenet_smoke, hgcal_pvcnn, hgcal_pvcnn_smoke,
                                    hcal_spvcnn, hcal_spvcnn_smoke)}

@@ -3,14 +3,15 @@ how a batch becomes per-row logits and event ids for the loss.
 
 Model kinds: UResNet, MinkUNet (voxel events), SPVCNN (point clouds, calorimeter hits), PVCNN (fixed-size
 part-segmentation clouds, or padded calorimeter hits with ``task="calo"``) and PointNet.
-Data kinds: synthetic_lartpc, larcv3 (PILArNet files), semantickitti, synthetic_lidar, shapenet_part,
-synthetic_shapes, synthetic_hgcal, synthetic_hcal, calo_files (hit tables: ``data.CaloEvents``).
+Data kinds: synthetic_lartpc, larcv3 (PILArNet files), pilarnet (PILArNet-M files), semantickitti, synthetic_lidar,
+shapenet_part, synthetic_shapes, synthetic_hgcal, synthetic_hcal, calo_files (hit tables: ``data.CaloEvents``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +28,7 @@ from jsparse3d.nn import _layers
 
 # model kind -> the data kinds it can train on
 _DATA_FOR = {
-    "UResNet": ("synthetic_lartpc", "larcv3"),
+    "UResNet": ("synthetic_lartpc", "larcv3", "pilarnet"),
     "MinkUNet": ("semantickitti", "synthetic_lidar"),
     "SPVCNN": ("semantickitti", "synthetic_lidar", "synthetic_hcal", "synthetic_hgcal", "calo_files"),
     "PVCNN": ("shapenet_part", "synthetic_shapes", "synthetic_hgcal", "synthetic_hcal", "calo_files"),
@@ -159,6 +160,16 @@ def build_task(cfg) -> Task:
             data.SyntheticLArTPC(syn["eval_events"], seed=syn["eval_seed"], **kw))
     if syn.get("test_events"):
       test_set = data.SyntheticLArTPC(syn["test_events"], seed=syn["test_seed"], **kw)
+  elif kind == "pilarnet":
+    options = dict(d["pilarnet"])
+    paths = {key: _existing(cfg, key) if d.get(key) else synthetic_pilarnet_file(cfg, split)
+             for key, split in (("train_path", "train"), ("eval_path", "eval"), ("test_path", "test"))}
+    for key in ("train_path", "eval_path"):
+      if paths[key] is None:
+        _existing(cfg, key)  # raises, saying which path to set
+    sets = (data.PILArNetM(paths["train_path"], **options), data.PILArNetM(paths["eval_path"], **options))
+    if paths["test_path"] is not None:
+      test_set = data.PILArNetM(paths["test_path"], **options)
   elif kind == "larcv3":
     kw = dict(sparse3d=d["sparse3d"], labels=d["labels"])
     sets = (data.Larcv3Dataset(_existing(cfg, "train_path"), **kw),
@@ -191,14 +202,15 @@ def build_task(cfg) -> Task:
             data.SyntheticShapeParts(syn["eval_events"], seed=syn["eval_seed"], num_points=d["num_points"]))
 
   if model == "UResNet":
-    names = data.class_names(d["scheme"])
+    names = data.class_names(d["scheme"]) if kind != "pilarnet" else (
+        data.PILARNET_PID_NAMES if d["pilarnet"]["labels"] == "pid" else data.PILARNET_MOTIF_NAMES)
     strides = tuple(2 ** i for i in range(1, cfg["model"].get("depth", 5)))
     fractions = d.get("level_fractions")
     if fractions is not None and len(fractions) != len(strides):
       raise ValueError(f"config {cfg['name']!r}: data.level_fractions {fractions} needs one share per coarser level "
                        f"of the depth-{len(strides) + 1} U-ResNet (strides {strides}).")
     return Task(*sets, names, data.collate,
-                dict(features=("energy",), level_strides=strides, level_fractions=fractions),
+                dict(features=tuple(d.get("features", ("energy",))), level_strides=strides, level_fractions=fractions),
                 training.sparse_logits, test_set=test_set)
   if kind in CALO_KINDS:
     return _calo_task(cfg, sets, test_set)
@@ -218,6 +230,24 @@ def build_task(cfg) -> Task:
                 ignore_index=data.ignore_index("spvnas"), augment=augment)
   names = tuple(f"{_shapes.CATEGORIES[c]}/{j}" for c, n in enumerate(_shapes.PARTS_PER_CATEGORY) for j in range(n))
   return Task(*sets, names, data.collate_shapes, {}, _shapes_forward)
+
+
+def synthetic_pilarnet_file(cfg, split: str):
+  """For a ``pilarnet`` config without files: synthetic events written once in PILArNet-M's layout
+  (``data.synthetic``'s counts and seeds, ``data.size``), under jsparse3d's cache folder; None when the config asks
+  for none (a split without events)."""
+  from jsparse3d.ops import _native
+  syn, size = cfg["data"]["synthetic"], cfg["data"]["size"]
+  count, seed = syn.get(f"{split}_events", 0), syn.get(f"{split}_seed", 0)
+  if not count:
+    return None
+  path = _native.cache_dir() / "pilarnet_synthetic" / f"v2_size{size}_seed{seed}_{count}.h5"
+  if not path.exists():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    data.write_pilarnet(partial, [data.synthetic_pilarnet_event((seed, i), size=size) for i in range(count)])
+    os.replace(partial, path)  # whole, or not there: processes that race write the same file
+  return path
 
 
 def _calo_task(cfg, sets, test_set) -> Task:

@@ -219,13 +219,14 @@ class _Writer:
 
   def record(self, split, step, loss, cm, **extra):
     rec = dict(split=split, step=int(step), loss=float(loss), nonzero_accuracy=cm.nonzero_accuracy(),
-               per_class_accuracy=cm.per_class_accuracy(), miou=cm.miou(), counted=cm.total,
+               per_class_accuracy=cm.per_class_accuracy(), miou=cm.miou(), per_class_precision=cm.precision(),
+               per_class_f1=cm.f1(), mean_f1=cm.mean_f1(), counted=cm.total,
                ignored=cm.num_ignored, **extra)
     if not self.active:
       return rec
     with self.path.open("a") as f:
       f.write(json.dumps(rec) + "\n")
-    for key in ("loss", "nonzero_accuracy", "miou", *extra):
+    for key in ("loss", "nonzero_accuracy", "miou", "mean_f1", *extra):
       if rec[key] is not None:
         self.tb.add_scalar(f"{split}/{key}", rec[key], step)
     for name, acc in zip(self.names, rec["per_class_accuracy"]):
@@ -239,8 +240,11 @@ class _Writer:
 
 
 def _class_table(names, cm) -> str:
-  rows = [f"  {n:<12} {a:7.2%}" if a is not None else f"  {n:<12}     n/a"
-          for n, a in zip(names, cm.per_class_accuracy())]
+  """Per class: accuracy (the recall), precision and F1."""
+  cell = lambda v: f"{v:9.2%}" if v is not None else f"{'n/a':>9}"
+  rows = [f"  {'class':<12} {'accuracy':>9} {'precision':>9} {'F1':>9}"]
+  rows += [f"  {n:<12} {cell(a)} {cell(p)} {cell(f)}"
+           for n, a, p, f in zip(names, cm.per_class_accuracy(), cm.precision(), cm.f1())]
   return "\n".join(rows)
 
 
@@ -339,8 +343,8 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
     rec = writer.record(split, step, loss, cm)
     if layout.process == 0:
       table = _class_table(task.class_names, cm) if len(task.class_names) <= 20 else ""
-      print(f"\n{title}: loss {loss:.4f}, non-zero accuracy {cm.nonzero_accuracy():.2%}, mIoU {cm.miou():.3f}\n"
-            f"{table}", flush=True)
+      print(f"\n{title}: loss {loss:.4f}, non-zero accuracy {cm.nonzero_accuracy():.2%}, mIoU {cm.miou():.3f}, "
+            f"mean F1 {cm.mean_f1():.3f}\n{table}", flush=True)
       save_confusion_png(workdir / "confusion.png", cm, task.class_names)
     return rec
 

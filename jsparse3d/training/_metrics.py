@@ -86,6 +86,27 @@ class ConfusionMatrix:
     values = [v for v in self.iou() if v is not None]
     return float(np.mean(values)) if values else 0.0
 
+  def precision(self) -> list[float | None]:
+    """Per class, the fraction of the rows predicted as it that truly are it (None if none is predicted)."""
+    cols = self.counts.sum(axis=0)
+    return [float(self.counts[c, c] / cols[c]) if cols[c] else None for c in range(len(cols))]
+
+  def recall(self) -> list[float | None]:
+    """Per class, the fraction of its rows predicted as it: :meth:`per_class_accuracy`."""
+    return self.per_class_accuracy()
+
+  def f1(self) -> list[float | None]:
+    """Per class present in the labels, the harmonic mean of precision and recall (0 if it is never predicted
+    right); None for a class absent from the labels."""
+    tp = np.diag(self.counts)
+    rows, cols = self.counts.sum(axis=1), self.counts.sum(axis=0)
+    return [float(2 * tp[c] / (rows[c] + cols[c])) if rows[c] else None for c in range(len(tp))]
+
+  def mean_f1(self) -> float:
+    """Mean F1 over the classes present in the labels (the PILArNet-M papers' headline segmentation number)."""
+    values = [v for v in self.f1() if v is not None]
+    return float(np.mean(values)) if values else 0.0
+
 
 def part_ious(logits, labels, shapes, parts_per_shape) -> np.ndarray:
   """ShapeNet-part's per-object IoU: ``float64[B]``, each object's mean IoU over the parts of its category.
