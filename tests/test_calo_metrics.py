@@ -69,6 +69,9 @@ def test_panoptic_quality_of_a_hand_worked_event():
   predicted = np.array([7, 7, 7, 3, 3, 3, 5, 5, 9, -1])
   c = training.panoptic_counts(predicted, truth)
   assert (c["tp"], c["fp"], c["fn"]) == (2, 1, 1)
+  m = training.match_clusters(predicted, truth)  # the matching behind the counts
+  assert m["predicted_ids"].tolist() == [3, 5, 7, 9] and m["match"].tolist() == [1, -1, 0, -1]
+  assert m["void"].tolist() == [0, 2, 0, 0] and m["size"].tolist() == [3, 2, 3, 1]
   assert c["iou_sum"] == pytest.approx(3 / 4 + 2 / 3)
   q = training.panoptic_quality([c, {"tp": 0, "fp": 0, "fn": 0, "iou_sum": 0.0}])
   assert q["sq"] == pytest.approx((3 / 4 + 2 / 3) / 2)

@@ -112,15 +112,14 @@ def cluster_metrics(hits: dict, ids: np.ndarray, class_names) -> dict:
   for i in np.unique(hits["event"]):
     rows = hits["event"] == i
     pred, truth, labels = ids[rows], hits["instances"][rows], hits["labels"][rows]
-    matched = _matched(pred, truth)
-    for t in np.unique(truth[truth >= 0]):
+    m = training.match_clusters(pred, truth)
+    for t in m["truth_ids"]:
       c = per_class[class_names[np.bincount(labels[truth == t]).argmax()]]
       c["true"] += 1
-      c["matched"] += int(np.any(matched == t))
-    for p in np.unique(pred[(pred >= 0) & (matched < 0)]):
-      mine = pred == p
-      if np.mean(truth[mine] < 0) <= 0.5:  # mostly noise: not a false positive (COCO's rule)
-        per_class[class_names[np.bincount(labels[mine]).argmax()]]["unmatched_predicted"] += 1
+      c["matched"] += int(np.any(m["match"] == t))
+    for p, match, size, void in zip(m["predicted_ids"], m["match"], m["size"], m["void"]):
+      if match < 0 and void <= size / 2:  # mostly noise: not a false positive (COCO's rule)
+        per_class[class_names[np.bincount(labels[pred == p]).argmax()]]["unmatched_predicted"] += 1
   out["by_class"] = per_class
   return out
 
@@ -133,21 +132,14 @@ def _plt():
 
 
 def _confusion_figure(path: Path, report: dict, split: str):
+  from train.train_lib import draw_confusion  # the trainer's figure, two panels here
   plt = _plt()
   names = report["class_names"]
   fig, axes = plt.subplots(1, 2, figsize=(4.2 * 2 + 1.2, 4.2), constrained_layout=True)
   for ax, key, title in zip(axes, ("by_hits", "by_energy"), ("hits", "energy-weighted")):
-    norm = np.asarray(report[key]["row_normalised"])
-    im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
-    ax.set_xticks(range(len(names)), names)
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    im = draw_confusion(ax, np.asarray(report[key]["row_normalised"]), names, cell=lambda v: f"{100 * v:.1f}%",
+                        fontsize=8, tick_rotation=0)
     ax.set_title(f"{title} ({split})")
-    for i in range(len(names)):
-      for j in range(len(names)):
-        ax.text(j, i, f"{100 * norm[i, j]:.1f}%", ha="center", va="center", fontsize=8,
-                color="white" if norm[i, j] > 0.5 else "black")
   fig.colorbar(im, ax=axes, shrink=0.8, label="share of the true class")
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -223,14 +215,11 @@ def _display_figure(path: Path, event: dict, predicted, class_names, display: st
 
 
 def _matched(predicted, truth):
-  """Each predicted cluster's true particle where their IoU exceeds 0.5 (the panoptic match), else -1."""
+  """Per hit, the true particle its predicted cluster matches (training.match_clusters), else -1."""
+  m = training.match_clusters(predicted, truth)
   out = np.full(len(predicted), -1)
-  for c in np.unique(predicted[predicted >= 0]):
-    mine = predicted == c
-    ids, overlap = np.unique(truth[mine & (truth >= 0)], return_counts=True)
-    for t, inter in zip(ids, overlap):
-      if inter / (mine.sum() + (truth == t).sum() - inter) > 0.5:
-        out[mine] = t
+  for p, t in zip(m["predicted_ids"], m["match"]):
+    out[predicted == p] = t
   return out
 
 

@@ -248,22 +248,27 @@ def _class_table(names, cm) -> str:
   return "\n".join(rows)
 
 
-def save_confusion_png(path: Path, cm, names):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  counts = cm.counts.astype(float)
-  norm = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-  fig, ax = plt.subplots(figsize=(5, 4.5))
+def draw_confusion(ax, norm, names, *, cell=lambda v: f"{v:.2f}", fontsize=7, tick_rotation=45):
+  """A row-normalised confusion matrix ``norm`` [K, K] on ``ax`` (rows true, columns predicted), each cell
+  written with ``cell``; returns the image, for a colour bar."""
   im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
-  ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+  ax.set_xticks(range(len(names)), names, **(dict(rotation=tick_rotation, ha="right") if tick_rotation else {}))
   ax.set_yticks(range(len(names)), names)
   ax.set_xlabel("predicted")
   ax.set_ylabel("true")
   for i in range(len(names)):
     for j in range(len(names)):
-      ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+      ax.text(j, i, cell(norm[i, j]), ha="center", va="center", fontsize=fontsize,
               color="white" if norm[i, j] > 0.5 else "black")
+  return im
+
+
+def save_confusion_png(path: Path, cm, names):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5, 4.5))
+  im = draw_confusion(ax, training.row_normalised(cm.counts), names)
   fig.colorbar(im, ax=ax)
   fig.tight_layout()
   fig.savefig(path, dpi=120)

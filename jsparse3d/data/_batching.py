@@ -182,10 +182,7 @@ def collate_points(events: Sequence[dict], *, voxel_size: float, features: Seque
     batch.append(np.full(len(pts), b, np.int32))
     feats.append(_features(ev, features))
     if labels is not None:
-      lab = np.asarray(ev[labels]).astype(np.int32)
-      if lab.shape != (len(pts),):
-        raise ValueError(f"event {b}: {labels!r} must have one label per point ({len(pts)}), got {lab.shape}.")
-      labs.append(lab)
+      labs.append(_per_point(ev, labels, len(pts), b))
   n = sum(len(v) for v in xyz)
   if capacity is None:
     capacity = bucket_capacity(n, buckets)
@@ -201,14 +198,15 @@ def collate_points(events: Sequence[dict], *, voxel_size: float, features: Seque
   targets = np.concatenate(labs + [np.full(pad, -1, np.int32)])
   if instances is None:
     return out, targets
-  ids = [_per_point(ev, instances, len(x), b) for b, (ev, x) in enumerate(zip(events, xyz))]
+  ids = [_per_point(ev, instances, len(x), i) for i, (ev, x) in enumerate(zip(events, xyz))]
   return out, {"labels": targets, "instances": np.concatenate(ids + [np.full(pad, -1, np.int32)])}
 
 
 def _per_point(event, key, n, b):
+  """``event[key]`` as int32, checked to hold one label per point (``n``) of event ``b``."""
   v = np.asarray(event[key]).astype(np.int32)
   if v.shape != (n,):
-    raise ValueError(f"event {b}: {key!r} must have one value per point ({n}), got {v.shape}.")
+    raise ValueError(f"event {b}: {key!r} must have one label per point ({n}), got {v.shape}.")
   return v
 
 

@@ -24,14 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from jsparse3d.data._larcv3 import _h5py
+
 COLUMNS = ("x", "y", "z", "time", "energy", "semantic")
 OPTIONAL = ("instance",)
 _HDF5 = (".h5", ".hdf5")
-
-
-def _h5py():
-  import h5py
-  return h5py
 
 
 class CaloEvents:

@@ -43,7 +43,7 @@ def _h5py():
   try:
     import h5py
   except ImportError as e:  # pragma: no cover - h5py is a declared dependency
-    raise ImportError("reading larcv3 files needs h5py: pip install h5py") from e
+    raise ImportError("reading and writing HDF5 files needs h5py: pip install h5py") from e
   return h5py
 
 

@@ -25,14 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from jsparse3d.data._larcv3 import _h5py
+
 MOTIF_NAMES = ("shower", "track", "Michel", "delta", "low-energy scatter")
 PID_NAMES = ("photon", "electron", "muon", "pion", "proton", "none")
 _CLUSTER_COLUMNS = {1: 5, 2: 6}
-
-
-def _h5py():
-  import h5py
-  return h5py
 
 
 class PILArNetM:

@@ -1,5 +1,6 @@
 """Training pieces (no CLI, no file I/O): losses, metrics and jitted / pmapped step builders."""
 
+from jsparse3d.training._calo_metrics import match_clusters as match_clusters
 from jsparse3d.training._calo_metrics import panoptic_counts as panoptic_counts
 from jsparse3d.training._calo_metrics import panoptic_quality as panoptic_quality
 from jsparse3d.training._calo_metrics import roc_auc as roc_auc

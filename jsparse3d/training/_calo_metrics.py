@@ -67,18 +67,17 @@ def row_normalised(matrix) -> np.ndarray:
   return matrix / np.maximum(matrix.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)
 
 
-def panoptic_counts(predicted, truth, weights=None, *, iou_threshold: float = 0.5) -> dict:
-  """Matches the predicted clusters of one event to the true ones; returns the counts that
-  :func:`panoptic_quality` sums over events.
+def match_clusters(predicted, truth, weights=None, *, iou_threshold: float = 0.5) -> dict:
+  """Matches the predicted clusters of one event to the true ones by IoU (over hits, or over ``weights``).
 
   Clusters are the ids >= 0 of ``predicted`` and ``truth`` (int [N] per hit; -1: no cluster, e.g. noise). A
-  predicted and a true cluster match when their IoU (over hits, or over ``weights``) exceeds ``iou_threshold``
-  (0.5 or more makes every match unique). As in COCO's panoptic metric, an unmatched predicted cluster is not a
-  false positive when more than half of it lies on hits without a true cluster (those are scored as the noise
-  class instead).
+  predicted and a true cluster match when their IoU exceeds ``iou_threshold`` (0.5 or more makes every match
+  unique).
 
   Returns:
-    dict with ``tp``, ``fp``, ``fn`` (counts) and ``iou_sum`` (the summed IoU of the matches).
+    dict with ``predicted_ids`` [P] and ``truth_ids`` [T] (the ids present, sorted), ``iou`` float [P, T],
+    ``match`` int [P] (the true id each predicted cluster matches, -1 if none), ``size`` float [P] (each predicted
+    cluster's weight) and ``void`` float [P] (its weight on hits without a true cluster).
   """
   predicted, truth = np.asarray(predicted).reshape(-1), np.asarray(truth).reshape(-1)
   if predicted.shape != truth.shape:
@@ -99,12 +98,28 @@ def panoptic_counts(predicted, truth, weights=None, *, iou_threshold: float = 0.
                      minlength=len(pred_ids))
   union = pred_size[:, None] + true_size[None, :] - inter
   iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-  matched = iou > iou_threshold
-  tp = int(matched.sum())
-  unmatched_pred = ~matched.any(axis=1)
-  fp = int(np.sum(unmatched_pred & (void <= pred_size / 2)))
-  fn = int(np.sum(~matched.any(axis=0)))
-  return {"tp": tp, "fp": fp, "fn": fn, "iou_sum": float(iou[matched].sum())}
+  match = np.full(len(pred_ids), -1, np.int64)
+  rows, cols = np.nonzero(iou > iou_threshold)
+  match[rows] = true_ids[cols]
+  return {"predicted_ids": pred_ids, "truth_ids": true_ids, "iou": iou, "match": match, "size": pred_size,
+          "void": void}
+
+
+def panoptic_counts(predicted, truth, weights=None, *, iou_threshold: float = 0.5) -> dict:
+  """The counts of one event's clusters that :func:`panoptic_quality` sums over events, from
+  :func:`match_clusters`.
+
+  As in COCO's panoptic metric, an unmatched predicted cluster is not a false positive when more than half of it
+  lies on hits without a true cluster (those are scored as the noise class instead).
+
+  Returns:
+    dict with ``tp``, ``fp``, ``fn`` (counts) and ``iou_sum`` (the summed IoU of the matches).
+  """
+  m = match_clusters(predicted, truth, weights, iou_threshold=iou_threshold)
+  matched = m["iou"] > iou_threshold
+  fp = int(np.sum(~matched.any(axis=1) & (m["void"] <= m["size"] / 2)))
+  return {"tp": int(matched.sum()), "fp": fp, "fn": int(np.sum(~matched.any(axis=0))),
+          "iou_sum": float(m["iou"][matched].sum())}
 
 
 def panoptic_quality(counts) -> dict:
