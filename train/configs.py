@@ -64,6 +64,7 @@ def uresnet_pilarnet() -> dict:
       model=dict(kind="UResNet", in_features=1, num_classes=5, filters=16, depth=5, reps=2),
       data=dict(kind="pilarnet", size=768, train_path="", eval_path="", test_path="", features=["log_energy"],
                 pilarnet=dict(labels="motif", energy_threshold=0.13, min_points=1024, remove_low_energy_scatters=False),
+                michel=dict(energy_threshold=0.13, min_points=0),  # data.kind=michel: the INSS2025 challenge's files
                 synthetic=dict(train_events=0, eval_events=0, test_events=0, train_seed=0, eval_seed=1, test_seed=2),
                 level_fractions=None),
       batch_size=4,

@@ -3,8 +3,9 @@ how a batch becomes per-row logits and event ids for the loss.
 
 Model kinds: UResNet, MinkUNet (voxel events), SPVCNN (point clouds, calorimeter hits), PVCNN (fixed-size
 part-segmentation clouds, or padded calorimeter hits with ``task="calo"``) and PointNet.
-Data kinds: synthetic_lartpc, larcv3 (PILArNet files), pilarnet (PILArNet-M files), semantickitti, synthetic_lidar,
-shapenet_part, synthetic_shapes, synthetic_hgcal, synthetic_hcal, calo_files (hit tables: ``data.CaloEvents``).
+Data kinds: synthetic_lartpc, larcv3 (PILArNet files), pilarnet (PILArNet-M files), michel (the INSS2025 Michel
+challenge's files), semantickitti, synthetic_lidar, shapenet_part, synthetic_shapes, synthetic_hgcal, synthetic_hcal,
+calo_files (hit tables: ``data.CaloEvents``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from jsparse3d.nn import _layers
 
 # model kind -> the data kinds it can train on
 _DATA_FOR = {
-    "UResNet": ("synthetic_lartpc", "larcv3", "pilarnet"),
+    "UResNet": ("synthetic_lartpc", "larcv3", "pilarnet", "michel"),
     "MinkUNet": ("semantickitti", "synthetic_lidar"),
     "SPVCNN": ("semantickitti", "synthetic_lidar", "synthetic_hcal", "synthetic_hgcal", "calo_files"),
     "PVCNN": ("shapenet_part", "synthetic_shapes", "synthetic_hgcal", "synthetic_hcal", "calo_files"),
@@ -170,6 +171,11 @@ def build_task(cfg) -> Task:
     sets = (data.PILArNetM(paths["train_path"], **options), data.PILArNetM(paths["eval_path"], **options))
     if paths["test_path"] is not None:
       test_set = data.PILArNetM(paths["test_path"], **options)
+  elif kind == "michel":
+    options = dict(d.get("michel", {}))
+    sets = tuple(data.MichelChallenge(_existing(cfg, key), **options) for key in ("train_path", "eval_path"))
+    if d.get("test_path"):
+      test_set = data.MichelChallenge(_existing(cfg, "test_path"), **options)
   elif kind == "larcv3":
     kw = dict(sparse3d=d["sparse3d"], labels=d["labels"])
     sets = (data.Larcv3Dataset(_existing(cfg, "train_path"), **kw),
@@ -202,8 +208,10 @@ def build_task(cfg) -> Task:
             data.SyntheticShapeParts(syn["eval_events"], seed=syn["eval_seed"], num_points=d["num_points"]))
 
   if model == "UResNet":
-    names = data.class_names(d["scheme"]) if kind != "pilarnet" else (
-        data.PILARNET_PID_NAMES if d["pilarnet"]["labels"] == "pid" else data.PILARNET_MOTIF_NAMES)
+    if kind == "pilarnet":
+      names = data.PILARNET_PID_NAMES if d["pilarnet"]["labels"] == "pid" else data.PILARNET_MOTIF_NAMES
+    else:
+      names = sets[0].class_names if kind == "michel" else data.class_names(d["scheme"])
     strides = tuple(2 ** i for i in range(1, cfg["model"].get("depth", 5)))
     fractions = d.get("level_fractions")
     if fractions is not None and len(fractions) != len(strides):

@@ -1,5 +1,6 @@
 """Data for sparse 3D networks: synthetic LArTPC, calorimeter (HGCAL- and HCAL-like), LiDAR and part-shape data;
-larcv3, PILArNet-M, calorimeter-table, SemanticKITTI and ShapeNet-part readers, and capacity-bucketed batching.
+larcv3, PILArNet-M, INSS2025 Michel-challenge, calorimeter-table, SemanticKITTI and ShapeNet-part readers, and
+capacity-bucketed batching.
 
 Every reader and generator returns plain numpy dicts: voxel events (``coords`` int32[N, 3] plus per-voxel arrays)
 or point clouds (``points`` float32[P, C] plus per-point arrays). :func:`collate`, :func:`collate_points`,
@@ -37,8 +38,11 @@ from jsparse3d.data._lidar import SyntheticLidar
 from jsparse3d.data._lidar import synthetic_lidar_scan
 from jsparse3d.data._pilarnet import MOTIF_NAMES as PILARNET_MOTIF_NAMES
 from jsparse3d.data._pilarnet import PID_NAMES as PILARNET_PID_NAMES
+from jsparse3d.data._pilarnet import MichelChallenge
 from jsparse3d.data._pilarnet import PILArNetM
+from jsparse3d.data._pilarnet import synthetic_michel_event
 from jsparse3d.data._pilarnet import synthetic_pilarnet_event
+from jsparse3d.data._pilarnet import write_michel_challenge
 from jsparse3d.data._pilarnet import write_pilarnet
 from jsparse3d.data._schemes import class_names
 from jsparse3d.data._schemes import uresnet5_to_larcv5
@@ -51,11 +55,12 @@ from jsparse3d.data._shapes import synthetic_part_shape
 
 __all__ = [
     "CaloEvents", "DEFAULT_BUCKETS", "HCAL_CLASS_NAMES", "HGCAL_CLASS_NAMES", "Larcv3Dataset", "Loader",
-    "PILARNET_MOTIF_NAMES", "PILARNET_PID_NAMES", "PILArNetM", "SHAPENET_CATEGORIES", "SHAPENET_PARTS_PER_CATEGORY",
-    "SemanticKittiDataset", "ShapeNetPart", "SyntheticHCAL", "SyntheticHGCAL", "SyntheticLArTPC", "SyntheticLidar",
-    "SyntheticShapeParts", "augment_lidar", "bucket_capacity", "calo_features", "class_names", "collate",
-    "collate_point_sets", "collate_points", "collate_shapes", "collate_voxel_points", "ignore_index", "learning_map",
-    "read_semantickitti", "scan_to_voxels", "synthetic_hcal_event", "synthetic_hgcal_event", "synthetic_lartpc_event",
-    "synthetic_lidar_scan", "synthetic_part_shape", "synthetic_pilarnet_event", "uresnet5_to_larcv5", "voxelize",
-    "write_calo_events", "write_larcv3", "write_pilarnet",
+    "MichelChallenge", "PILARNET_MOTIF_NAMES", "PILARNET_PID_NAMES", "PILArNetM", "SHAPENET_CATEGORIES",
+    "SHAPENET_PARTS_PER_CATEGORY", "SemanticKittiDataset", "ShapeNetPart", "SyntheticHCAL", "SyntheticHGCAL",
+    "SyntheticLArTPC", "SyntheticLidar", "SyntheticShapeParts", "augment_lidar", "bucket_capacity", "calo_features",
+    "class_names", "collate", "collate_point_sets", "collate_points", "collate_shapes", "collate_voxel_points",
+    "ignore_index", "learning_map", "read_semantickitti", "scan_to_voxels", "synthetic_hcal_event",
+    "synthetic_hgcal_event", "synthetic_lartpc_event", "synthetic_lidar_scan", "synthetic_michel_event",
+    "synthetic_part_shape", "synthetic_pilarnet_event", "uresnet5_to_larcv5", "voxelize", "write_calo_events",
+    "write_larcv3", "write_michel_challenge", "write_pilarnet",
 ]

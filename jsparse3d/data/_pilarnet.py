@@ -160,23 +160,122 @@ class PILArNetM:
 
   def __getitem__(self, i: int) -> dict:
     p = self.points(i)
-    coords = np.floor(p["xyz"]).astype(np.int64)
-    if np.any(coords < 0):
-      raise ValueError(f"event {i}: negative voxel coordinates; PILArNet-M points lie in [0, 768).")
-    key = (coords[:, 0] * 4096 + coords[:, 1]) * 4096 + coords[:, 2]
-    order = np.lexsort((-p["energy"], key))  # by voxel, the largest deposit first
-    first = np.r_[True, key[order][1:] != key[order][:-1]]
-    rep = order[first]  # the point that stands for its voxel
-    voxel = np.cumsum(first) - 1
-    energy = np.zeros(len(rep))
-    np.add.at(energy, voxel, p["energy"][order].astype(np.float64))
-    event = {"coords": coords[rep].astype(np.int32), "energy": energy.astype(np.float32),
-             "log_energy": log_energy(energy)}
-    for k in ("motif", "pid", "cluster", "interaction", "fragment", "momentum", "vertex"):
-      if k in p:
-        event[k] = p[k][rep]
+    event = _merge_voxels(p["xyz"], p["energy"], {k: p[k] for k in _PER_VOXEL if k in p}, where=f"event {i}")
     event["labels"] = event[self.labels].astype(np.int32)
     return event
+
+
+_PER_VOXEL = ("motif", "pid", "cluster", "interaction", "fragment", "momentum", "vertex")
+
+
+def _merge_voxels(xyz, energy, per_point: dict, *, where: str) -> dict:
+  """Points -> voxels: ``coords`` int32[V, 3] (``floor`` of ``xyz``), energies summed, every ``per_point`` array
+  taken from the voxel's largest deposit; ``log_energy`` of the sums. Raises for coordinates outside
+  ``[0, 4096)``."""
+  coords = np.floor(xyz).astype(np.int64)
+  if len(coords) and (coords.min() < 0 or coords.max() >= 4096):
+    raise ValueError(f"{where}: voxel coordinates outside [0, 4096); PILArNet-M points lie in [0, 768).")
+  key = (coords[:, 0] * 4096 + coords[:, 1]) * 4096 + coords[:, 2]
+  order = np.lexsort((-energy, key))  # by voxel, the largest deposit first
+  first = np.r_[True, key[order][1:] != key[order][:-1]] if len(key) else np.zeros(0, bool)
+  rep = order[first]  # the point that stands for its voxel
+  summed = np.zeros(len(rep))
+  np.add.at(summed, np.cumsum(first) - 1, np.asarray(energy, np.float64)[order])
+  event = {"coords": coords[rep].astype(np.int32), "energy": summed.astype(np.float32),
+           "log_energy": log_energy(summed)}
+  event.update({k: np.asarray(v)[rep] for k, v in per_point.items()})
+  return event
+
+
+class MichelChallenge:
+  """Random access to the INSS2025 Michel-electron challenge files, the smallest real LArTPC layout a student
+  meets: per event ``xyze`` float32[N, 4] (voxel indices in PILArNet-M's 768^3 grid, then the energy) and
+  ``label`` int32[N].
+
+  Each ``.h5`` file holds the two datasets either as one variable-length entry per event (flattened, as
+  PILArNet-M stores its tables) or as plain 2D/1D arrays (one event per file). How the challenge's files store
+  them was not verified against its writers; any other layout raises an error that names what the file holds.
+
+  ``ds[i]`` is a voxel event like :class:`PILArNetM`'s: ``coords`` int32[V, 3], ``energy``, ``log_energy`` and
+  ``labels`` int32[V] (points sharing a voxel merged: energies summed, the largest deposit's label).
+
+  Args:
+    path: one ``.h5`` file or a folder of them (sorted by name).
+    class_names: one name per label value (default: PILArNet-M's five motif classes); a label outside them
+      raises when its event is read.
+    energy_threshold: drop points at or below it (MeV). min_points: skip events with fewer points (the skipped
+      count is ``ds.skipped``).
+
+  Example:
+    >>> path = write_michel_challenge("michel.h5", [synthetic_michel_event(s) for s in range(3)])
+    >>> ds = MichelChallenge(path)
+    >>> len(ds), ds[0]["coords"].shape[1], ds.class_names[2]
+    (3, 3, 'Michel')
+  """
+
+  def __init__(self, path, *, class_names=MOTIF_NAMES, energy_threshold: float = 0.0, min_points: int = 0):
+    path = Path(path)
+    if not path.exists():
+      raise FileNotFoundError(f"Michel-challenge data {path} does not exist; pass an .h5 file or a folder of them.")
+    self.files = sorted(path.glob("*.h5")) if path.is_dir() else [path]
+    if not self.files:
+      raise ValueError(f"{path} holds no .h5 files.")
+    self.class_names, self.energy_threshold = tuple(class_names), float(energy_threshold)
+    self._handles, self._pid, self._index, self.skipped = {}, None, [], 0
+    for f in self.files:
+      h = self._open(f)
+      missing = [name for name in ("xyze", "label") if name not in h]
+      if missing:
+        raise ValueError(f"{f} has no {missing} dataset: is it a Michel-challenge file? (It holds {sorted(h)}.)")
+      xyze, label = h["xyze"], h["label"]
+      if xyze.dtype.kind == "O":  # one variable-length entry per event
+        if label.dtype.kind != "O" or len(label) != len(xyze):
+          raise ValueError(f"{f}: xyze holds {len(xyze)} variable-length events but label is {label.shape} "
+                           f"{label.dtype}; the file is truncated or inconsistent.")
+        sizes = np.array([len(xyze[i]) // 4 for i in range(len(xyze))]) if min_points > 0 else None
+        keep = np.arange(len(xyze)) if sizes is None else np.flatnonzero(sizes >= min_points)
+        self.skipped += len(xyze) - len(keep)
+        self._index.extend((f, int(e)) for e in keep)
+      elif xyze.ndim == 2 and xyze.shape[1] == 4 and label.shape == (xyze.shape[0],):
+        if xyze.shape[0] >= min_points:
+          self._index.append((f, None))
+        else:
+          self.skipped += 1
+      else:
+        raise ValueError(f"{f}: xyze is {xyze.shape} {xyze.dtype} and label {label.shape} {label.dtype}; expected "
+                         "variable-length entries per event, or xyze (N, 4) with label (N,).")
+
+  _open = PILArNetM._open
+  __getstate__ = PILArNetM.__getstate__
+
+  def __len__(self) -> int:
+    return len(self._index)
+
+  def points(self, i: int) -> dict:
+    """Event ``i``'s points, unmerged: ``xyz`` float32[N, 3], ``energy`` float32[N], ``labels`` int32[N], after
+    the energy threshold."""
+    if not 0 <= i < len(self._index):
+      raise IndexError(f"event {i} out of range for {len(self._index)} events.")
+    f, row = self._index[i]
+    h = self._open(f)
+    where = f"{f}" + ("" if row is None else f" event {row}")
+    xyze = np.asarray(h["xyze"][()] if row is None else h["xyze"][row])
+    label = np.asarray(h["label"][()] if row is None else h["label"][row])
+    if xyze.size % 4 or xyze.size // 4 != label.size:
+      raise ValueError(f"{where}: xyze holds {xyze.size} values (4 per point) but label {label.size}; the file is "
+                       "inconsistent.")
+    xyze = xyze.reshape(-1, 4)
+    bad = (label < 0) | (label >= len(self.class_names))
+    if np.any(bad):
+      raise ValueError(f"{where}: label {int(label[bad][0])} is outside the {len(self.class_names)} classes "
+                       f"{self.class_names}; pass class_names= with one name per label value.")
+    keep = xyze[:, 3] > self.energy_threshold if self.energy_threshold > 0 else slice(None)
+    return {"xyz": xyze[keep, :3].astype(np.float32), "energy": xyze[keep, 3].astype(np.float32),
+            "labels": label[keep].astype(np.int32)}
+
+  def __getitem__(self, i: int) -> dict:
+    p = self.points(i)
+    return _merge_voxels(p["xyz"], p["energy"], {"labels": p["labels"]}, where=f"event {i}")
 
 
 def log_energy(energy, low: float = 0.01, high: float = 20.0):
@@ -233,6 +332,36 @@ def write_pilarnet(path, events) -> Path:
     for name, dtype in (("point", np.float32), ("cluster", np.int64), ("cluster_extra", np.float32)):
       if name == "cluster_extra" and version == 1:
         continue
+      ds = f.create_dataset(name, (len(events),), dtype=h5py.vlen_dtype(dtype))
+      for i, ev in enumerate(events):
+        ds[i] = np.asarray(ev[name], dtype).reshape(-1)
+  return path
+
+
+def synthetic_michel_event(seed, *, size: int = 192) -> dict:
+  """A synthetic event in the Michel challenge's layout: ``xyze`` float32[N, 4] (voxel centres and energy) and
+  ``label`` int32[N] in the motif classes, from :func:`synthetic_lartpc_event` in the ``larcv5`` scheme."""
+  from jsparse3d.data._lartpc import synthetic_lartpc_event
+  ev = synthetic_lartpc_event(seed, size=size, scheme="larcv5")
+  xyze = np.concatenate([ev["coords"] + 0.5, ev["energy"][:, None]], axis=1).astype(np.float32)
+  return {"xyze": xyze, "label": ev["labels"].astype(np.int32)}
+
+
+def write_michel_challenge(path, events) -> Path:
+  """Writes events (dicts with ``xyze`` [N, 4] and ``label`` [N], as :func:`synthetic_michel_event` makes them) to
+  one HDF5 file, one variable-length entry per event. Returns the path."""
+  path = Path(path)
+  events = list(events)
+  if not events:
+    raise ValueError("no events to write.")
+  for i, ev in enumerate(events):
+    xyze, label = np.asarray(ev["xyze"]), np.asarray(ev["label"])
+    if xyze.ndim != 2 or xyze.shape[1] != 4 or label.shape != (len(xyze),):
+      raise ValueError(f"event {i}: xyze must be [N, 4] and label [N], got {xyze.shape} and {label.shape}.")
+  h5py = _h5py()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with h5py.File(path, "w") as f:
+    for name, dtype in (("xyze", np.float32), ("label", np.int32)):
       ds = f.create_dataset(name, (len(events),), dtype=h5py.vlen_dtype(dtype))
       for i, ev in enumerate(events):
         ds[i] = np.asarray(ev[name], dtype).reshape(-1)
