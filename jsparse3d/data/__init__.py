@@ -24,6 +24,7 @@ from jsparse3d.data._calo import synthetic_hcal_event
 from jsparse3d.data._calo import synthetic_hgcal_event
 from jsparse3d.data._calo_files import CaloEvents
 from jsparse3d.data._calo_files import write_calo_events
+from jsparse3d.data._kitti import CLASS_NAMES as SEMANTICKITTI_CLASS_NAMES
 from jsparse3d.data._kitti import SemanticKittiDataset
 from jsparse3d.data._kitti import ignore_index
 from jsparse3d.data._kitti import learning_map
@@ -55,12 +56,13 @@ from jsparse3d.data._shapes import synthetic_part_shape
 
 __all__ = [
     "CaloEvents", "DEFAULT_BUCKETS", "HCAL_CLASS_NAMES", "HGCAL_CLASS_NAMES", "Larcv3Dataset", "Loader",
-    "MichelChallenge", "PILARNET_MOTIF_NAMES", "PILARNET_PID_NAMES", "PILArNetM", "SHAPENET_CATEGORIES",
-    "SHAPENET_PARTS_PER_CATEGORY", "SemanticKittiDataset", "ShapeNetPart", "SyntheticHCAL", "SyntheticHGCAL",
-    "SyntheticLArTPC", "SyntheticLidar", "SyntheticShapeParts", "augment_lidar", "bucket_capacity", "calo_features",
-    "class_names", "collate", "collate_point_sets", "collate_points", "collate_shapes", "collate_voxel_points",
-    "ignore_index", "learning_map", "read_semantickitti", "scan_to_voxels", "synthetic_hcal_event",
-    "synthetic_hgcal_event", "synthetic_lartpc_event", "synthetic_lidar_scan", "synthetic_michel_event",
-    "synthetic_part_shape", "synthetic_pilarnet_event", "uresnet5_to_larcv5", "voxelize", "write_calo_events",
-    "write_larcv3", "write_michel_challenge", "write_pilarnet",
+    "MichelChallenge", "PILARNET_MOTIF_NAMES", "PILARNET_PID_NAMES", "PILArNetM", "SEMANTICKITTI_CLASS_NAMES",
+    "SHAPENET_CATEGORIES", "SHAPENET_PARTS_PER_CATEGORY", "SemanticKittiDataset", "ShapeNetPart", "SyntheticHCAL",
+    "SyntheticHGCAL", "SyntheticLArTPC", "SyntheticLidar", "SyntheticShapeParts", "augment_lidar",
+    "bucket_capacity", "calo_features", "class_names", "collate", "collate_point_sets", "collate_points",
+    "collate_shapes", "collate_voxel_points", "ignore_index", "learning_map", "read_semantickitti",
+    "scan_to_voxels", "synthetic_hcal_event", "synthetic_hgcal_event", "synthetic_lartpc_event",
+    "synthetic_lidar_scan", "synthetic_michel_event", "synthetic_part_shape", "synthetic_pilarnet_event",
+    "uresnet5_to_larcv5", "voxelize", "write_calo_events", "write_larcv3", "write_michel_challenge",
+    "write_pilarnet",
 ]

@@ -32,7 +32,21 @@ PID_NAMES = ("photon", "electron", "muon", "pion", "proton", "none")
 _CLUSTER_COLUMNS = {1: 5, 2: 6}
 
 
-class PILArNetM:
+class _LazyFiles:
+  """HDF5 handles opened on first use, per process: a forked loader worker opens its own."""
+
+  def _open(self, f):
+    if self._pid != os.getpid():
+      self._handles, self._pid = {}, os.getpid()
+    if f not in self._handles:
+      self._handles[f] = _h5py().File(f, "r")
+    return self._handles[f]
+
+  def __getstate__(self):
+    return {k: v for k, v in self.__dict__.items() if k != "_handles"} | {"_handles": {}, "_pid": None}
+
+
+class PILArNetM(_LazyFiles):
   """Random access to PILArNet-M events, opened lazily (and again in a forked worker).
 
   ``ds[i]`` is a voxel event for the sparse networks: ``coords`` int32[V, 3] (each point's voxel, ``floor`` of x, y,
@@ -90,16 +104,6 @@ class PILArNetM:
       keep = np.arange(len(point)) if sizes is None else np.flatnonzero(sizes >= min_points)
       self.skipped += len(point) - len(keep)
       self._index.extend((f, int(i)) for i in keep)
-
-  def _open(self, f):
-    if self._pid != os.getpid():
-      self._handles, self._pid = {}, os.getpid()
-    if f not in self._handles:
-      self._handles[f] = _h5py().File(f, "r")
-    return self._handles[f]
-
-  def __getstate__(self):
-    return {k: v for k, v in self.__dict__.items() if k != "_handles"} | {"_handles": {}, "_pid": None}
 
   def _detect(self, f) -> int:
     h = self._open(f)
@@ -187,7 +191,7 @@ def _merge_voxels(xyz, energy, per_point: dict, *, where: str) -> dict:
   return event
 
 
-class MichelChallenge:
+class MichelChallenge(_LazyFiles):
   """Random access to the INSS2025 Michel-electron challenge files, the smallest real LArTPC layout a student
   meets: per event ``xyze`` float32[N, 4] (voxel indices in PILArNet-M's 768^3 grid, then the energy) and
   ``label`` int32[N].
@@ -244,9 +248,6 @@ class MichelChallenge:
       else:
         raise ValueError(f"{f}: xyze is {xyze.shape} {xyze.dtype} and label {label.shape} {label.dtype}; expected "
                          "variable-length entries per event, or xyze (N, 4) with label (N,).")
-
-  _open = PILArNetM._open
-  __getstate__ = PILArNetM.__getstate__
 
   def __len__(self) -> int:
     return len(self._index)
