@@ -198,7 +198,7 @@ for name, acc in zip(NAMES, cm.per_class_accuracy()):
   print(f"  {name:<10} {'-' if acc is None else f'{acc:.1%}'}")
 
 # %%
-norm = cm.counts / np.maximum(cm.counts.sum(axis=1, keepdims=True), 1)
+norm = training.row_normalised(cm.counts)
 fig, ax = plt.subplots(figsize=(5.5, 4.8))
 im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
 for i in range(5):

@@ -208,10 +208,7 @@ def build_task(cfg) -> Task:
             data.SyntheticShapeParts(syn["eval_events"], seed=syn["eval_seed"], num_points=d["num_points"]))
 
   if model == "UResNet":
-    if kind == "pilarnet":
-      names = data.PILARNET_PID_NAMES if d["pilarnet"]["labels"] == "pid" else data.PILARNET_MOTIF_NAMES
-    else:
-      names = sets[0].class_names if kind == "michel" else data.class_names(d["scheme"])
+    names = sets[0].class_names if kind in ("pilarnet", "michel") else data.class_names(d["scheme"])
     strides = tuple(2 ** i for i in range(1, cfg["model"].get("depth", 5)))
     fractions = d.get("level_fractions")
     if fractions is not None and len(fractions) != len(strides):

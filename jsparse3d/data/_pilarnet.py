@@ -33,7 +33,27 @@ _CLUSTER_COLUMNS = {1: 5, 2: 6}
 
 
 class _LazyFiles:
-  """HDF5 handles opened on first use, per process: a forked loader worker opens its own."""
+  """A reader of one ``.h5`` file or a folder of them, whose handles open on first use, per process (a forked
+  loader worker opens its own); events are indexed as ``(file, entry)`` in ``_index``."""
+
+  def __init__(self, path, what: str, example: str = ""):
+    path = Path(path)
+    if not path.exists():
+      raise FileNotFoundError(f"{what} {path} does not exist; pass an .h5 file or a folder of them{example}.")
+    self.files = sorted(path.glob("*.h5")) if path.is_dir() else [path]
+    if not self.files:
+      raise ValueError(f"{path} holds no .h5 files.")
+    self._handles, self._pid, self._index, self.skipped = {}, None, [], 0
+
+  def _index_events(self, f, dataset, columns: int, min_points: int):
+    """Adds the entries of ``dataset`` (one flat variable-length entry per event, ``columns`` values per point) to
+    the index, skipping (and counting in ``skipped``) events with fewer than ``min_points`` points."""
+    if min_points > 0:
+      keep = np.flatnonzero(np.array([len(dataset[i]) // columns for i in range(len(dataset))]) >= min_points)
+    else:
+      keep = np.arange(len(dataset))
+    self.skipped += len(dataset) - len(keep)
+    self._index.extend((f, int(i)) for i in keep)
 
   def _open(self, f):
     if self._pid != os.getpid():
@@ -73,18 +93,11 @@ class PILArNetM(_LazyFiles):
 
   def __init__(self, path, *, labels: str = "motif", energy_threshold: float = 0.0, min_points: int = 0,
                remove_low_energy_scatters: bool = False, version: int | None = None):
-    path = Path(path)
-    if not path.exists():
-      raise FileNotFoundError(f"PILArNet-M data {path} does not exist; pass an .h5 file or a folder of them "
-                              "(e.g. .../pilarnet-m/train).")
-    self.files = sorted(path.glob("*.h5")) if path.is_dir() else [path]
-    if not self.files:
-      raise ValueError(f"{path} holds no .h5 files.")
+    super().__init__(path, "PILArNet-M data", " (e.g. .../pilarnet-m/train)")
     if labels not in ("motif", "pid"):
       raise ValueError(f"labels must be 'motif' or 'pid', got {labels!r}.")
     self.labels, self.energy_threshold = labels, float(energy_threshold)
     self.remove_low_energy_scatters = remove_low_energy_scatters
-    self._handles, self._pid = {}, None
     versions = {self._detect(f) for f in self.files}
     if version is None:
       if len(versions) != 1:
@@ -97,13 +110,13 @@ class PILArNetM(_LazyFiles):
     self.version = version
     if labels == "pid" and version == 1:
       raise ValueError("particle-id labels exist in PILArNet-M v2 only; this data is v1 (use labels='motif').")
-    self._index, self.skipped = [], 0
     for f in self.files:
-      point = self._open(f)["point"]
-      sizes = np.array([len(point[i]) // 8 for i in range(len(point))]) if min_points > 0 else None
-      keep = np.arange(len(point)) if sizes is None else np.flatnonzero(sizes >= min_points)
-      self.skipped += len(point) - len(keep)
-      self._index.extend((f, int(i)) for i in keep)
+      self._index_events(f, self._open(f)["point"], 8, min_points)
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    """The names of ``labels``' classes, in label order."""
+    return PID_NAMES if self.labels == "pid" else MOTIF_NAMES
 
   def _detect(self, f) -> int:
     h = self._open(f)
@@ -218,14 +231,8 @@ class MichelChallenge(_LazyFiles):
   """
 
   def __init__(self, path, *, class_names=MOTIF_NAMES, energy_threshold: float = 0.0, min_points: int = 0):
-    path = Path(path)
-    if not path.exists():
-      raise FileNotFoundError(f"Michel-challenge data {path} does not exist; pass an .h5 file or a folder of them.")
-    self.files = sorted(path.glob("*.h5")) if path.is_dir() else [path]
-    if not self.files:
-      raise ValueError(f"{path} holds no .h5 files.")
+    super().__init__(path, "Michel-challenge data")
     self.class_names, self.energy_threshold = tuple(class_names), float(energy_threshold)
-    self._handles, self._pid, self._index, self.skipped = {}, None, [], 0
     for f in self.files:
       h = self._open(f)
       missing = [name for name in ("xyze", "label") if name not in h]
@@ -236,10 +243,7 @@ class MichelChallenge(_LazyFiles):
         if label.dtype.kind != "O" or len(label) != len(xyze):
           raise ValueError(f"{f}: xyze holds {len(xyze)} variable-length events but label is {label.shape} "
                            f"{label.dtype}; the file is truncated or inconsistent.")
-        sizes = np.array([len(xyze[i]) // 4 for i in range(len(xyze))]) if min_points > 0 else None
-        keep = np.arange(len(xyze)) if sizes is None else np.flatnonzero(sizes >= min_points)
-        self.skipped += len(xyze) - len(keep)
-        self._index.extend((f, int(e)) for e in keep)
+        self._index_events(f, xyze, 4, min_points)
       elif xyze.ndim == 2 and xyze.shape[1] == 4 and label.shape == (xyze.shape[0],):
         if xyze.shape[0] >= min_points:
           self._index.append((f, None))
