@@ -5,6 +5,7 @@ Public API:
   ops                 pure functions: build_index, query_index, kernel_map, conv3d, conv_transpose3d, pooling, ...
   nn                  Flax NNX layers (sparse convolutions, masked batch norm, point-voxel ops, MAC counting)
   models              UResNet and its dense twin, MinkUNet, SPVCNN, PVCNN
+  nas                 3D-NAS: elastic supernets, subnet scoring, evolutionary search, latency tables, export
   data                generators, readers and batching (synthetic LArTPC, larcv3, SemanticKITTI, ...)
   training            losses, metrics and jitted / pmapped train and eval steps
   raise_if_error      raise the data-dependent errors flagged inside jit
@@ -13,6 +14,7 @@ Public API:
 
 from jsparse3d import data as data
 from jsparse3d import models as models
+from jsparse3d import nas as nas
 from jsparse3d import nn as nn
 from jsparse3d import ops as ops
 from jsparse3d import training as training

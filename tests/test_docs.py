@@ -77,7 +77,8 @@ def test_the_package_has_docstring_examples():
 
 
 # Examples that build a whole flax-initialised model eagerly (a compile per weight shape): 30 s each on 2 cores.
-SLOW_EXAMPLES = {"jsparse3d.models._pvcnn.PVCNN", "jsparse3d.models._pointnet.PointNet"}
+SLOW_EXAMPLES = {"jsparse3d.models._pvcnn.PVCNN", "jsparse3d.models._pointnet.PointNet",
+                 "jsparse3d.nas._spvcnn.ElasticSPVCNN"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_EXAMPLES else n

@@ -16,7 +16,7 @@ KITTI_SAMPLE = Path(os.environ.get("JSPARSE3D_KITTI_SAMPLE", ROOT.parent / "shar
 
 
 def test_the_notebooks_are_there_and_their_sources_are_canonical_percent_scripts():
-  assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "07"]
+  assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"]
   for path in NOTEBOOKS:
     text = path.read_text()
     nb = jupytext.reads(text, fmt="py:percent")

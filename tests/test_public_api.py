@@ -12,7 +12,7 @@ from pathlib import Path
 import jsparse3d as js
 
 PINNED = Path(__file__).with_name("public_api.txt")
-MODULES = ("", "ops", "nn", "models", "data", "training")
+MODULES = ("", "ops", "nn", "models", "data", "training", "nas")
 
 
 def _describe(name, obj) -> list[str]:

@@ -46,20 +46,25 @@ def _init_distributed(ap, args):
                              process_id=args.process_id)
 
 
-def main(argv=None):
-  ap = _parser()
-  args = ap.parse_args(argv)
+def _setup(ap, args) -> None:
+  """What every entry point does before its config: host devices, multi-host, the compilation cache."""
   if args.devices < 1:
     ap.error(f"--devices must be positive, got {args.devices}.")
   if args.devices > 1 and "jax" not in sys.modules:  # on CPU, create the host devices before jax starts
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={args.devices}").strip()
   _init_distributed(ap, args)
-
-  from train import configs
   from train import train_lib
   if args.compile_cache != "off":
     train_lib.enable_compilation_cache(args.compile_cache)
+
+
+def main(argv=None):
+  ap = _parser()
+  args = ap.parse_args(argv)
+  _setup(ap, args)
+  from train import configs
+  from train import train_lib
   try:
     cfg = configs.get_config(args.config, args.set)
   except ValueError as e:

@@ -17,8 +17,9 @@ def _optimizer(kind="adam", learning_rate=1e-3, *, warmup_steps=0, decay="cosine
 
 
 def _common(**kw) -> dict:
+  """Keys every config has; ``init_weights``: a folder of nn.save_weights to start from (fine-tuning)."""
   return dict(class_weights=None, focal_gamma=0.0, instance_loss=None, log_every=25, eval_every=400,
-              checkpoint_every=200, seed=0) | kw
+              checkpoint_every=200, seed=0, init_weights="") | kw
 
 
 def _instance_loss(weight=1.0, max_instances=32, delta_v=0.5, delta_d=1.5, bandwidth=1.5) -> dict:
@@ -190,6 +191,59 @@ def pointnet_shapenet_smoke() -> dict:
   return cfg
 
 
+def _nas(**kw) -> dict:
+  """The search after the supernet's training (train/nas.py): ``budget`` is ``"macs"`` or ``"latency"``, at
+  ``budget_fraction`` of the largest subnet's; each of ``search_seeds`` runs an evolution and a random search of
+  ``evaluations`` subnets each; subnets are recalibrated on ``calibration_batches`` training batches and scored on
+  the validation split; ``latency_subnets`` exports are timed to fit and check the latency table;
+  ``finetune_steps`` > 0 fine-tunes the chosen subnet's export with the normal trainer."""
+  return dict(budget="macs", budget_fraction=0.25, evaluations=40, population=10, parents=4, mutation_probability=0.25,
+              crossover_share=0.5, search_seeds=[0, 1, 2], calibration_batches=4, latency_subnets=6,
+              latency_repeats=5, finetune_steps=0) | kw
+
+
+def uresnet_nas_lartpc() -> dict:
+  """3D-NAS of the sparse U-ResNet on the main job's synthetic LArTPC events: a supernet (each level's width
+  among 1/2, 3/4 and all of the U-ResNet's, 1 or 2 blocks per level and side) trained on a uniformly drawn subnet
+  per step, then evolution against random search for the best non-zero accuracy at a quarter of the largest
+  subnet's MACs. Choices use the validation split only; the test split scores the chosen and the largest subnet."""
+  cfg = uresnet_lartpc()
+  cfg.update(name="uresnet_nas_lartpc", steps=2400, eval_every=2400, checkpoint_every=400, nas=_nas())
+  cfg["model"] = dict(kind="ElasticUResNet", in_features=1, num_classes=5, filters=16, depth=5, reps=2,
+                      width_fractions=[0.5, 0.75, 1.0], sampling="uniform", seed=0)
+  return cfg
+
+
+def uresnet_nas_lartpc_smoke() -> dict:
+  cfg = uresnet_nas_lartpc()
+  smoke = uresnet_lartpc_smoke()
+  cfg.update(name="uresnet_nas_lartpc_smoke", data=smoke["data"], batch_size=2, steps=4, log_every=2, eval_every=4,
+             checkpoint_every=2)
+  cfg["model"].update(filters=4, depth=3, reps=2, width_fractions=[0.5, 1.0])
+  cfg["nas"].update(evaluations=4, population=2, parents=2, search_seeds=[0], calibration_batches=1,
+                    latency_subnets=3, latency_repeats=1, finetune_steps=2, budget_fraction=0.5)
+  return cfg
+
+
+def spvnas_lidar() -> dict:
+  """3D-NAS of SPVCNN on SemanticKITTI (SPVNAS): a supernet of the cr 1.0 SPVCNN (each stage's width among 1/2,
+  3/4 and all of it, 1 or 2 residual blocks per stage), then evolution against random search for the best mIoU at a
+  quarter of the largest subnet's MACs (``--set nas.budget=latency`` for a latency budget on this machine).
+  ``--set data.kind=synthetic_lidar`` searches on synthetic scans."""
+  cfg = spvcnn_kitti()
+  cfg.update(name="spvnas_lidar", nas=_nas(evaluations=40))
+  cfg["model"] = dict(kind="ElasticSPVCNN", in_features=4, num_classes=19, cr=1.0, blocks=2,
+                      width_fractions=[0.5, 0.75, 1.0], dropout=0.3, sampling="uniform", seed=0)
+  return cfg
+
+
+def spvnas_lidar_smoke() -> dict:
+  cfg = _kitti_smoke(spvnas_lidar())
+  cfg["nas"].update(evaluations=4, population=2, parents=2, search_seeds=[0], calibration_batches=1,
+                    latency_subnets=3, latency_repeats=2, budget="latency", budget_fraction=0.6)
+  return cfg
+
+
 # Feature normalisation of the calorimeter configs (data.calo_features): x, y, z over the detector's half extents
 # around its centre, log(E / energy_unit), time around the middle of the 25 ns bunch crossing.
 HGCAL_NORMALISE = dict(centre=(0.0, 0.0, 403.4, 12.5), scale=(40.0, 40.0, 82.2, 12.5), energy_unit=1.0)
@@ -252,7 +306,8 @@ CONFIGS = {f.__name__: f for f in (uresnet_lartpc, uresnet_lartpc_smoke, uresnet
                                    minkunet_kitti_smoke,
                                    spvcnn_kitti, spvcnn_kitti_smoke, pvcnn_shapenet, pvcnn_shapenet_smoke,
                                    pointnet_shapenet, pointnet_shapenet_smoke, hgcal_pvcnn, hgcal_pvcnn_smoke,
-                                   hcal_spvcnn, hcal_spvcnn_smoke)}
+                                   hcal_spvcnn, hcal_spvcnn_smoke, uresnet_nas_lartpc, uresnet_nas_lartpc_smoke,
+                                   spvnas_lidar, spvnas_lidar_smoke)}
 
 
 def get_config(name: str, overrides=()) -> dict:

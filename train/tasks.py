@@ -2,7 +2,8 @@
 how a batch becomes per-row logits and event ids for the loss.
 
 Model kinds: UResNet, MinkUNet (voxel events), SPVCNN (point clouds, calorimeter hits), PVCNN (fixed-size
-part-segmentation clouds, or padded calorimeter hits with ``task="calo"``) and PointNet.
+part-segmentation clouds, or padded calorimeter hits with ``task="calo"``) and PointNet; the supernets
+ElasticUResNet and ElasticSPVCNN (:mod:`jsparse3d.nas`) train on their plain model's data.
 Data kinds: synthetic_lartpc, larcv3 (PILArNet files), pilarnet (PILArNet-M files), michel (the INSS2025 Michel
 challenge's files), semantickitti, synthetic_lidar, shapenet_part, synthetic_shapes, synthetic_hgcal, synthetic_hcal,
 calo_files (hit tables: ``data.CaloEvents``).
@@ -22,6 +23,7 @@ from flax import nnx
 
 from jsparse3d import data
 from jsparse3d import models
+from jsparse3d import nas
 from jsparse3d import training
 from jsparse3d.data import _kitti
 from jsparse3d.data import _shapes
@@ -35,6 +37,9 @@ _DATA_FOR = {
     "PVCNN": ("shapenet_part", "synthetic_shapes", "synthetic_hgcal", "synthetic_hcal", "calo_files"),
     "PointNet": ("shapenet_part", "synthetic_shapes"),
 }
+# supernets (jsparse3d.nas) -> the plain model whose data, batching and forward they share
+_PLAIN = {"ElasticUResNet": "UResNet", "ElasticSPVCNN": "SPVCNN"}
+_DATA_FOR.update({kind: _DATA_FOR[plain] for kind, plain in _PLAIN.items()})
 CALO_KINDS = ("synthetic_hgcal", "synthetic_hcal", "calo_files")
 
 
@@ -95,7 +100,7 @@ def build_model(cfg, *, rngs):
     # A model's initialiser runs once: plain jax.jit (NNX modules are pytrees; nnx.jit takes no compile options)
     # compiles it without optimisations, 5 s instead of 20 s for the U-ResNet when nothing is cached. The Rngs
     # passed in are not advanced (the trainer does not use them again).
-    build = lambda r: getattr(models, kind)(**spec, rngs=r)
+    build = lambda r: getattr(nas if kind in _PLAIN else models, kind)(**spec, rngs=r)
     return jitted_once(("model", kind, repr(sorted(spec.items()))), build,
                        functools.partial(jax.jit, compiler_options=_layers.ONE_SHOT_COMPILE))(rngs)
   except TypeError as e:
@@ -153,6 +158,7 @@ def build_task(cfg) -> Task:
   allowed = _DATA_FOR.get(model, ())
   if kind not in allowed:
     raise ValueError(f"config {cfg['name']!r}: model {model} trains on data kinds {list(allowed)}, not {kind!r}.")
+  model = _PLAIN.get(model, model)
   syn = d.get("synthetic", {})
   test_set = None
   if kind == "synthetic_lartpc":

@@ -112,7 +112,7 @@ def _check_workdir(workdir) -> Path:
   return workdir
 
 
-class _Layout:
+class Layout:
   """How the global batch splits over processes and local devices."""
 
   def __init__(self, cfg, devices: int):
@@ -287,10 +287,12 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
     stop_after: stop (saving a checkpoint, as on SIGTERM) after this many steps of this run; for tests.
   """
   workdir = _check_workdir(workdir)
-  layout = _Layout(cfg, devices)
+  layout = Layout(cfg, devices)
   task = tasks.build_task(cfg)
   tasks.check_classes(cfg, task)
   model = tasks.build_model(cfg, rngs=nnx.Rngs(cfg["seed"]))
+  if cfg.get("init_weights"):  # fine-tuning: weights saved by nn.save_weights (a checkpoint, if any, wins below)
+    nn.load_weights(model, cfg["init_weights"])
   if layout.pmap:
     nn.sync_batch_norm(model, AXIS)
   # Under jit, as the model (tasks.jitted_once); build_optimizer reads the optimizer section and the step count.
@@ -426,7 +428,8 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
       if bar is not None:
         bar.update(1)
       if stop.signal is not None or (stop_after is not None and step - start >= stop_after):
-        save(step)
+        if ckpt.latest_step() != step:  # not saved just above
+          save(step)
         break
   if bar is not None:
     bar.close()

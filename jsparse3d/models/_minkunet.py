@@ -17,6 +17,26 @@ def channels(cr: float) -> list[int]:
   return [int(cr * c) for c in BASE_CHANNELS]
 
 
+def _widths(cr: float, given) -> list[int]:
+  """The nine widths: ``given`` when set, else ``channels(cr)``."""
+  if given is None:
+    return channels(cr)
+  cs = [int(c) for c in given]
+  if len(cs) != len(BASE_CHANNELS) or min(cs) < 1:
+    raise ValueError(f"channels must be {len(BASE_CHANNELS)} positive widths (stem, four down stages, four up "
+                     f"stages), got {given!r}; or leave it None and scale the defaults with cr.")
+  return cs
+
+
+def _stage_counts(blocks, name: str = "blocks") -> list[int]:
+  """Residual blocks per stage (four down, then four up): an int for all, or eight counts."""
+  counts = [int(blocks)] * 8 if isinstance(blocks, (int, float)) else [int(b) for b in blocks]
+  if len(counts) != 8 or min(counts) < 1:
+    raise ValueError(f"{name} must be a positive int or 8 positive counts (four down, four up stages), got "
+                     f"{blocks!r}.")
+  return counts
+
+
 class ConvBNReLU(nnx.Module):
   """Sparse conv (no bias) + BN + ReLU; a transposed conv when ``transposed``."""
 
@@ -32,15 +52,20 @@ class ConvBNReLU(nnx.Module):
 
 
 class ResidualBlock(nnx.Module):
-  """conv 3^3 + BN + ReLU + conv 3^3 + BN, plus the input (through conv 1x1 + BN when channels change), then ReLU."""
+  """conv 3^3 + BN + ReLU + conv 3^3 + BN, plus the input (through conv 1x1 + BN when channels change, or when
+  ``project`` says so), then ReLU."""
 
-  def __init__(self, in_features, out_features, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, in_features, out_features, *, project: bool | None = None, dtype=None, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.conv1 = nn.SparseConv3d(in_features, out_features, 3, **kw)
     self.bn1 = nn.BatchNorm(out_features, relu=True, **kw)
     self.conv2 = nn.SparseConv3d(out_features, out_features, 3, **kw)
     self.bn2 = nn.BatchNorm(out_features, **kw)
-    if in_features != out_features:
+    if project is False and in_features != out_features:
+      raise ValueError(f"a residual block from {in_features} to {out_features} channels needs its projection; pass "
+                       "project=None or True.")
+    if project or in_features != out_features:
       self.proj = nn.SparseConv3d(in_features, out_features, 1, **kw)
       self.proj_bn = nn.BatchNorm(out_features, **kw)
     else:
@@ -53,24 +78,32 @@ class ResidualBlock(nnx.Module):
 
 
 class _Backbone(nnx.Module):
-  """Stem, four down stages and four up stages; SPVCNN interleaves its point branch between them."""
+  """Stem, four down stages and four up stages; SPVCNN interleaves its point branch between them.
 
-  def __init__(self, in_features, cr, *, dtype, param_dtype, rngs):
+  ``cs``: the nine widths. ``blocks``: residual blocks of each of the eight stages. ``projections``: per stage,
+  whether its first block projects its input (None: where the channels change)."""
+
+  def __init__(self, in_features, cs, blocks, projections, *, dtype, param_dtype, rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    cs = channels(cr)
+    blocks = _stage_counts(blocks)
+    project = [None] * 8 if projections is None else [bool(p) for p in projections]
+    if len(project) != 8:
+      raise ValueError(f"projections must hold 8 flags (four down, four up stages), got {projections!r}.")
+    def stage(first, in_ch, out_ch, s):
+      rest = [ResidualBlock(out_ch, out_ch, **kw) for _ in range(blocks[s] - 1)]
+      return nnx.List([first, ResidualBlock(in_ch, out_ch, project=project[s] or None, **kw), *rest])
     self.stem = nnx.List([ConvBNReLU(in_features, cs[0], 3, **kw), ConvBNReLU(cs[0], cs[0], 3, **kw)])
     self.stages = nnx.List()
     prev = cs[0]
     for i in range(4):
-      self.stages.append(nnx.List([ConvBNReLU(prev, prev, 2, stride=2, **kw), ResidualBlock(prev, cs[i + 1], **kw),
-                                   ResidualBlock(cs[i + 1], cs[i + 1], **kw)]))
+      self.stages.append(stage(ConvBNReLU(prev, prev, 2, stride=2, **kw), prev, cs[i + 1], i))
       prev = cs[i + 1]
     self.ups = nnx.List()
     skip_channels = (cs[3], cs[2], cs[1], cs[0])
     for j in range(4):
       out = cs[5 + j]
-      self.ups.append(nnx.List([ConvBNReLU(prev, out, 2, stride=2, transposed=True, **kw),
-                                ResidualBlock(out + skip_channels[j], out, **kw), ResidualBlock(out, out, **kw)]))
+      self.ups.append(stage(ConvBNReLU(prev, out, 2, stride=2, transposed=True, **kw), out + skip_channels[j], out,
+                            4 + j))
       prev = out
 
   @staticmethod
@@ -91,13 +124,18 @@ class MinkUNet(nnx.Module):
   transposed conv k2 s2 + BN + ReLU, skip concatenation and two residual blocks; conv biases off; a linear
   classifier. Parameters: 21,723,315 / 8,771,298 / 5,435,235 at cr 1.0 / 0.64 / 0.5 (4 inputs, 19 classes).
 
+  ``channels`` (nine widths, overriding ``cr``), ``blocks`` (residual blocks per stage: an int or eight counts)
+  and ``projections`` (eight flags: the first block of a stage projects its input even at equal widths) describe
+  the subnets that :mod:`jsparse3d.nas` exports; the defaults are the published network.
+
   ``__call__(x)`` -> SparseTensor of per-voxel logits on ``x``'s coordinates.
   """
 
-  def __init__(self, in_features: int = 4, num_classes: int = 19, cr: float = 1.0, *, dtype=None,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
-    self.backbone = _Backbone(in_features, cr, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.classifier = nn.Linear(channels(cr)[8], num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  def __init__(self, in_features: int = 4, num_classes: int = 19, cr: float = 1.0, *, channels=None, blocks=2,
+               projections=None, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    cs = _widths(cr, channels)
+    self.backbone = _Backbone(in_features, cs, blocks, projections, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.classifier = nn.Linear(cs[8], num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x: SparseTensor) -> SparseTensor:
     b = self.backbone
@@ -135,14 +173,16 @@ class SPVCNN(nnx.Module):
   ``__call__(xyz, batch, feats)``: ``xyz`` float [P, 3] in voxel units, ``batch`` int32 [P] (-1 for padded points),
   ``feats`` [P, in_features] -> logits [P, num_classes] (zero on padded points). With ``embed_dim > 0`` a second
   Linear on the same point features gives per-point embeddings for clustering (the instance head of the
-  calo-cluster study), and the call returns ``(logits, embeddings [P, embed_dim])``.
+  calo-cluster study), and the call returns ``(logits, embeddings [P, embed_dim])``. ``channels``, ``blocks`` and
+  ``projections`` as in :class:`MinkUNet`.
   """
 
-  def __init__(self, in_features: int = 4, num_classes: int = 19, cr: float = 1.0, *, dropout: float = 0.3,
-               embed_dim: int = 0, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, in_features: int = 4, num_classes: int = 19, cr: float = 1.0, *, channels=None, blocks=2,
+               projections=None, dropout: float = 0.3, embed_dim: int = 0, dtype=None, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    cs = channels(cr)
-    self.backbone = _Backbone(in_features, cr, **kw)
+    cs = _widths(cr, channels)
+    self.backbone = _Backbone(in_features, cs, blocks, projections, **kw)
     self.points = nnx.List([PointBranch(cs[0], cs[4], **kw), PointBranch(cs[4], cs[6], **kw),
                             PointBranch(cs[6], cs[8], **kw)])
     self.dropout = nn.Dropout(dropout, rngs=rngs)

@@ -1,6 +1,7 @@
 """The U-Net driver shared by the sparse U-ResNet and its dense twin: one topology, two sets of layers.
 
-Level ``i`` has ``filters * (i + 1)`` channels. The encoder runs ``reps`` blocks per level and goes down through
+Level ``i`` has ``filters * (i + 1)`` channels (or ``filters[i]`` when ``filters`` lists them). The encoder runs
+``reps`` blocks per level (or ``reps[i]``) and goes down through
 a norm-activation and a stride-2 conv; the decoder comes up through a norm-activation and a stride-2 transposed
 conv, concatenates the skip (skip first) and runs ``reps`` blocks, the first of which takes both halves. A stem
 conv comes first, a norm-activation and a linear head last. The modules are built in that order (which fixes the
@@ -49,20 +50,35 @@ def kernels(spatial_dims: int) -> Kernels:
 ORDER = ("stem", "encoder", "down_bn", "down", "up_bn", "up", "decoder", "head_bn", "head")
 
 
-def build(module: nnx.Module, layers: Layers, in_features: int, num_classes: int, filters: int, depth: int,
-          reps: int) -> None:
-  """Sets ``module``'s layers, in the order of :data:`ORDER`."""
-  if depth < 1 or reps < 1 or filters < 1:
-    raise ValueError(f"depth, reps and filters must be positive, got {depth}, {reps}, {filters}.")
-  c = [filters * (i + 1) for i in range(depth)]
+def per_level(value, depth: int, name: str, default) -> list[int]:
+  """``value`` as one positive int per level: a sequence of ``depth`` ints, or an int that ``default(value, i)``
+  turns into level ``i``'s."""
+  if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+    raise ValueError(f"depth must be a positive int, got {depth!r}.")
+  if isinstance(value, (list, tuple)):
+    if len(value) != depth:
+      raise ValueError(f"{name} lists {len(value)} levels but depth is {depth}; give one value per level or one int.")
+    levels = [int(v) for v in value]
+  else:
+    levels = [default(int(value), i) for i in range(depth)]
+  if min(levels) < 1:
+    raise ValueError(f"{name} must be positive on every level, got {value!r}.")
+  return levels
+
+
+def build(module: nnx.Module, layers: Layers, in_features: int, num_classes: int, filters, depth: int,
+          reps) -> None:
+  """Sets ``module``'s layers, in the order of :data:`ORDER`. ``filters`` and ``reps``: an int, or one per level."""
+  c = per_level(filters, depth, "filters", lambda f, i: f * (i + 1))
+  r = per_level(reps, depth, "reps", lambda n, i: n)
   module.depth = depth
   module.stem = layers.stem(in_features, c[0])
-  module.encoder = nnx.List([nnx.List([layers.block(c[i], c[i]) for _ in range(reps)]) for i in range(depth)])
+  module.encoder = nnx.List([nnx.List([layers.block(c[i], c[i]) for _ in range(r[i])]) for i in range(depth)])
   module.down_bn = nnx.List([layers.norm(c[i]) for i in range(depth - 1)])
   module.down = nnx.List([layers.down(c[i], c[i + 1]) for i in range(depth - 1)])
   module.up_bn = nnx.List([layers.norm(c[i + 1]) for i in range(depth - 1)])
   module.up = nnx.List([layers.up(c[i + 1], c[i]) for i in range(depth - 1)])
-  module.decoder = nnx.List([nnx.List([layers.block(2 * c[i] if r == 0 else c[i], c[i]) for r in range(reps)])
+  module.decoder = nnx.List([nnx.List([layers.block(2 * c[i] if j == 0 else c[i], c[i]) for j in range(r[i])])
                              for i in range(depth - 1)])
   module.head_bn = layers.norm(c[0])
   module.head = layers.head(c[0], num_classes)

@@ -42,8 +42,10 @@ class UResNet(nnx.Module):
 
   Args:
     in_features: input channels (1: deposited energy). num_classes: output classes.
-    filters: channels of the first level. depth: levels (the deepest stride is ``2 ** (depth - 1)``).
-    reps: residual blocks per level and side.
+    filters: channels of the first level (level ``i`` has ``filters * (i + 1)``), or a sequence of ``depth``
+      widths, one per level (the subnets that :mod:`jsparse3d.nas` exports). depth: levels (the deepest stride is
+      ``2 ** (depth - 1)``).
+    reps: residual blocks per level and side, or a sequence of one count per level.
     spatial_dims: 3, or 2 for images on a flat z axis (coordinates ``z = 0``): 3x3x1 convolutions, 2x2x1 strides.
   Returns (``__call__``):
     a SparseTensor of ``num_classes`` logits per voxel, on the input's coordinates.
@@ -51,7 +53,7 @@ class UResNet(nnx.Module):
 
   state_dict_order = _unet.ORDER
 
-  def __init__(self, in_features: int = 1, num_classes: int = 5, filters: int = 16, depth: int = 5, reps: int = 2, *,
+  def __init__(self, in_features: int = 1, num_classes: int = 5, filters=16, depth: int = 5, reps=2, *,
                spatial_dims: int = 3, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     _unet.build(self, _layers(kw, _unet.kernels(spatial_dims)), in_features, num_classes, filters, depth, reps)

@@ -1,0 +1,313 @@
+"""``python -m train.nas --config uresnet_nas_lartpc | spvnas_lidar [--workdir DIR] [--set key=value ...]``: 3D-NAS.
+
+1. Trains the config's supernet with the normal trainer (resume, metrics, progress bars, ``--devices``): each step
+   runs a subnet drawn uniformly from the space (``<workdir>/supernet``).
+2. Builds the cost model on the validation split: MACs per event over its real kernel-map pairs, and a per-layer
+   latency table of this machine, fitted and checked on the measured latency of a few exported subnets.
+3. For each search seed, an evolutionary search and a random search of the same number of evaluations for the best
+   validation score (non-zero accuracy, or mIoU for LiDAR) within the budget (``nas.budget_fraction`` of the
+   largest subnet's MACs or predicted latency); every subnet is recalibrated (batch norm) before it is scored.
+4. Exports the best subnet found as a plain model (weights and recalibrated statistics), checks it against the
+   supernet, times it against the largest subnet's export, scores both on the test split when there is one, and
+   optionally fine-tunes it with the normal trainer (``nas.finetune_steps``).
+
+Writes ``<workdir>/search``: ``evaluations.jsonl`` (every evaluation), ``latency.json``, ``pareto.png``,
+``summary.json``; and ``<workdir>/subnet``: ``weights/`` (``jsparse3d.nn.load_weights``) and ``subnet.json`` (the
+plain model's config). A rerun resumes the supernet's training and repeats the search (deterministic).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jsparse3d import nas
+from jsparse3d import nn
+from train import tasks
+from train import train_lib
+
+_METRIC = {"UResNet": "nonzero_accuracy", "SPVCNN": "miou"}
+
+
+def check_search(cfg) -> None:
+  """Clear errors for a bad ``nas`` section, before any training."""
+  s = cfg.get("nas")
+  if not isinstance(s, dict):
+    raise ValueError(f"config {cfg['name']!r} has no nas section; use a NAS config (uresnet_nas_lartpc, "
+                     "spvnas_lidar).")
+  if s["budget"] not in ("macs", "latency"):
+    raise ValueError(f"nas.budget must be 'macs' or 'latency', got {s['budget']!r}.")
+  if not 0 < s["budget_fraction"] <= 1:
+    raise ValueError(f"nas.budget_fraction must be in (0, 1] (of the largest subnet's cost), got "
+                     f"{s['budget_fraction']!r}.")
+  for key in ("evaluations", "population", "parents", "calibration_batches", "latency_subnets", "latency_repeats"):
+    if not isinstance(s[key], int) or s[key] < 1:
+      raise ValueError(f"nas.{key} must be a positive int, got {s[key]!r}.")
+  if s["latency_subnets"] < 2:
+    raise ValueError("nas.latency_subnets must be at least 2 (the largest and smallest fit the table; the rest check "
+                     "it).")
+  if not s["search_seeds"]:
+    raise ValueError("nas.search_seeds must list at least one seed.")
+
+
+def _model_inputs(x) -> tuple:
+  return x if isinstance(x, tuple) else (x,)
+
+
+def _batches(layout, dataset, task, cfg):
+  """Every event of ``dataset`` in order, as batches (the last may hold fewer; none dropped), labels checked."""
+  steps = -(-len(dataset) // cfg["batch_size"])
+  loader = layout.loader(dataset, task, shuffle=False, num_steps=steps, prefetch=0, drop_remainder=False)
+  out = list(loader)
+  for _, y in out:
+    train_lib.check_targets(y, cfg, task, "evaluation labels")
+  return out
+
+
+def _latency(supernet, table, subnets, reference, repeats, say):
+  """Measured end-to-end latency of the exports of ``subnets`` (interleaved rounds, medians)."""
+  exports = {s: supernet.export(s) for s in subnets}
+  rounds = {s: [] for s in subnets}
+  for _ in range(3):
+    for s in subnets:
+      rounds[s].append(nas.measure_latency(exports[s], reference, repeats=repeats))
+  measured = {s: float(np.median(t)) for s, t in rounds.items()}
+  say("measured latency (ms): " + ", ".join(f"{1e3 * t:.1f}" for t in measured.values()))
+  return measured
+
+
+def _plot(path: Path, records, chosen, budget_kind, budget, largest, metric):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import matplotlib.ticker
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+  scale = {"macs": 1e-9, "latency": 1e3}
+  label = {"macs": "GMACs per event (log scale)", "latency": "predicted forward latency, one batch (ms, log scale)"}
+  name = "mIoU" if metric == "miou" else "non-zero accuracy"
+  for ax, kind in zip(axes, ("macs", "latency")):
+    for method, colour in (("random", "tab:grey"), ("evolution", "tab:blue")):
+      pts = [(r[kind] * scale[kind], 100 * r["score"]) for r in records if r["method"] == method]
+      ax.scatter(*zip(*pts), s=14, alpha=0.6, color=colour, label=f"{method} search")
+    every = [(r[kind] * scale[kind], 100 * r["score"]) for r in records] + [(largest[kind] * scale[kind],
+                                                                               100 * largest["score"])]
+    front = nas.pareto_front(every)
+    ax.plot(*zip(*[every[i] for i in front]), color="black", lw=1, drawstyle="steps-post", label="Pareto front")
+    ax.scatter([largest[kind] * scale[kind]], [100 * largest["score"]], marker="s", s=50, color="tab:red",
+               label="largest subnet", zorder=5)
+    ax.scatter([chosen[kind] * scale[kind]], [100 * chosen["score"]], marker="*", s=160, color="tab:orange",
+               edgecolor="black", zorder=5, label="chosen subnet")
+    if kind == budget_kind:
+      ax.axvline(budget * scale[kind], color="tab:orange", ls="--", lw=1, label="budget")
+    ax.set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel(label[kind])
+    ax.set_ylabel(f"validation {name} (%)")
+    ax.grid(alpha=0.3, which="both")
+  axes[0].legend(fontsize=8, loc="lower right")
+  fig.suptitle(f"every subnet the searches scored (all within the {budget_kind} budget) and the largest subnet")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
+  """Steps 2-4 of the module docstring on a trained ``supernet``; returns the summary it writes."""
+  s = cfg["nas"]
+  out = workdir / "search"
+  out.mkdir(parents=True, exist_ok=True)
+  plain = supernet.plain_class().__name__
+  metric = _METRIC[plain]
+  forward = task.eval_forward or task.forward
+  space = supernet.space
+  # Training events (not augmented) in an order of their own, so the calibration is not the supernet's first steps.
+  calibration = [x for x, _ in layout.loader(task.train_set, task, seed=cfg["seed"] + 1, prefetch=0,
+                                             num_steps=s["calibration_batches"])]
+  validation = _batches(layout, task.eval_set, task, cfg)
+  evaluator = nas.SubnetEvaluator(supernet, calibration=calibration, validation=validation,
+                                  num_classes=cfg["model"]["num_classes"], metric=metric, forward=forward,
+                                  ignore_index=task.ignore_index)
+  events = len(task.eval_set)
+  geometry = {}
+  for x, _ in validation:
+    for key, value in supernet.geometry(*_model_inputs(x)).items():
+      geometry[key] = geometry.get(key, 0) + value
+  macs = lambda sub: supernet.macs(sub, geometry) / events
+
+  say(f"latency table: every layer choice of the {space.size():,} subnets, timed on one validation batch...")
+  t0 = time.perf_counter()
+  reference = _model_inputs(validation[0][0])
+  table = nas.LatencyTable(supernet, reference, repeats=s["latency_repeats"])
+  rng = np.random.default_rng(cfg["seed"])
+  fit = [space.largest(), space.smallest()]
+  held = []
+  while len(held) < s["latency_subnets"] - 2 and len(held) < space.size() - 2:
+    sub = space.sample(rng)
+    if sub not in fit and sub not in held:
+      held.append(sub)
+  measured = _latency(supernet, table, fit + held, reference, s["latency_repeats"], say)
+  scale, overhead = table.calibrate({k: measured[k] for k in fit})
+  errors = [abs(table.predict(k) - measured[k]) / measured[k] for k in held]
+  latency_report = dict(entries=len(table.entries), seconds_to_build=time.perf_counter() - t0, scale=scale,
+                        overhead_ms=1e3 * overhead,
+                        subnets=[dict(subnet=k.to_dict(), measured_ms=1e3 * measured[k], predicted_ms=1e3 *
+                                      table.predict(k), used_to_fit=k in fit) for k in fit + held],
+                        mean_abs_error=float(np.mean(errors)) if errors else None,
+                        max_abs_error=float(np.max(errors)) if errors else None)
+  (out / "latency.json").write_text(json.dumps(latency_report, indent=1))
+  if errors:
+    say(f"latency table: {len(table.entries)} entries; predictions of {len(held)} subnets not used to fit it are "
+        f"off by {100 * np.mean(errors):.1f}% on average (at most {100 * np.max(errors):.1f}%)")
+
+  cost = macs if s["budget"] == "macs" else table.predict
+  largest = space.largest()
+  budget = s["budget_fraction"] * cost(largest)
+  say(f"searching: {s['evaluations']} evaluations per search, budget {s['budget_fraction']:.2f} of the largest "
+      f"subnet's {s['budget']} ({budget:.4g}), seeds {list(s['search_seeds'])}")
+  runs, records = [], []
+  t0 = time.perf_counter()
+  for seed in s["search_seeds"]:
+    for method in ("evolution", "random"):
+      if method == "evolution":
+        history = nas.evolutionary_search(space, evaluator, cost, budget, evaluations=s["evaluations"],
+                                          population=s["population"], parents=s["parents"],
+                                          mutation_probability=s["mutation_probability"],
+                                          crossover_share=s["crossover_share"], seed=seed)
+      else:
+        history = nas.random_search(space, evaluator, cost, budget, evaluations=s["evaluations"], seed=seed)
+      top = nas.best(history)
+      runs.append(dict(method=method, seed=seed, best_score=top.score, best=top.subnet.to_dict()))
+      say(f"  seed {seed}, {method}: best {metric} {top.score:.4f} ({len(evaluator.cache)} subnets scored so far)")
+      records += [dict(method=method, seed=seed, index=e.index, origin=e.origin, subnet=e.subnet.to_dict(),
+                       score=e.score, macs=macs(e.subnet), latency=table.predict(e.subnet)) for e in history]
+  search_seconds = time.perf_counter() - t0
+  with open(out / "evaluations.jsonl", "w") as f:
+    for r in records:
+      f.write(json.dumps(r) + "\n")
+  mean = lambda method: float(np.mean([r["best_score"] for r in runs if r["method"] == method]))
+
+  evolved = [r for r in records if r["method"] == "evolution"]
+  chosen_rec = max(evolved, key=lambda r: (r["score"], -r["macs"]))
+  chosen = nas.Subnet.from_dict(chosen_rec["subnet"])
+  recal = evaluator.recalibrated(chosen)
+  model = recal.export(chosen)
+  x0 = validation[0][0]
+  expect, got = recal(*_model_inputs(x0), subnet=chosen), model(*_model_inputs(x0))
+  leaf = lambda v: v.feats if hasattr(v, "feats") else v
+  export_error = float(np.max(np.abs(np.asarray(leaf(expect)) - np.asarray(leaf(got)))))
+  largest_model = evaluator.recalibrated(largest).export(largest)
+  timing = _latency(supernet, table, [largest, chosen], reference, s["latency_repeats"], say)
+  subnet_dir = workdir / "subnet"
+  if subnet_dir.exists():
+    shutil.rmtree(subnet_dir)
+  subnet_dir.mkdir(parents=True)
+  nn.save_weights(model, subnet_dir / "weights")
+  config = dict(kind=plain, **supernet.plain_config(chosen))
+  (subnet_dir / "subnet.json").write_text(json.dumps(dict(subnet=chosen.to_dict(), model=config), indent=1))
+
+  test = {}
+  if task.test_set is not None:
+    tester = nas.SubnetEvaluator(supernet, calibration=calibration,
+                                 validation=_batches(layout, task.test_set, task, cfg),
+                                 num_classes=cfg["model"]["num_classes"], metric=metric, forward=forward,
+                                 ignore_index=task.ignore_index)
+    test = {"chosen": tester.scores(chosen), "largest": tester.scores(largest), "events": len(task.test_set)}
+  largest_rec = dict(score=evaluator(largest), macs=macs(largest), latency=table.predict(largest))
+  summary = dict(
+      config=cfg["name"], metric=metric, budget=s["budget"], budget_fraction=s["budget_fraction"], budget_value=budget,
+      space_size=space.size(), evaluations_per_search=s["evaluations"], subnets_scored=len(evaluator.cache),
+      # every subnet runs in the same programs: one compile per batch shape, not per subnet
+      scoring_batch_shapes=len(evaluator.batch_shapes),
+      search_seconds=search_seconds, runs=runs, mean_best=dict(evolution=mean("evolution"), random=mean("random")),
+      chosen=dict(subnet=chosen.to_dict(), score=chosen_rec["score"], macs=chosen_rec["macs"],
+                  macs_fraction=chosen_rec["macs"] / largest_rec["macs"], measured_latency_ms=1e3 * timing[chosen],
+                  parameters=_count(model)),
+      largest=dict(subnet=largest.to_dict(), score=largest_rec["score"], macs=largest_rec["macs"],
+                   measured_latency_ms=1e3 * timing[largest], parameters=_count(largest_model)),
+      speedup=timing[largest] / timing[chosen], export_max_abs_error=export_error, test=test,
+      latency_table=dict(mean_abs_error=latency_report["mean_abs_error"],
+                         max_abs_error=latency_report["max_abs_error"]))
+  (out / "summary.json").write_text(json.dumps(summary, indent=1))
+  _plot(out / "pareto.png", records, chosen_rec, s["budget"], budget, largest_rec, metric)
+  say(f"chosen subnet {chosen}: validation {metric} {chosen_rec['score']:.4f} (largest {largest_rec['score']:.4f}) "
+      f"at {summary['chosen']['macs_fraction']:.3f} of its MACs, {summary['speedup']:.2f}x faster measured; "
+      f"evolution {mean('evolution'):.4f} vs random {mean('random'):.4f} (mean best over seeds); export matches "
+      f"the supernet to {export_error:.1e}")
+  return summary
+
+
+def _count(model) -> int:
+  return int(sum(np.size(v) for v in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
+def finetune(cfg, workdir: Path, *, resume: bool, progress: bool) -> dict:
+  """Fine-tunes the exported subnet (``<workdir>/subnet``) with the normal trainer for ``nas.finetune_steps``."""
+  spec = json.loads((workdir / "subnet" / "subnet.json").read_text())
+  tuned = copy.deepcopy(cfg)
+  steps = cfg["nas"]["finetune_steps"]
+  tuned.update(name=cfg["name"] + "_finetune", model=spec["model"], steps=steps, eval_every=steps,
+               checkpoint_every=steps, init_weights=str((workdir / "subnet" / "weights").absolute()))
+  tuned.pop("nas")
+  return train_lib.train(tuned, workdir / "finetune", resume=resume, progress=progress)
+
+
+def run(cfg, workdir, *, resume: bool = True, progress: bool = True, devices: int = 1) -> dict:
+  """The whole pipeline (module docstring); returns the search summary (process 0; other processes only train)."""
+  check_search(cfg)
+  workdir = Path(workdir)
+  result = train_lib.train(cfg, workdir / "supernet", resume=resume, progress=progress, devices=devices)
+  if jax.process_index() != 0 or result["stopped"] is not None:
+    return dict(stopped=result["stopped"])
+  supernet = train_lib.trained_model(cfg, result["state"])
+  task = tasks.build_task(cfg)
+  layout = train_lib.Layout(cfg, 1)
+  summary = search(cfg, workdir, supernet, task, layout)
+  if cfg["nas"]["finetune_steps"]:
+    tuned = finetune(cfg, workdir, resume=resume, progress=progress)
+    final = tuned.get("test") or tuned.get("eval")
+    summary["finetuned"] = {k: final[k] for k in ("step", "nonzero_accuracy", "miou")} if final else None
+    (workdir / "search" / "summary.json").write_text(json.dumps(summary, indent=1))
+  return summary
+
+
+def main(argv=None) -> int:
+  from train import __main__ as cli
+  ap = cli._parser()
+  ap.prog = "python -m train.nas"
+  ap.description = __doc__
+  ap.set_defaults(config="uresnet_nas_lartpc")
+  args = ap.parse_args(argv)
+  cli._setup(ap, args)
+  from train import configs
+  try:
+    cfg = configs.get_config(args.config, args.set)
+    check_search(cfg)
+  except ValueError as e:
+    ap.error(str(e))
+  workdir = args.workdir or f"runs/{cfg['name']}"
+  print(f"config {cfg['name']}: supernet {cfg['steps']} steps of {cfg['batch_size']} events, then the search; "
+        f"workdir {workdir}", flush=True)
+  try:
+    summary = run(cfg, workdir, resume=not args.no_resume, progress=not args.no_progress, devices=args.devices)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if summary.get("stopped") is not None:
+    print(f"stopped by signal {summary['stopped']}; run again to resume.")
+    return 128 + int(summary["stopped"])
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
