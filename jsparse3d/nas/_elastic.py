@@ -128,8 +128,9 @@ class Supernet(nnx.Module):
     out = net(*inputs, **kwargs)
     after = nnx.state(net, nnx.BatchStat)
     stats = nnx.to_pure_dict(after)
+    moved = _flat(stats)
     for path, keep in self._kept_statistics(widths, depths, before).items():
-      _set(stats, path, jnp.where(keep, _flat(stats)[path], before[path]))
+      _set(stats, path, jnp.where(keep, moved[path], before[path]))
     nnx.replace_by_pure_dict(after, stats)
     nnx.update(self.net, nnx.state(net, nnx.Not(nnx.Any(nnx.Param, nnx.BatchStat))), after)  # and RNG counts
     return out
@@ -158,14 +159,18 @@ class Supernet(nnx.Module):
     return {path: np.broadcast_to(np.asarray(m), np.shape(params[path]))
             for path, m in self._masks(widths, depths, params).items()}
 
+  def _active(self, genes, widths):
+    """bool mask of the active channels of ``genes`` concatenated: the first ``widths[g]`` of each."""
+    top = self.space.max_widths
+    return jnp.concatenate([jnp.arange(top[g]) < widths[g] for g in genes])
+
   def _kept_statistics(self, widths, depths, stats: dict) -> dict:
     """Batch-statistic path -> bool mask of the channels whose running averages this subnet updates."""
-    top = self.space.max_widths
     out = {}
     for layer in self.layers:
       if layer.kind != "bn":
         continue
-      keep = jnp.concatenate([jnp.arange(top[g]) < widths[g] for g in layer.outputs])
+      keep = self._active(layer.outputs, widths)
       if layer.block is not None:
         keep = keep & (layer.block[1] < depths[layer.block[0]])
       out.update({p: keep for p in stats if p[:len(layer.path)] == layer.path})
@@ -173,11 +178,8 @@ class Supernet(nnx.Module):
 
   def _masks(self, widths, depths, params: dict) -> dict:
     """Parameter path -> 0/1 mask (broadcastable to it) of every masked parameter."""
-    top = self.space.max_widths
     def channels(genes, size, dtype):
-      if genes is None:
-        return jnp.ones((size,), dtype)
-      return jnp.concatenate([jnp.arange(top[g]) < widths[g] for g in genes]).astype(dtype)
+      return jnp.ones((size,), dtype) if genes is None else self._active(genes, widths).astype(dtype)
     out = {}
     for layer in self.layers:
       leaves = {p: v for p, v in params.items() if p[:len(layer.path)] == layer.path}
