@@ -309,6 +309,7 @@ def _state_leaves(state) -> dict:
       v.dtype, jax.dtypes.prng_key) else v) for p, v in leaves}
 
 
+@pytest.mark.slow  # three short trainings, each compiling the supernet's step: about 2 minutes
 def test_supernet_training_resumes_exactly_and_pmap_matches_one_device(tmp_path):
   """The draws continue after a resume (same subnets, so the same weights as an uninterrupted run), and two
   devices draw the same subnet as one device does."""
