@@ -63,16 +63,14 @@ def _model_inputs(x) -> tuple:
 
 
 def _batches(layout, dataset, task, cfg):
-  """Every event of ``dataset`` in order, as batches (the last may hold fewer; none dropped), labels checked."""
-  steps = -(-len(dataset) // cfg["batch_size"])
-  loader = layout.loader(dataset, task, shuffle=False, num_steps=steps, prefetch=0, drop_remainder=False)
-  out = list(loader)
+  """Every event of ``dataset`` in order, as batches held in memory (each subnet scores them all), labels checked."""
+  out = list(train_lib.eval_loader(dataset, task, layout, cfg))
   for _, y in out:
     train_lib.check_targets(y, cfg, task, "evaluation labels")
   return out
 
 
-def _latency(supernet, table, subnets, reference, repeats, say):
+def _latency(supernet, subnets, reference, repeats, say):
   """Measured end-to-end latency of the exports of ``subnets`` (interleaved rounds, medians)."""
   exports = {s: supernet.export(s) for s in subnets}
   rounds = {s: [] for s in subnets}
@@ -156,7 +154,7 @@ def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
     sub = space.sample(rng)
     if sub not in fit and sub not in held:
       held.append(sub)
-  measured = _latency(supernet, table, fit + held, reference, s["latency_repeats"], say)
+  measured = _latency(supernet, fit + held, reference, s["latency_repeats"], say)
   scale, overhead = table.calibrate({k: measured[k] for k in fit})
   errors = [abs(table.predict(k) - measured[k]) / measured[k] for k in held]
   latency_report = dict(entries=len(table.entries), seconds_to_build=time.perf_counter() - t0, scale=scale,
@@ -206,8 +204,7 @@ def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
   expect, got = recal(*_model_inputs(x0), subnet=chosen), model(*_model_inputs(x0))
   leaf = lambda v: v.feats if hasattr(v, "feats") else v
   export_error = float(np.max(np.abs(np.asarray(leaf(expect)) - np.asarray(leaf(got)))))
-  largest_model = evaluator.recalibrated(largest).export(largest)
-  timing = _latency(supernet, table, [largest, chosen], reference, s["latency_repeats"], say)
+  timing = _latency(supernet, [largest, chosen], reference, s["latency_repeats"], say)
   subnet_dir = workdir / "subnet"
   if subnet_dir.exists():
     shutil.rmtree(subnet_dir)
@@ -234,7 +231,7 @@ def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
                   macs_fraction=chosen_rec["macs"] / largest_rec["macs"], measured_latency_ms=1e3 * timing[chosen],
                   parameters=_count(model)),
       largest=dict(subnet=largest.to_dict(), score=largest_rec["score"], macs=largest_rec["macs"],
-                   measured_latency_ms=1e3 * timing[largest], parameters=_count(largest_model)),
+                   measured_latency_ms=1e3 * timing[largest], parameters=_count(supernet.net)),
       speedup=timing[largest] / timing[chosen], export_max_abs_error=export_error, test=test,
       latency_table=dict(mean_abs_error=latency_report["mean_abs_error"],
                          max_abs_error=latency_report["max_abs_error"]))

@@ -189,16 +189,20 @@ def check_targets(y, cfg, task, what: str) -> None:
     training.check_instances(y["instances"], cfg["instance_loss"]["max_instances"], what=f"instance ids of {what}")
 
 
+def eval_loader(dataset, task, layout, cfg):
+  """Every event of ``dataset`` once, in order, as batches: the last may hold fewer events (none dropped)."""
+  steps = -(-len(dataset) // cfg["batch_size"])
+  if steps < 1:
+    raise ValueError(f"config {cfg['name']!r}: the eval split {dataset!r} holds no events.")
+  return layout.loader(dataset, task, shuffle=False, num_steps=steps, prefetch=0, drop_remainder=False)
+
+
 def evaluate(eval_step, state, dataset, task, layout, cfg):
-  """Loss and confusion over every event of ``dataset``: the last batch may hold fewer events (none dropped)."""
+  """Loss and confusion over every event of ``dataset`` (see :func:`eval_loader`)."""
   cm = training.ConfusionMatrix(cfg["model"]["num_classes"])
   losses, weights = [], []
   global_batch = cfg["batch_size"]
-  steps = -(-len(dataset) // global_batch)
-  if steps < 1:
-    raise ValueError(f"config {cfg['name']!r}: the eval split {dataset!r} holds no events.")
-  loader = layout.loader(dataset, task, shuffle=False, num_steps=steps, prefetch=0, drop_remainder=False)
-  for step, (x, y) in enumerate(loader):
+  for step, (x, y) in enumerate(eval_loader(dataset, task, layout, cfg)):
     check_targets(y, cfg, task, "evaluation labels")
     loss, counts = eval_step(state, x, y)
     losses.append(float(layout.first(loss)))  # the mean over this batch's events

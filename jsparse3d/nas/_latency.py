@@ -3,8 +3,8 @@ them.
 
 The table times every layer the search space can make (each conv, norm and linear layer at each of its channel
 choices, on the geometry of one reference batch) as a compiled forward of the plain layer, once. A subnet's
-predicted latency is the sum over the layers it keeps, scaled, plus a constant for what no layer owns (kernel maps,
-voxelization, activations, additions) and a scale, both fitted to the end-to-end latency of a few subnets measured on
+predicted latency is the sum over the layers it keeps, times a scale, plus a constant for what no layer owns (kernel
+maps, voxelization, activations, additions), both fitted to the end-to-end latency of a few subnets measured on
 their exports (:meth:`LatencyTable.calibrate`). The error on other measured subnets says how far to trust it.
 """
 
