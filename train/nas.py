@@ -120,6 +120,29 @@ def _plot(path: Path, records, chosen, budget_kind, budget, largest, metric):
   plt.close(fig)
 
 
+def _evaluator(cfg, supernet, task, calibration, batches):
+  return nas.SubnetEvaluator(supernet, calibration=calibration, validation=batches,
+                             num_classes=cfg["model"]["num_classes"], metric=_METRIC[supernet.plain_class().__name__],
+                             forward=task.eval_forward or task.forward, ignore_index=task.ignore_index)
+
+
+def scoring(cfg, supernet, task, layout):
+  """What the search scores with: ``(evaluator, calibration, validation, macs)``. The evaluator recalibrates each
+  subnet's batch norm on ``nas.calibration_batches`` training batches (not augmented, in an order of their own, so
+  not the supernet's first steps) and scores the validation split (every event, held in memory); ``macs(subnet)``
+  is its MACs per validation event over the real kernel-map pairs."""
+  calibration = [x for x, _ in layout.loader(task.train_set, task, seed=cfg["seed"] + 1, prefetch=0,
+                                             num_steps=cfg["nas"]["calibration_batches"])]
+  validation = _batches(layout, task.eval_set, task, cfg)
+  evaluator = _evaluator(cfg, supernet, task, calibration, validation)
+  geometry = {}
+  for x, _ in validation:
+    for key, value in supernet.geometry(*_model_inputs(x)).items():
+      geometry[key] = geometry.get(key, 0) + value
+  events = len(task.eval_set)
+  return evaluator, calibration, validation, lambda sub: supernet.macs(sub, geometry) / events
+
+
 def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
   """Steps 2-4 of the module docstring on a trained ``supernet``; returns the summary it writes."""
   s = cfg["nas"]
@@ -127,21 +150,8 @@ def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   plain = supernet.plain_class().__name__
   metric = _METRIC[plain]
-  forward = task.eval_forward or task.forward
   space = supernet.space
-  # Training events (not augmented) in an order of their own, so the calibration is not the supernet's first steps.
-  calibration = [x for x, _ in layout.loader(task.train_set, task, seed=cfg["seed"] + 1, prefetch=0,
-                                             num_steps=s["calibration_batches"])]
-  validation = _batches(layout, task.eval_set, task, cfg)
-  evaluator = nas.SubnetEvaluator(supernet, calibration=calibration, validation=validation,
-                                  num_classes=cfg["model"]["num_classes"], metric=metric, forward=forward,
-                                  ignore_index=task.ignore_index)
-  events = len(task.eval_set)
-  geometry = {}
-  for x, _ in validation:
-    for key, value in supernet.geometry(*_model_inputs(x)).items():
-      geometry[key] = geometry.get(key, 0) + value
-  macs = lambda sub: supernet.macs(sub, geometry) / events
+  evaluator, calibration, validation, macs = scoring(cfg, supernet, task, layout)
 
   say(f"latency table: every layer choice of the {space.size():,} subnets, timed on one validation batch...")
   t0 = time.perf_counter()
@@ -215,10 +225,7 @@ def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
 
   test = {}
   if task.test_set is not None:
-    tester = nas.SubnetEvaluator(supernet, calibration=calibration,
-                                 validation=_batches(layout, task.test_set, task, cfg),
-                                 num_classes=cfg["model"]["num_classes"], metric=metric, forward=forward,
-                                 ignore_index=task.ignore_index)
+    tester = _evaluator(cfg, supernet, task, calibration, _batches(layout, task.test_set, task, cfg))
     test = {"chosen": tester.scores(chosen), "largest": tester.scores(largest), "events": len(task.test_set)}
   largest_rec = dict(score=evaluator(largest), macs=macs(largest), latency=table.predict(largest))
   summary = dict(
