@@ -1,13 +1,16 @@
-"""Uniform against sandwich sampling: the same subnets scored on two supernets trained alike but for ``sampling``.
+"""Re-scores subnets of ``python -m train.nas`` runs: the same subnets on each run's trained supernet, on the
+validation split that ``--config`` and ``--set`` describe.
 
-Each ``--run NAME=DIR`` is the workdir of a ``python -m train.nas`` run of ``--config`` (with the ``--set``
-overrides given here, which must describe the same model and data; ``model.sampling`` does not change the weights'
-layout). Its supernet is restored from a copy of its checkpoints (the run is not touched). Every supernet then scores
-the same subnets the way the search does (batch norm recalibrated per subnet, the validation split, the config's
-metric): the largest, the smallest, each run's chosen subnet, and ``--subnets`` drawn uniformly within the search's
-budget (a seeded draw, so the same for every run). Prints a table and each run's mean against the first run's.
+Each ``--run NAME=DIR`` is the workdir of a train.nas run of ``--config``; the ``--set`` overrides must describe the
+same model (``model.sampling`` does not change the weights' layout) and may change the validation split (another
+``data.synthetic.eval_seed`` gives scans that no search has seen). Each supernet is restored from a copy of its
+checkpoints (the run is not touched) and scores, the way the search does (batch norm recalibrated per subnet, the
+config's metric): the largest, the smallest, each run's chosen subnet, and ``--subnets`` drawn uniformly within the
+search's budget (a seeded draw, the same for every run). Prints a table and each run's mean over the drawn
+subnets against the first run's. Uses: uniform against sandwich sampling (two runs), and a search's winner
+checked on fresh scans (one run, another eval seed, ``--subnets 0``).
 
-Run: ``python benchmarks/nas_sampling.py --config spvnas_lidar --set ... --run uniform=DIR --run sandwich=DIR
+Run: ``python benchmarks/nas_rescore.py --config spvnas_lidar --set ... --run uniform=DIR [--run sandwich=DIR]
 [--subnets 12] [--out FILE]``.
 """
 
@@ -78,7 +81,7 @@ def main(argv=None) -> int:
     print(f"{label:<22} {fractions[label]:6.3f} " + " ".join(f"{100 * scores[n][label]:10.2f}" for n in names))
   drawn_labels = [label for label, _ in subnets if label.startswith("drawn")]
   report = {}
-  for n in names:
+  for n in names if drawn_labels else ():
     diff = [scores[n][k] - scores[names[0]][k] for k in drawn_labels]
     report[n] = dict(mean_drawn=float(np.mean([scores[n][k] for k in drawn_labels])),
                      mean_gain_over_first=float(np.mean(diff)), wins_over_first=int(sum(d > 0 for d in diff)))
