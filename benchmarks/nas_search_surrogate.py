@@ -48,7 +48,9 @@ def main(argv=None) -> int:
     r = json.loads(line)
     scored[nas.Subnet.from_dict(r["subnet"])] = r["score"]
   supernet = tasks.build_model(cfg, rngs=nnx.Rngs(0))  # only its layer table and the data's geometry count here
-  _, _, _, macs = nas_cli.scoring(cfg, supernet, tasks.build_task(cfg), train_lib.Layout(cfg, 1))
+  task = tasks.build_task(cfg)
+  validation = nas_cli.held_batches(train_lib.Layout(cfg, 1), task.eval_set, task, cfg)
+  macs = nas_cli.macs_per_event(supernet, validation, len(task.eval_set))
   space = supernet.space
   choices = list(space.width_choices) + list(space.depth_choices)
   onehot = lambda s: np.concatenate([[1.0]] + [[float(v == c) for c in ch[1:]] for v, ch in zip(

@@ -62,7 +62,7 @@ def _model_inputs(x) -> tuple:
   return x if isinstance(x, tuple) else (x,)
 
 
-def _batches(layout, dataset, task, cfg):
+def held_batches(layout, dataset, task, cfg):
   """Every event of ``dataset`` in order, as batches held in memory (each subnet scores them all), labels checked."""
   out = list(train_lib.eval_loader(dataset, task, layout, cfg))
   for _, y in out:
@@ -133,14 +133,19 @@ def scoring(cfg, supernet, task, layout):
   is its MACs per validation event over the real kernel-map pairs."""
   calibration = [x for x, _ in layout.loader(task.train_set, task, seed=cfg["seed"] + 1, prefetch=0,
                                              num_steps=cfg["nas"]["calibration_batches"])]
-  validation = _batches(layout, task.eval_set, task, cfg)
+  validation = held_batches(layout, task.eval_set, task, cfg)
   evaluator = _evaluator(cfg, supernet, task, calibration, validation)
+  return evaluator, calibration, validation, macs_per_event(supernet, validation, len(task.eval_set))
+
+
+def macs_per_event(supernet, batches, events: int):
+  """``macs(subnet)``: a subnet's MACs over the real kernel-map pairs of ``batches`` (``(inputs, labels)`` pairs
+  holding ``events`` events), per event."""
   geometry = {}
-  for x, _ in validation:
+  for x, _ in batches:
     for key, value in supernet.geometry(*_model_inputs(x)).items():
       geometry[key] = geometry.get(key, 0) + value
-  events = len(task.eval_set)
-  return evaluator, calibration, validation, lambda sub: supernet.macs(sub, geometry) / events
+  return lambda sub: supernet.macs(sub, geometry) / events
 
 
 def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
@@ -225,7 +230,7 @@ def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
 
   test = {}
   if task.test_set is not None:
-    tester = _evaluator(cfg, supernet, task, calibration, _batches(layout, task.test_set, task, cfg))
+    tester = _evaluator(cfg, supernet, task, calibration, held_batches(layout, task.test_set, task, cfg))
     test = {"chosen": tester.scores(chosen), "largest": tester.scores(largest), "events": len(task.test_set)}
   largest_rec = dict(score=evaluator(largest), macs=macs(largest), latency=table.predict(largest))
   summary = dict(
