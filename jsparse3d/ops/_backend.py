@@ -28,6 +28,7 @@ SUPPORTED = {
     "index": ("xla", "pallas"),
     "voxel_to_point": ("xla", "pallas"),
     "batch_norm": ("xla", "native"),
+    "adam": ("xla", "native"),  # jsparse3d.training.fused_adam
 }
 
 

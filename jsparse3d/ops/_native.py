@@ -1,12 +1,13 @@
-"""The native CPU kernels (``_cpu_kernels.cc``, ``_cpu_maps.cc``, ``_cpu_norm.cc``): built on first use, cached,
-and registered with XLA's FFI.
+"""The native CPU kernels (``_cpu_kernels.cc``, ``_cpu_maps.cc``, ``_cpu_norm.cc``, ``_cpu_adam.cc``): built on
+first use, cached, and registered with XLA's FFI.
 
 XLA:CPU runs the pure-jnp convolution loop on one core, and at 16 channels that loop is bound by per-block
 dispatch rather than arithmetic. The two kernels in ``_cpu_kernels.cc`` compute the same sums with vector
 registers on all of XLA's intra-op threads, in an order fixed by the kernel map (so results do not depend on
 the thread count). ``_cpu_maps.cc`` builds the kernel maps themselves, equal to the XLA path's, in one pass
 over a hash table instead of hundreds of HLO ops that take seconds to compile. ``_cpu_norm.cc`` is the masked
-batch norm (and ReLU) of every sparse model, forward and backward, in two passes each. Nothing is compiled at install
+batch norm (and ReLU) of every sparse model, forward and backward, in two passes each; ``_cpu_adam.cc`` the Adam
+update of every parameter array in one call (:func:`jsparse3d.training.fused_adam`). Nothing is compiled at install
 time: the first convolution on a CPU compiles the files with the system C++ compiler against the FFI headers that
 ship with jaxlib (announced on stderr, once), into a per-user cache keyed by the sources, the headers, the compiler
 and this CPU's instruction set. Without a compiler the XLA path is used (with one warning).
@@ -35,7 +36,8 @@ from pathlib import Path
 
 import jax
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("_cpu_kernels.cc", "_cpu_maps.cc", "_cpu_norm.cc"))
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("_cpu_kernels.cc", "_cpu_maps.cc", "_cpu_norm.cc", "_cpu_adam.cc"))
 HEADERS = (Path(__file__).with_name("_cpu_parallel.h"),)
 # XLA custom-call target names carry a version: a change to a handler's operands, attributes or results gets a
 # new version (and the old name stays registered while it is supported), so exported programs keep working.
@@ -49,7 +51,8 @@ def target(name: str) -> str:
 
 TARGETS = {target("conv"): "JsparseConv", target("wgrad"): "JsparseWgrad", target("compact"): "JsparseCompact",
            target("query_map"): "JsparseQueryMap", target("downsample"): "JsparseDownsample",
-           target("norm"): "JsparseNorm", target("norm_vjp"): "JsparseNormVjp"}
+           target("norm"): "JsparseNorm", target("norm_vjp"): "JsparseNormVjp",
+           target("adam"): "JsparseAdam"}
 
 
 def _cpu_signature() -> str:

@@ -1,5 +1,8 @@
 """Training pieces (no CLI, no file I/O): losses, metrics and jitted / pmapped step builders."""
 
+from jsparse3d.training._adam import FusedAdam as FusedAdam
+from jsparse3d.training._adam import apply_gradients as apply_gradients
+from jsparse3d.training._adam import fused_adam as fused_adam
 from jsparse3d.training._calo_metrics import match_clusters as match_clusters
 from jsparse3d.training._calo_metrics import panoptic_counts as panoptic_counts
 from jsparse3d.training._calo_metrics import panoptic_quality as panoptic_quality

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jsparse3d.training._adam import apply_gradients
 from jsparse3d.training._instances import discriminative_loss
 from jsparse3d.training._losses import segmentation_loss_terms
 from jsparse3d.training._metrics import confusion_matrix
@@ -118,7 +119,7 @@ def make_train_step(graphdef, *, num_classes: int, num_events: int, class_weight
       loss = jax.lax.psum(loss, axis_name)
       cm = jax.lax.psum(cm, axis_name)
     with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats with int32 step counts
-      optimizer.update(model, grads)
+      apply_gradients(optimizer, model, grads)
     new_state = nnx.state((model, optimizer))
     if axis_name is not None:  # the replicated keys again: devices stay identical
       new_state = jax.tree.map(lambda new, old: old if _is_key(old) else new, new_state, state)
