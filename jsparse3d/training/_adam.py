@@ -79,7 +79,7 @@ def fused_adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1
 
   def scalars(state):
     """(bc1, bc2, step) for this step, computed as optax computes them, and the new state's counters."""
-    with jax.numpy_dtype_promotion("standard"):  # as optax computes them
+    with jax.numpy_dtype_promotion("standard"):  # Python floats against int32 counts, as in optax
       count = optax.safe_increment(state[0].count)
       bc1 = (1 - b1 ** count).astype(jnp.float32)
       bc2 = (1 - b2 ** count).astype(jnp.float32)
