@@ -80,8 +80,26 @@ def test_gradients_for_any_channel_count_match_the_dense_oracle(rng, c_in, c_out
     assert np.abs(got - want).max() <= 2e-5 * max(1.0, np.abs(want).max())
 
 
+@needs_native
+@pytest.mark.parametrize("c_in, c_out", [(3, 5), (16, 16), (48, 32), (80, 80)])
+def test_the_input_gradient_kernel_reads_transposed_weights_bitwise(rng, c_in, c_out):
+  """``wt=True`` (the input gradient's conv, ``x @ w[o].T``) transposes inside the kernel: bitwise the plain kernel
+  on XLA's transposed copy, on a submanifold map (centre and mirrored pairs) and on a strided one."""
+  from jsparse3d.ops import _conv_primitive
+  x = _big_tensor(rng, c_out)
+  subm, x = js.ops.kernel_map(x, 3)
+  down, _ = js.ops.kernel_map(x, 2, stride=2)
+  for kmap, k in ((subm, 27), (down, 8)):
+    w = jnp.asarray(rng.standard_normal((k, c_in, c_out)).astype(np.float32))
+    got = _conv_primitive.conv(x.feats, w, kmap, wt=True, implementation="native")
+    want = _conv_primitive.conv(x.feats, jnp.swapaxes(w, 1, 2), kmap, implementation="native")
+    np.testing.assert_array_equal(got, want)
+    oracle = _conv_primitive.conv(x.feats, w, kmap, wt=True, implementation="xla")
+    assert np.abs(np.asarray(got) - np.asarray(oracle)).max() <= 1e-5 * max(1.0, np.abs(np.asarray(oracle)).max())
+
+
 def _big_tensor(rng, channels=8):
-  """~16k rows: enough for the conv kernel to split its rows into several parts."""
+  """~16k rows: enough work for the conv kernel to split its rows into several parts at any channel count."""
   coords = np.unique(rng.integers(0, 40, (20000, 3)), axis=0)
   coords = np.concatenate([np.zeros((len(coords), 1), int), coords], axis=1)
   return js.SparseTensor.from_coords(coords, rng.standard_normal((len(coords), channels)).astype(np.float32))
@@ -91,7 +109,7 @@ def _big_tensor(rng, channels=8):
 @pytest.mark.parametrize("channels", [8, 40])  # 40: the 512-bit tiles and the packed weight gradient, where present
 def test_results_do_not_depend_on_the_number_of_threads(rng, monkeypatch, channels):
   x = _big_tensor(rng, channels)
-  assert int(x.num_valid) > 7 * 2048
+  assert int(x.num_valid) > 15_000
   w = jnp.asarray(rng.standard_normal((3, 3, 3, channels, channels)).astype(np.float32) / np.sqrt(channels))
   w2 = jnp.asarray(rng.standard_normal((2, 2, 2, channels, channels)).astype(np.float32) / np.sqrt(channels))
 

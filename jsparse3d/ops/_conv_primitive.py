@@ -133,9 +133,10 @@ def _conv_impl(x, w, src, dst, block_offset, num_blocks, center_mask, table, tab
     table = _table(table, src, dst, block_offset, num_blocks, center_mask, num_dst=num_dst,
                    num_offsets=w.shape[0], block_size=block_size, center=center, mirrored=mirrored)
     return kernels.conv_forward(x, w, table)
-  if implementation == "native":
-    w = jnp.swapaxes(w, 1, 2) if wt else w
-    out = jax.ffi.ffi_call(_native.target("conv"), jax.ShapeDtypeStruct((num_dst, w.shape[2]), jnp.float32))(
+  if implementation == "native":  # with ``wt`` the kernel reads w[o].T itself: no transposed copy per layer
+    c_out = w.shape[1] if wt else w.shape[2]
+    out = jax.ffi.ffi_call(_native.target("conv_wt" if wt else "conv"),
+                           jax.ShapeDtypeStruct((num_dst, c_out), jnp.float32))(
         x.astype(jnp.float32), w.astype(jnp.float32), src, dst, block_offset, num_blocks, center_mask,
         **_native_attrs(block_size, center, mirrored))
     return out.astype(x.dtype)

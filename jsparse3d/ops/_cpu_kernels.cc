@@ -3,8 +3,9 @@
 // They take the kernel map exactly as the XLA lowering does (pairs compacted into offset-homogeneous blocks,
 // optionally mirrored, with the centre offset as identity pairs) and compute the same sums, float32 throughout:
 //
-//   JsparseConv:  out[d] += x[s] @ w[o]                       out: [num_dst, C_out]
-//   JsparseWgrad: grad[o] += a[s]^T b[d]                      grad: [K, C_a, C_b]
+//   JsparseConv:   out[d] += x[s] @ w[o]                      out: [num_dst, C_out]
+//   JsparseConvWt: out[d] += x[s] @ w[o]^T (input gradients)  out: [num_dst, C_in]
+//   JsparseWgrad:  grad[o] += a[s]^T b[d]                     grad: [K, C_a, C_b]
 //
 // Determinism. Every output element is summed in an order fixed by the map alone, never by the number of
 // threads or by which thread ran what:
@@ -327,7 +328,7 @@ ffi::Error CheckMap(const Map& map, int64_t num_pairs_cap, int64_t num_block_cap
   return ffi::Error::Success();
 }
 
-constexpr int64_t kRowsPerItem = 2048;  // conv: destination rows per work item (at least)
+constexpr int64_t kMacsPerItem = int64_t{1} << 21;  // conv: multiply-adds per work item (at least)
 
 constexpr int64_t kChunkPairs = 8192;   // wgrad: pairs per chunk (at most)
 
@@ -397,27 +398,57 @@ std::vector<int64_t> BalancedRows(const ConvArgs& args, int64_t items) {
   return bounds;
 }
 
-ffi::Error ConvImpl(ffi::ThreadPool pool, Matrix x, Stack w, Rows src, Rows dst, Rows block_offset, Count num_blocks,
-                    Mask center_mask, ffi::Result<Matrix> out, int64_t block_size, int64_t center,
-                    int64_t mirrored) {
+// The conv of `x` with the weight stack `w` ([k, c_in, c_out], the layout ConvRows reads).
+ffi::Error RunConv(ffi::ThreadPool& pool, Matrix& x, const float* w, int64_t k, int64_t w_c_in, int64_t w_c_out,
+                   Rows& src, Rows& dst, Rows& block_offset, Count& num_blocks, Mask& center_mask,
+                   ffi::Result<Matrix>& out, int64_t block_size, int64_t center, int64_t mirrored) {
   ConvArgs args{{src.typed_data(), dst.typed_data(), block_offset.typed_data(), num_blocks.typed_data()[0],
                  block_size, center_mask.typed_data(), center, mirrored != 0},
-                x.typed_data(), w.typed_data(), out->typed_data(),
+                x.typed_data(), w, out->typed_data(),
                 static_cast<int64_t>(x.dimensions()[0]), static_cast<int64_t>(out->dimensions()[0]),
-                static_cast<int64_t>(w.dimensions()[0]), static_cast<int64_t>(x.dimensions()[1]),
-                static_cast<int64_t>(w.dimensions()[2])};
-  if (w.dimensions()[1] != args.c_in || out->dimensions()[1] != args.c_out)
+                k, static_cast<int64_t>(x.dimensions()[1]), w_c_out};
+  if (w_c_in != args.c_in || out->dimensions()[1] != args.c_out)
     return ffi::Error::InvalidArgument("jsparse3d conv: operand shapes disagree");
   if (center >= 0 && (args.num_src != args.num_dst || center_mask.dimensions()[0] != args.num_dst || center >= args.k))
     return ffi::Error::InvalidArgument("jsparse3d conv: a centre offset needs num_src == num_dst rows");
   if (ffi::Error e = CheckMap(args.map, src.dimensions()[0], block_offset.dimensions()[0], args.k); e.failure())
     return e;
-  const int64_t items = std::max<int64_t>(1, std::min<int64_t>(NumParts(pool), args.num_dst / kRowsPerItem));
+  // One work item per thread once the products are worth sharing. Counted in products, not rows: the coarse
+  // levels of a U-Net have few rows but wide channels, and ran on one thread when items were 2,048 rows.
+  const int64_t products = args.map.num_blocks * block_size * (mirrored ? 2 : 1) + (center >= 0 ? args.num_dst : 0);
+  const int64_t items =
+      std::max<int64_t>(1, std::min<int64_t>(NumParts(pool), products * args.c_in * args.c_out / kMacsPerItem));
   const std::vector<int64_t> bounds = BalancedRows(args, items);
   ParallelFor::Run(pool, items, items, [&args, &bounds](int64_t item) {
     ConvRows(args, bounds[item], bounds[item + 1]);
   });
   return ffi::Error::Success();
+}
+
+ffi::Error ConvImpl(ffi::ThreadPool pool, Matrix x, Stack w, Rows src, Rows dst, Rows block_offset, Count num_blocks,
+                    Mask center_mask, ffi::Result<Matrix> out, int64_t block_size, int64_t center,
+                    int64_t mirrored) {
+  return RunConv(pool, x, w.typed_data(), w.dimensions()[0], w.dimensions()[1], w.dimensions()[2], src, dst,
+                 block_offset, num_blocks, center_mask, out, block_size, center, mirrored);
+}
+
+// The conv with each w[o] transposed (w: [k, c_out, c_in]), as the input gradient needs it: the stack is
+// transposed here, once per call, rather than by XLA in a separate kernel per layer. The products are exactly
+// those of JsparseConv on XLA's transposed copy.
+ffi::Error ConvWtImpl(ffi::ThreadPool pool, Matrix x, Stack w, Rows src, Rows dst, Rows block_offset,
+                      Count num_blocks, Mask center_mask, ffi::Result<Matrix> out, int64_t block_size, int64_t center,
+                      int64_t mirrored) {
+  const int64_t k = w.dimensions()[0], rows = w.dimensions()[1], cols = w.dimensions()[2];
+  std::vector<float> wt(static_cast<size_t>(k * rows * cols));
+  const float* wd = w.typed_data();
+  for (int64_t o = 0; o < k; ++o) {
+    const float* from = wd + o * rows * cols;
+    float* to = wt.data() + o * rows * cols;
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j) to[j * rows + i] = from[i * cols + j];
+  }
+  return RunConv(pool, x, wt.data(), k, cols, rows, src, dst, block_offset, num_blocks, center_mask, out,
+                 block_size, center, mirrored);
 }
 
 ffi::Error WgradImpl(ffi::ThreadPool pool, Matrix a, Matrix b,
@@ -498,6 +529,21 @@ ffi::Error WgradImpl(ffi::ThreadPool pool, Matrix a, Matrix b,
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JsparseConv, ConvImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<Matrix>()
+                                  .Arg<Stack>()
+                                  .Arg<Rows>()
+                                  .Arg<Rows>()
+                                  .Arg<Rows>()
+                                  .Arg<Count>()
+                                  .Arg<Mask>()
+                                  .Ret<Matrix>()
+                                  .Attr<int64_t>("block_size")
+                                  .Attr<int64_t>("center")
+                                  .Attr<int64_t>("mirrored"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JsparseConvWt, ConvWtImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<Matrix>()

@@ -49,7 +49,8 @@ def target(name: str) -> str:
   return f"jsparse3d_{name}_v{TARGET_VERSION}"
 
 
-TARGETS = {target("conv"): "JsparseConv", target("wgrad"): "JsparseWgrad", target("compact"): "JsparseCompact",
+TARGETS = {target("conv"): "JsparseConv", target("conv_wt"): "JsparseConvWt", target("wgrad"): "JsparseWgrad",
+           target("compact"): "JsparseCompact",
            target("query_map"): "JsparseQueryMap", target("downsample"): "JsparseDownsample",
            target("norm"): "JsparseNorm", target("norm_vjp"): "JsparseNormVjp",
            target("adam"): "JsparseAdam"}
