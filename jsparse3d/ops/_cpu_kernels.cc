@@ -528,35 +528,26 @@ ffi::Error WgradImpl(ffi::ThreadPool pool, Matrix a, Matrix b,
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JsparseConv, ConvImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<Matrix>()
-                                  .Arg<Stack>()
-                                  .Arg<Rows>()
-                                  .Arg<Rows>()
-                                  .Arg<Rows>()
-                                  .Arg<Count>()
-                                  .Arg<Mask>()
-                                  .Ret<Matrix>()
-                                  .Attr<int64_t>("block_size")
-                                  .Attr<int64_t>("center")
-                                  .Attr<int64_t>("mirrored"));
+// The operands of both conv targets (JsparseConvWt reads the same stack as [K, C_out, C_in]).
+static auto ConvBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<Matrix>()
+      .Arg<Stack>()
+      .Arg<Rows>()
+      .Arg<Rows>()
+      .Arg<Rows>()
+      .Arg<Count>()
+      .Arg<Mask>()
+      .Ret<Matrix>()
+      .Attr<int64_t>("block_size")
+      .Attr<int64_t>("center")
+      .Attr<int64_t>("mirrored");
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JsparseConvWt, ConvWtImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<Matrix>()
-                                  .Arg<Stack>()
-                                  .Arg<Rows>()
-                                  .Arg<Rows>()
-                                  .Arg<Rows>()
-                                  .Arg<Count>()
-                                  .Arg<Mask>()
-                                  .Ret<Matrix>()
-                                  .Attr<int64_t>("block_size")
-                                  .Attr<int64_t>("center")
-                                  .Attr<int64_t>("mirrored"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JsparseConv, ConvImpl, ConvBinding());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JsparseConvWt, ConvWtImpl, ConvBinding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JsparseWgrad, WgradImpl,
                               ffi::Ffi::Bind()
