@@ -459,3 +459,55 @@ def test_release_freed_memory_hands_freed_heap_pages_back():
   after = _resident_mb()
   assert before - after > 80, (before, after)
   assert len(kept) == 4000
+
+
+def test_huge_pages_env_adds_the_tunable_only_where_it_changes_something():
+  from jsparse3d.training._memory import _huge_pages_env
+  madvise = "always [madvise] never\n"
+  assert _huge_pages_env({"A": "1"}, madvise) == {"A": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+  assert _huge_pages_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, madvise)["GLIBC_TUNABLES"] == (
+      "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
+  assert _huge_pages_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, madvise) is None  # the user's opt-out
+  assert _huge_pages_env({}, "[always] madvise never\n") is None  # huge pages without asking
+  assert _huge_pages_env({}, "always madvise [never]\n") is None
+  assert _huge_pages_env({}, None) is None  # no transparent huge pages in this kernel
+
+
+_FAULTS_CHILD = """
+import os, resource, sys
+print("start", flush=True)
+from jsparse3d import training
+training.restart_with_huge_pages()
+import ctypes
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(8):  # 64 MB blocks: glibc maps each one afresh and unmaps it when freed, as XLA's temporaries
+  block = libc.malloc(64 * 2**20)  # (numpy would ask for huge pages itself)
+  ctypes.memset(block, 1, 64 * 2**20)
+  libc.free(block)
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 8
+print("tunables", os.environ.get("GLIBC_TUNABLES"), "faults", faults, flush=True)
+"""
+
+
+def test_restart_with_huge_pages_restarts_once_and_cuts_page_faults():
+  import platform
+  mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+  if sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or not mode.exists():
+    pytest.skip("needs glibc on Linux with transparent huge pages")
+  if "[madvise]" not in mode.read_text():
+    pytest.skip(f"transparent huge pages are {mode.read_text().strip()!r}: restart_with_huge_pages does nothing")
+
+  def run(**env):
+    environ = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | env
+    out = subprocess.run([sys.executable, "-c", _FAULTS_CHILD], capture_output=True, text=True, env=environ,
+                         timeout=120, check=True).stdout.split()
+    return out.count("start"), out[out.index("tunables") + 1], float(out[out.index("faults") + 1])
+
+  starts, tunables, faults = run()
+  assert starts == 2 and tunables == "glibc.malloc.hugetlb=1"
+  starts_off, tunables_off, faults_off = run(GLIBC_TUNABLES="glibc.malloc.hugetlb=0")  # opted out: no restart
+  assert starts_off == 1 and tunables_off == "glibc.malloc.hugetlb=0"
+  # 16,384 pages of 4 KiB a block, against 32 of 2 MiB plus the 4 KiB pages of its unaligned ends (about 550)
+  assert faults_off > 10_000 and faults < faults_off / 10, (faults, faults_off)

@@ -8,8 +8,10 @@ each with its ``--process_id``; they join through ``jax.distributed.initialize``
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
+from pathlib import Path
 
 
 def _parser():
@@ -94,5 +96,17 @@ def main(argv=None):
   return 0
 
 
+def _restart_with_huge_pages() -> None:
+  """``jsparse3d.training.restart_with_huge_pages()`` before jax is imported, which would cost 2.4 s twice: its
+  module needs only the standard library, so it is loaded from its file without running the package's imports."""
+  spec = importlib.util.find_spec("jsparse3d")
+  path = Path(spec.origin).parent / "training" / "_memory.py"
+  memory_spec = importlib.util.spec_from_file_location("_jsparse3d_memory", path)
+  memory = importlib.util.module_from_spec(memory_spec)
+  memory_spec.loader.exec_module(memory)
+  memory.restart_with_huge_pages()
+
+
 if __name__ == "__main__":
+  _restart_with_huge_pages()  # XLA's temporaries on 2 MiB pages: see jsparse3d/training/_memory.py
   sys.exit(main())

@@ -319,4 +319,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  from jsparse3d import training
+  training.restart_with_huge_pages()  # XLA's temporaries on 2 MiB pages: see jsparse3d/training/_memory.py
   sys.exit(main())

@@ -9,8 +9,9 @@
 //
 // Determinism. Every output element is summed in an order fixed by the map alone, never by the number of
 // threads or by which thread ran what:
-// - conv: the work is split by destination row ranges; each range scans the blocks in order, so every row
-//   receives its centre term, then its pairs in block order (a pair and its mirror in pair order).
+// - conv: the work is split by destination row ranges, each computed in groups of rows; every row receives its
+//   centre term, then its pairs in block order (a block's pairs, then its mirrored pairs), whatever the range or
+//   the group that holds it.
 // - wgrad: the pairs are cut into chunks that depend only on the map (runs of blocks of one offset, at most
 //   kChunkPairs pairs); each chunk sums into its own partial, and the partials of an offset are added in chunk
 //   order.
@@ -175,6 +176,13 @@ void gather_gemm_scatter_n(const float* x, const int32_t* s, const int32_t* d, i
     for (int p = 0; p < P; ++p) xr[p] = x + s[q + p] * m, orr[p] = out + d[q + p] * n;
     rows_times_matrix<P, N>(xr, w, orr, m, n);
   }
+  if (q + P / 2 <= count) {  // half a tile, then single rows
+    const float* xr[P / 2];
+    float* orr[P / 2];
+    for (int p = 0; p < P / 2; ++p) xr[p] = x + s[q + p] * m, orr[p] = out + d[q + p] * n;
+    rows_times_matrix<P / 2, N>(xr, w, orr, m, n);
+    q += P / 2;
+  }
   for (; q < count; ++q) {
     const float* xr[1] = {x + s[q] * m};
     float* orr[1] = {out + d[q] * n};
@@ -330,6 +338,11 @@ ffi::Error CheckMap(const Map& map, int64_t num_pairs_cap, int64_t num_block_cap
 
 constexpr int64_t kMacsPerItem = int64_t{1} << 21;  // conv: multiply-adds per work item (at least)
 
+// conv: output bytes of a row group, which stays in cache while every offset adds to it (256-4,096 rows). Measured
+// on a 66k-site LiDAR map against one group per range: forward 0.67 / 0.64 / 0.90 of the time at 64 / 128 / 256
+// channels, input gradient 0.79 / 0.80 / 0.99.
+constexpr int64_t kGroupBytes = int64_t{1} << 18;
+
 constexpr int64_t kChunkPairs = 8192;   // wgrad: pairs per chunk (at most)
 
 struct ConvArgs {
@@ -340,34 +353,65 @@ struct ConvArgs {
   int64_t num_src, num_dst, k, c_in, c_out;
 };
 
-// Computes the output rows [lo, hi): the centre term, then the pairs block by block.
-void ConvRows(const ConvArgs args, const int64_t lo, const int64_t hi) {
+// Computes the output rows [lo, hi), `group` rows at a time: each group's rows are zeroed, receive their centre
+// term, then their pairs in block order (a block's pairs, then its mirrored pairs), so that a group's output rows
+// stay in cache while every offset adds to them, instead of every offset sweeping the whole range. A row receives
+// the same terms in the same order whatever the group size, so the group size never changes a result.
+void ConvRows(const ConvArgs args, const int64_t lo, const int64_t hi, const int64_t group) {
   const Map map = args.map;
   const int64_t c_in = args.c_in, c_out = args.c_out, wsize = c_in * c_out;
-  std::fill(args.out + lo * c_out, args.out + hi * c_out, 0.0f);
-  std::vector<int32_t> rows;
-  if (map.center >= 0) {
-    rows.reserve(static_cast<size_t>(hi - lo));
-    for (int64_t r = lo; r < hi; ++r)
-      if (map.center_mask[r]) rows.push_back(static_cast<int32_t>(r));
-    gather_gemm_scatter(args.x, rows.data(), rows.data(), static_cast<int64_t>(rows.size()),
-                        args.w + map.center * wsize, args.out, c_in, c_out);
+  const int64_t num_groups = (hi - lo + group - 1) / group, bs = map.block_size;
+  const int64_t num_pairs = map.num_blocks * bs;
+  auto real = [&args](int32_t sp, int32_t dp) {  // padding pairs hold a sentinel row
+    return sp >= 0 && dp >= 0 && sp < args.num_src && dp < args.num_dst;
+  };
+  // The pairs of each group in summation order (a counting sort, stable): rows s, d and the weight index.
+  std::vector<int64_t> start(static_cast<size_t>(num_groups + 1), 0);
+  for (int64_t p = 0; p < num_pairs; ++p) {
+    const int32_t sp = map.src[p], dp = map.dst[p];
+    if (!real(sp, dp)) continue;
+    if (dp >= lo && dp < hi) ++start[(dp - lo) / group + 1];
+    if (map.mirrored && sp >= lo && sp < hi) ++start[(sp - lo) / group + 1];
   }
-  // This range's pairs of one block: (src, dst) and, if mirrored, (dst, src) as the second half.
-  const int64_t bs = map.block_size;
-  rows.resize(static_cast<size_t>(4 * bs));
-  int32_t *fs = rows.data(), *fd = fs + bs, *ms = fd + bs, *md = ms + bs;
+  for (int64_t g = 0; g < num_groups; ++g) start[g + 1] += start[g];
+  thread_local std::vector<int32_t> entries;  // kept between calls: no fresh pages per call
+  entries.resize(static_cast<size_t>(3 * start[num_groups]));
+  int32_t *es = entries.data(), *ed = es + start[num_groups], *ew = ed + start[num_groups];
+  std::vector<int64_t> next(start.begin(), start.end() - 1);
   for (int64_t b = 0; b < map.num_blocks; ++b) {
-    const int64_t o = map.block_offset[b];
-    int64_t nf = 0, nm = 0;
+    const int32_t o = map.block_offset[b];
     for (int64_t p = b * bs, end = p + bs; p < end; ++p) {
       const int32_t sp = map.src[p], dp = map.dst[p];
-      if (sp < 0 || dp < 0 || sp >= args.num_src || dp >= args.num_dst) continue;  // padding pairs
-      if (dp >= lo && dp < hi) fs[nf] = sp, fd[nf++] = dp;
-      if (map.mirrored && sp >= lo && sp < hi) ms[nm] = dp, md[nm++] = sp;
+      if (!real(sp, dp) || dp < lo || dp >= hi) continue;
+      const int64_t e = next[(dp - lo) / group]++;
+      es[e] = sp, ed[e] = dp, ew[e] = o;
     }
-    gather_gemm_scatter(args.x, fs, fd, nf, args.w + o * wsize, args.out, c_in, c_out);
-    gather_gemm_scatter(args.x, ms, md, nm, args.w + (args.k - 1 - o) * wsize, args.out, c_in, c_out);
+    if (!map.mirrored) continue;
+    for (int64_t p = b * bs, end = p + bs; p < end; ++p) {
+      const int32_t sp = map.src[p], dp = map.dst[p];
+      if (!real(sp, dp) || sp < lo || sp >= hi) continue;
+      const int64_t e = next[(sp - lo) / group]++;
+      es[e] = dp, ed[e] = sp, ew[e] = static_cast<int32_t>(args.k - 1 - o);
+    }
+  }
+  std::vector<int32_t> rows;
+  for (int64_t g = 0; g < num_groups; ++g) {
+    const int64_t glo = lo + g * group, ghi = std::min(hi, glo + group);
+    std::fill(args.out + glo * c_out, args.out + ghi * c_out, 0.0f);
+    if (map.center >= 0) {
+      rows.clear();
+      for (int64_t r = glo; r < ghi; ++r)
+        if (map.center_mask[r]) rows.push_back(static_cast<int32_t>(r));
+      gather_gemm_scatter(args.x, rows.data(), rows.data(), static_cast<int64_t>(rows.size()),
+                          args.w + map.center * wsize, args.out, c_in, c_out);
+    }
+    // Runs of one weight: a row appears at most once per weight, so a run never holds a row twice.
+    for (int64_t e = start[g], end = start[g + 1]; e < end;) {
+      int64_t f = e + 1;
+      while (f < end && ew[f] == ew[e]) ++f;
+      gather_gemm_scatter(args.x, es + e, ed + e, f - e, args.w + ew[e] * wsize, args.out, c_in, c_out);
+      e = f;
+    }
   }
 }
 
@@ -419,8 +463,9 @@ ffi::Error RunConv(ffi::ThreadPool& pool, Matrix& x, const float* w, int64_t k, 
   const int64_t items =
       std::max<int64_t>(1, std::min<int64_t>(NumParts(pool), products * args.c_in * args.c_out / kMacsPerItem));
   const std::vector<int64_t> bounds = BalancedRows(args, items);
-  ParallelFor::Run(pool, items, items, [&args, &bounds](int64_t item) {
-    ConvRows(args, bounds[item], bounds[item + 1]);
+  const int64_t group = std::clamp<int64_t>(kGroupBytes / (4 * args.c_out), 256, 4096);
+  ParallelFor::Run(pool, items, items, [&args, &bounds, group](int64_t item) {
+    ConvRows(args, bounds[item], bounds[item + 1], group);
   });
   return ffi::Error::Success();
 }

@@ -18,6 +18,7 @@ from jsparse3d.training._losses import class_weights_inverse_frequency as class_
 from jsparse3d.training._losses import segmentation_loss as segmentation_loss
 from jsparse3d.training._losses import segmentation_loss_terms as segmentation_loss_terms
 from jsparse3d.training._memory import release_freed_memory as release_freed_memory
+from jsparse3d.training._memory import restart_with_huge_pages as restart_with_huge_pages
 from jsparse3d.training._metrics import ConfusionMatrix as ConfusionMatrix
 from jsparse3d.training._metrics import confusion_matrix as confusion_matrix
 from jsparse3d.training._metrics import part_ious as part_ious
