@@ -15,6 +15,10 @@ that trains that network alone (a child process per framework, so one framework'
 other). The spconv twins are checked first: equal parameter counts, and logits within 1e-4 of jsparse3d's with
 jsparse3d's weights copied in.
 
+Like ``python -m train``, it first restarts itself with glibc's huge-page tunable
+(``jsparse3d.training.restart_with_huge_pages``); both frameworks run in this one process, so both get it
+(``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` opts out, for the default environment).
+
 Needs the ``bench`` extra for the peers (``pip install -e '.[bench]'``); without spconv it times jsparse3d alone
 and says so. Run: ``python benchmarks/networks_cpu.py [--only uresnet_4x192,minkunet_cr0.5] [--rounds 5]``.
 """
@@ -451,9 +455,13 @@ def main():
       results[name] = run(name, args, Path(tmp), have_spconv)
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(dict(results=results, rounds=args.rounds, reps=args.reps), indent=1))
+  out.write_text(json.dumps(dict(results=results, rounds=args.rounds, reps=args.reps,
+                                 glibc_tunables=os.environ.get("GLIBC_TUNABLES", "")), indent=1))
   print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":
+  if "--memory-child" not in sys.argv:  # (a child inherits the environment)
+    from jsparse3d import training
+    training.restart_with_huge_pages()  # as `python -m train` runs; spconv shares the process, and so the tunable
   main()
