@@ -325,6 +325,11 @@ struct Map {
   bool mirrored;
 };
 
+// Whether (src, dst) is a real pair: padding pairs hold a sentinel row outside the operands.
+inline bool RealPair(int32_t sp, int32_t dp, int64_t num_src, int64_t num_dst) {
+  return sp >= 0 && dp >= 0 && sp < num_src && dp < num_dst;
+}
+
 ffi::Error CheckMap(const Map& map, int64_t num_pairs_cap, int64_t num_block_cap, int64_t num_offsets) {
   if (map.block_size <= 0 || num_block_cap * map.block_size > num_pairs_cap)
     return ffi::Error::InvalidArgument("jsparse3d: block_size does not match the pair arrays");
@@ -362,9 +367,7 @@ void ConvRows(const ConvArgs args, const int64_t lo, const int64_t hi, const int
   const int64_t c_in = args.c_in, c_out = args.c_out, wsize = c_in * c_out;
   const int64_t num_groups = (hi - lo + group - 1) / group, bs = map.block_size;
   const int64_t num_pairs = map.num_blocks * bs;
-  auto real = [&args](int32_t sp, int32_t dp) {  // padding pairs hold a sentinel row
-    return sp >= 0 && dp >= 0 && sp < args.num_src && dp < args.num_dst;
-  };
+  auto real = [&args](int32_t sp, int32_t dp) { return RealPair(sp, dp, args.num_src, args.num_dst); };
   // The pairs of each group in summation order (a counting sort, stable): rows s, d and the weight index.
   std::vector<int64_t> start(static_cast<size_t>(num_groups + 1), 0);
   for (int64_t p = 0; p < num_pairs; ++p) {
@@ -426,7 +429,7 @@ std::vector<int64_t> BalancedRows(const ConvArgs& args, int64_t items) {
   std::vector<int64_t> work(static_cast<size_t>(args.num_dst), 0);
   for (int64_t p = 0, end = map.num_blocks * map.block_size; p < end; ++p) {
     const int32_t sp = map.src[p], dp = map.dst[p];
-    if (sp < 0 || dp < 0 || sp >= args.num_src || dp >= args.num_dst) continue;
+    if (!RealPair(sp, dp, args.num_src, args.num_dst)) continue;
     ++work[dp];
     if (map.mirrored) ++work[sp];
   }
@@ -547,7 +550,7 @@ ffi::Error WgradImpl(ffi::ThreadPool pool, Matrix a, Matrix b,
     }
     for (int64_t p = ch.begin; p < ch.end; ++p) {
       const int32_t sp = map.src[p], dp = map.dst[p];
-      if (sp < 0 || dp < 0 || sp >= num_src || dp >= num_dst) continue;
+      if (!RealPair(sp, dp, num_src, num_dst)) continue;
       s.push_back(sp);
       d.push_back(dp);
     }

@@ -58,7 +58,7 @@ def release_freed_memory() -> bool:
 
 def _huge_pages_env(environ, thp_mode: str | None) -> dict | None:
   """``environ`` with the huge-page tunable added, or None where a restart would change nothing: the tunable (or
-  its opposite) is set already, or the kernel gives huge pages only when asked (``[madvise]``) is not the mode."""
+  its opposite) is set already, or the kernel's mode is not ``[madvise]`` (huge pages only when asked for)."""
   tunables = environ.get("GLIBC_TUNABLES", "")
   if TUNABLE in tunables or thp_mode is None or "[madvise]" not in thp_mode:
     return None
@@ -84,7 +84,7 @@ def restart_with_huge_pages() -> None:
       main()
   """
   if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
-    return False
+    return
   try:
     mode = _THP_MODE.read_text()
   except OSError:
