@@ -97,8 +97,8 @@ class JsparseNet:
     from flax import nnx
 
     import jsparse3d as js
-    from jsparse3d import models
     from jsparse3d import training
+    from train import tasks
     self.jax = jax
     n = len(inputs["coords"])
     self.num_events = int(inputs["coords"][:, 0].max()) + 1
@@ -108,19 +108,16 @@ class JsparseNet:
       xyz = xyz - np.floor(xyz.min(axis=0))
       self.x = (jnp.asarray(xyz), jnp.zeros(len(pts), jnp.int32), jnp.asarray(pts))
       self.labels = jnp.asarray(np.random.default_rng(0).integers(0, 19, len(pts)), jnp.int32)
-      make = lambda rngs: models.SPVCNN(cr=0.5, rngs=rngs)
+      kind, spec = "SPVCNN", dict(cr=0.5)
       forward = lambda model, x: (model(*x), x[1])
     else:
       # Coarse levels sized from the coordinates, as the trainer's collate does.
       self.x = js.SparseTensor.from_coords(inputs["coords"], inputs["feats"], duplicates="error").plan_capacities(
           (2, 4, 8, 16))
       self.labels = jnp.asarray(inputs["labels"], jnp.int32)
-      if name.startswith("uresnet"):
-        make = lambda rngs: models.UResNet(rngs=rngs)
-      else:
-        make = lambda rngs: models.MinkUNet(cr=float(name.split("cr")[1]), rngs=rngs)
+      kind, spec = ("UResNet", {}) if name.startswith("uresnet") else ("MinkUNet", dict(cr=float(name.split("cr")[1])))
       forward = training.sparse_logits
-    self.model = nnx.jit(make)(nnx.Rngs(0))  # as the trainer builds it: one compiled initialiser
+    self.model = tasks.init_model(kind, rngs=nnx.Rngs(0), **spec)  # as the trainer builds it
     self.rows = n
     classes = int(inputs["classes"])
     # Adam as the trainer runs it (fused_adam: optax's update in one native call).

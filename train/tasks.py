@@ -84,11 +84,35 @@ _JITTED: dict = {}
 
 def jitted_once(key, fn, jit=nnx.jit):
   """``jit(fn)``, one per ``key`` for the process, so that building the same model or optimizer again (a resumed
-  run, the tests' many runs) reuses its compiled initialiser. The trainer initialises under jit: eager initialisers
-  compile and keep a small program per parameter shape, ~100 MB of the U-ResNet process's peak."""
+  run, the tests' many runs) reuses its compiled initialiser."""
   if key not in _JITTED:
     _JITTED[key] = jit(fn)
   return _JITTED[key]
+
+
+# Models whose initialiser runs under one jit. PVCNN and PointNet draw with flax's initialisers, which eagerly
+# compile a program per operation and shape (hgcal_pvcnn's model: 6.3 s eagerly, 1.8 s under jit). The sparse
+# models draw every kernel through nn.he_normal's one program per shape, so they build eagerly in the time a jitted
+# initialiser takes to compile (4.3-5.3 s), without that compile's memory: under jit the process peaked 260 MB
+# (U-ResNet) to 370 MB (MinkUNet cr 1.0) higher, for the same values bit for bit.
+_BUILT_UNDER_JIT = ("PVCNN", "PointNet")
+
+
+def init_model(kind: str, *, rngs: nnx.Rngs, **spec):
+  """A new model of ``kind`` (a class of :mod:`jsparse3d.models` or :mod:`jsparse3d.nas`) with keyword arguments
+  ``spec``, initialised as the trainer does it (``_BUILT_UNDER_JIT``); jitted initialisers do not advance
+  ``rngs``, eager ones do.
+
+  Example:
+    >>> model = init_model("UResNet", rngs=nnx.Rngs(0), filters=8, depth=3)
+  """
+  build = lambda r: getattr(nas if kind in _PLAIN else models, kind)(**spec, rngs=r)
+  if kind not in _BUILT_UNDER_JIT:
+    return build(rngs)
+  # Plain jax.jit (NNX modules are pytrees; nnx.jit takes no compile options), without optimisations: the program
+  # runs once.
+  return jitted_once(("model", kind, repr(sorted(spec.items()))), build,
+                     functools.partial(jax.jit, compiler_options=_layers.ONE_SHOT_COMPILE))(rngs)
 
 
 def build_model(cfg, *, rngs):
@@ -97,12 +121,7 @@ def build_model(cfg, *, rngs):
   if kind not in _DATA_FOR:
     raise ValueError(f"config {cfg['name']!r}: model.kind {kind!r} is not one of {sorted(_DATA_FOR)}.")
   try:
-    # A model's initialiser runs once: plain jax.jit (NNX modules are pytrees; nnx.jit takes no compile options)
-    # compiles it without optimisations, 5 s instead of 20 s for the U-ResNet when nothing is cached. The Rngs
-    # passed in are not advanced (the trainer does not use them again).
-    build = lambda r: getattr(nas if kind in _PLAIN else models, kind)(**spec, rngs=r)
-    return jitted_once(("model", kind, repr(sorted(spec.items()))), build,
-                       functools.partial(jax.jit, compiler_options=_layers.ONE_SHOT_COMPILE))(rngs)
+    return init_model(kind, rngs=rngs, **spec)
   except TypeError as e:
     raise ValueError(f"config {cfg['name']!r}: the model section does not fit {kind} ({e}).") from None
 

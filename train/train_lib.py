@@ -302,7 +302,8 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
     nn.load_weights(model, cfg["init_weights"])
   if layout.pmap:
     nn.sync_batch_norm(model, AXIS)
-  # Under jit, as the model (tasks.jitted_once); build_optimizer reads the optimizer section and the step count.
+  # Under jit (one compiled program instead of a small one per parameter shape), once per optimizer config for the
+  # process; build_optimizer reads the optimizer section and the step count.
   key = ("optimizer", repr(sorted(cfg["optimizer"].items())), cfg["steps"])
   optimizer = tasks.jitted_once(key, lambda m: nnx.Optimizer(m, build_optimizer(cfg), wrt=nnx.Param))(model)
   graphdef, state = nnx.split((model, optimizer))
