@@ -19,7 +19,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
+
+#if defined(__AVX512F__) || defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 #include "_cpu_parallel.h"
@@ -32,6 +37,25 @@ using Scalars = ffi::Buffer<ffi::F32, 1>;  // (bc1, bc2, step)
 
 namespace {
 
+inline float Sqrt(float x) { return std::sqrt(x); }
+
+#if defined(__AVX512F__) || defined(__AVX__)
+#ifdef __AVX512F__
+typedef float Vec __attribute__((vector_size(64)));
+inline Vec Sqrt(Vec x) { return reinterpret_cast<Vec>(_mm512_sqrt_ps(reinterpret_cast<__m512>(x))); }
+#else
+typedef float Vec __attribute__((vector_size(32)));
+inline Vec Sqrt(Vec x) { return reinterpret_cast<Vec>(_mm256_sqrt_ps(reinterpret_cast<__m256>(x))); }
+#endif
+constexpr int64_t kLanes = sizeof(Vec) / sizeof(float);
+inline Vec Load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void Store(float* p, Vec v) { std::memcpy(p, &v, sizeof(v)); }
+#endif
+
 constexpr int64_t kAdamChunk = 1 << 15;  // elements per work item
 
 struct Slice {
@@ -39,6 +63,41 @@ struct Slice {
   float *out, *mu_out, *nu_out;
   int64_t begin, end;
 };
+
+struct Constants {
+  float b1, b2, one_minus_b1, one_minus_b2, eps, eps_root, weight_decay, bc1, bc2, step;
+};
+
+// The update of one element, or of one vector of elements (float or a vector type: the same operations, each
+// rounded once, in the same order). sqrt is the only function call; it is exact in both.
+template <bool kDecay, bool kApply, class T>
+inline void UpdateElements(const Constants& k, T p, T g, T mu_in, T nu_in, T& out, T& mu, T& nu) {
+  mu = k.one_minus_b1 * g + k.b1 * mu_in;
+  nu = k.one_minus_b2 * (g * g) + k.b2 * nu_in;
+  T u = (mu / k.bc1) / (Sqrt(nu / k.bc2 + k.eps_root) + k.eps);
+  if (kDecay) u = u + k.weight_decay * p;
+  u = k.step * u;
+  out = kApply ? p + u : u;
+}
+
+// One work item, a vector at a time where the CPU has vectors. Each vector of operands is loaded before the
+// results are stored: an output may alias its operand (the same element), never another one.
+template <bool kDecay, bool kApply>
+void Update(const Slice& s, const Constants& k) {
+  int64_t i = s.begin;
+#if defined(__AVX512F__) || defined(__AVX__)
+  for (; i + kLanes <= s.end; i += kLanes) {
+    Vec out, mu, nu;
+    UpdateElements<kDecay, kApply>(k, Load(s.p + i), Load(s.g + i), Load(s.mu + i), Load(s.nu + i), out, mu, nu);
+    Store(s.mu_out + i, mu), Store(s.nu_out + i, nu), Store(s.out + i, out);
+  }
+#endif
+  for (; i < s.end; ++i) {
+    float out, mu, nu;
+    UpdateElements<kDecay, kApply>(k, s.p[i], s.g[i], s.mu[i], s.nu[i], out, mu, nu);
+    s.mu_out[i] = mu, s.nu_out[i] = nu, s.out[i] = out;
+  }
+}
 
 ffi::Error AdamImpl(ffi::ThreadPool pool, Scalars scalars, ffi::RemainingArgs args,
                     ffi::RemainingRets rets, float b1, float b2, float one_minus_b1, float one_minus_b2, float eps,
@@ -64,20 +123,12 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, Scalars scalars, ffi::RemainingArgs ar
                       nu->typed_data<float>(), (*out)->typed_data<float>(), (*mu_out)->typed_data<float>(),
                       (*nu_out)->typed_data<float>(), begin, std::min(n, begin + kAdamChunk)});
   }
+  const Constants k{b1, b2, one_minus_b1, one_minus_b2, eps, eps_root, weight_decay, bc1, bc2, step};
   ParallelFor::Run(pool, static_cast<int64_t>(work.size()), NumParts(pool), [&](int64_t w) {
-    const Slice& s = work[w];
-    for (int64_t i = s.begin; i < s.end; ++i) {
-      // Each operand is read before the results are written: an output may alias its operand.
-      const float g = s.g[i], p = s.p[i];
-      const float mu = one_minus_b1 * g + b1 * s.mu[i];
-      const float nu = one_minus_b2 * (g * g) + b2 * s.nu[i];
-      float u = (mu / bc1) / (std::sqrt(nu / bc2 + eps_root) + eps);
-      if (weight_decay != 0.0f) u = u + weight_decay * p;
-      u = step * u;
-      s.mu_out[i] = mu;
-      s.nu_out[i] = nu;
-      s.out[i] = apply ? p + u : u;
-    }
+    if (weight_decay != 0.0f)
+      apply ? Update<true, true>(work[w], k) : Update<true, false>(work[w], k);
+    else
+      apply ? Update<false, true>(work[w], k) : Update<false, false>(work[w], k);
   });
   return ffi::Error::Success();
 }
