@@ -373,6 +373,17 @@ def test_main_job_reports_a_test_split_never_used_for_choices():
   assert syn["test_events"] >= 500
 
 
+def test_synthetic_lidar_takes_a_test_split_from_its_own_seed():
+  from train import tasks
+  assert tasks.build_task(configs.get_config("spvcnn_kitti_smoke")).test_set is None
+  task = tasks.build_task(configs.get_config("spvcnn_kitti_smoke", ["data.synthetic.test_events=3"]))
+  assert len(task.test_set) == 3
+  test, val = task.test_set[0], task.eval_set[0]
+  expected = data.SyntheticLidar(1, seed=2, beams=32, azimuths=128)[0]
+  np.testing.assert_array_equal(test["points"], expected["points"])
+  assert test["points"].shape != val["points"].shape or not np.array_equal(test["points"], val["points"])
+
+
 def test_evaluation_counts_every_event_of_a_split_that_is_not_whole_batches(tmp_path):
   # Regression: evaluation skipped the last len % batch_size events.
   cfg = configs.get_config("uresnet_lartpc_smoke", ["steps=1", "eval_every=1", "data.synthetic.eval_events=5",

@@ -119,8 +119,8 @@ def _kitti(name, model) -> dict:
       name=name,
       model=model,
       data=dict(kind="semantickitti", root="data/semantickitti", voxel_size=0.05, augment=True,
-                synthetic=dict(train_events=100_000, eval_events=8, train_seed=0, eval_seed=1, beams=64,
-                               azimuths=1024)),
+                synthetic=dict(train_events=100_000, eval_events=8, test_events=0, train_seed=0, eval_seed=1,
+                               test_seed=2, beams=64, azimuths=1024)),
       batch_size=2,
       steps=15 * 19130 // 2,
       optimizer=_optimizer("sgd", 0.03, nesterov=True, weight_decay=1e-4),
@@ -241,6 +241,7 @@ def spvnas_lidar_smoke() -> dict:
   cfg = _kitti_smoke(spvnas_lidar())
   cfg["nas"].update(evaluations=4, population=2, parents=2, search_seeds=[0], calibration_batches=1,
                     latency_subnets=3, latency_repeats=2, budget="latency", budget_fraction=0.6)
+  cfg["data"]["synthetic"].update(test_events=2)
   return cfg
 
 

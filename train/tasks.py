@@ -213,6 +213,8 @@ def build_task(cfg) -> Task:
     kw = dict(beams=syn["beams"], azimuths=syn["azimuths"])
     sets = (data.SyntheticLidar(syn["train_events"], seed=syn["train_seed"], **kw),
             data.SyntheticLidar(syn["eval_events"], seed=syn["eval_seed"], **kw))
+    if syn.get("test_events"):
+      test_set = data.SyntheticLidar(syn["test_events"], seed=syn["test_seed"], **kw)
   elif kind == "shapenet_part":
     root = _existing(cfg, "root")
     sets = (data.ShapeNetPart(root, "train", num_points=d["num_points"]),
@@ -254,10 +256,10 @@ def build_task(cfg) -> Task:
     return Task(*sets, _kitti.CLASS_NAMES, data.collate, levels, training.sparse_logits, transform,
                 ignore_index=data.ignore_index("spvnas"), augment=augment,
                 eval_collate_fn=data.collate_voxel_points, eval_collate_kwargs=levels,
-                eval_forward=training.voxel_point_logits)
+                eval_forward=training.voxel_point_logits, test_set=test_set)
   if model == "SPVCNN":
     return Task(*sets, _kitti.CLASS_NAMES, data.collate_points, dict(voxel_size=d["voxel_size"]), _points_forward,
-                ignore_index=data.ignore_index("spvnas"), augment=augment)
+                ignore_index=data.ignore_index("spvnas"), augment=augment, test_set=test_set)
   names = tuple(f"{_shapes.CATEGORIES[c]}/{j}" for c, n in enumerate(_shapes.PARTS_PER_CATEGORY) for j in range(n))
   return Task(*sets, names, data.collate_shapes, {}, _shapes_forward)
 
