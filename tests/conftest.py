@@ -34,6 +34,15 @@ def require_native_kernels() -> None:
               pytrace=False)
 
 
+def state_leaves(state) -> dict:
+  """Every leaf of a trainer's state as numpy (PRNG keys as their key data), by path."""
+  import numpy as np
+  from flax import nnx
+  leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0]
+  return {jax.tree_util.keystr(p): np.asarray(jax.random.key_data(v) if jax.dtypes.issubdtype(
+      v.dtype, jax.dtypes.prng_key) else v) for p, v in leaves}
+
+
 @pytest.fixture
 def native_kernels():
   require_native_kernels()

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import state_leaves
 from flax import nnx
 
 import jsparse3d as js
@@ -318,12 +319,6 @@ def test_plain_models_take_per_level_and_per_stage_shapes():
     js.models.MinkUNet(blocks=[1, 2], rngs=nnx.Rngs(0))
 
 
-def _state_leaves(state) -> dict:
-  leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0]
-  return {jax.tree_util.keystr(p): np.asarray(jax.random.key_data(v) if jax.dtypes.issubdtype(
-      v.dtype, jax.dtypes.prng_key) else v) for p, v in leaves}
-
-
 @pytest.mark.slow  # three short trainings, each compiling the supernet's step: about 2 minutes
 def test_supernet_training_resumes_exactly_and_pmap_matches_one_device(tmp_path):
   """The draws continue after a resume (same subnets, so the same weights as an uninterrupted run), and two
@@ -337,12 +332,12 @@ def test_supernet_training_resumes_exactly_and_pmap_matches_one_device(tmp_path)
   straight = train_lib.train(cfg, tmp_path / "straight", progress=False)
   train_lib.train(cfg, tmp_path / "resumed", progress=False, stop_after=2)
   resumed = train_lib.train(cfg, tmp_path / "resumed", progress=False)
-  a, b = _state_leaves(straight["state"]), _state_leaves(resumed["state"])
+  a, b = state_leaves(straight["state"]), state_leaves(resumed["state"])
   draws = next(k for k in a if "draws" in k)
   assert int(a[draws]) == int(b[draws]) == 4
   assert all(np.array_equal(a[k], b[k]) for k in a)
   two = train_lib.train(cfg, tmp_path / "two", progress=False, devices=2)
-  c = _state_leaves(two["state"])
+  c = state_leaves(two["state"])
   assert int(c[draws]) == 4
   params = [k for k in a if "opt_state" not in k and a[k].dtype.kind == "f"]
   assert max(float(np.max(np.abs(a[k].astype(np.float64) - c[k]))) for k in params) < 4e-4

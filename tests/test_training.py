@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import state_leaves
 from flax import nnx
 
 from jsparse3d import data
@@ -162,13 +163,6 @@ def _smoke(**over):
   return configs.get_config("uresnet_lartpc_smoke", [f"{k}={v}" for k, v in over.items()])
 
 
-def _flat(state) -> dict:
-  """Every leaf of the state as numpy (PRNG keys as their key data), by path."""
-  leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0]
-  return {jax.tree_util.keystr(p): np.asarray(jax.random.key_data(v) if jax.dtypes.issubdtype(
-      v.dtype, jax.dtypes.prng_key) else v) for p, v in leaves}
-
-
 def _max_float_difference(a: dict, b: dict) -> float:
   assert a.keys() == b.keys()
   return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a if a[k].dtype.kind == "f")
@@ -180,7 +174,7 @@ def test_pmap_on_four_devices_matches_one_device(tmp_path):
   one = train_lib.train(cfg, tmp_path / "one", progress=False, stop_after=2)
   four = train_lib.train(cfg, tmp_path / "four", progress=False, stop_after=2, devices=4)
   assert one["step"] == four["step"] == 2
-  a, b = _flat(one["state"]), _flat(four["state"])
+  a, b = state_leaves(one["state"]), state_leaves(four["state"])
   assert _max_float_difference(a, b) < 2e-5  # parameters, optimizer moments and batch-norm statistics
   step_keys = [k for k in a if a[k].dtype.kind in "iu"]
   assert step_keys and all(np.array_equal(a[k], b[k]) for k in step_keys)
@@ -215,7 +209,8 @@ def test_two_processes_train_together_and_agree(name, extra, tolerance, tmp_path
     assert p.returncode == 0, out[-3000:]
   a, b = (dict(np.load(tmp_path / "dist" / f"state_{i}.npz")) for i in range(2))
   assert all(np.array_equal(a[k], b[k]) for k in a)  # the two processes hold the same state, bit for bit
-  single = _flat(train_lib.train(configs.get_config(name, overrides), tmp_path / "single", progress=False)["state"])
+  single = train_lib.train(configs.get_config(name, overrides), tmp_path / "single", progress=False)
+  single = state_leaves(single["state"])
   assert all(np.array_equal(a[k], single[k]) for k in a if a[k].dtype.kind in "iu")  # steps, subnet draws
   assert _max_float_difference(a, single) < tolerance
 
@@ -269,7 +264,7 @@ def test_kill_and_resume_gives_bitwise_identical_parameters(name, tmp_path):
   assert part["step"] == 2
   resumed = train_lib.train(cfg, tmp_path / "split", progress=False)
   assert resumed["step"] == 6
-  a, b = _flat(full["state"]), _flat(resumed["state"])
+  a, b = state_leaves(full["state"]), state_leaves(resumed["state"])
   assert a.keys() == b.keys()
   for k in a:  # parameters, optimizer state and step, batch-norm statistics, RNG streams
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -28,10 +28,13 @@
 
 #include "xla/ffi/api/ffi.h"
 #include "_cpu_parallel.h"
+#include "_cpu_vectors.h"
 
 namespace ffi = xla::ffi;
 using jsparse3d::NumParts;
 using jsparse3d::ParallelFor;
+using jsparse3d::loadv;
+using jsparse3d::storev;
 
 using Scalars = ffi::Buffer<ffi::F32, 1>;  // (bc1, bc2, step)
 
@@ -41,19 +44,13 @@ inline float Sqrt(float x) { return std::sqrt(x); }
 
 #if defined(__AVX512F__) || defined(__AVX__)
 #ifdef __AVX512F__
-typedef float Vec __attribute__((vector_size(64)));
+using Vec = jsparse3d::v16;
 inline Vec Sqrt(Vec x) { return reinterpret_cast<Vec>(_mm512_sqrt_ps(reinterpret_cast<__m512>(x))); }
 #else
-typedef float Vec __attribute__((vector_size(32)));
+using Vec = jsparse3d::v8;
 inline Vec Sqrt(Vec x) { return reinterpret_cast<Vec>(_mm256_sqrt_ps(reinterpret_cast<__m256>(x))); }
 #endif
 constexpr int64_t kLanes = sizeof(Vec) / sizeof(float);
-inline Vec Load(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline void Store(float* p, Vec v) { std::memcpy(p, &v, sizeof(v)); }
 #endif
 
 constexpr int64_t kAdamChunk = 1 << 15;  // elements per work item
@@ -88,8 +85,9 @@ void Update(const Slice& s, const Constants& k) {
 #if defined(__AVX512F__) || defined(__AVX__)
   for (; i + kLanes <= s.end; i += kLanes) {
     Vec out, mu, nu;
-    UpdateElements<kDecay, kApply>(k, Load(s.p + i), Load(s.g + i), Load(s.mu + i), Load(s.nu + i), out, mu, nu);
-    Store(s.mu_out + i, mu), Store(s.nu_out + i, nu), Store(s.out + i, out);
+    UpdateElements<kDecay, kApply>(k, loadv<Vec>(s.p + i), loadv<Vec>(s.g + i), loadv<Vec>(s.mu + i),
+                                   loadv<Vec>(s.nu + i), out, mu, nu);
+    storev<Vec>(s.mu_out + i, mu), storev<Vec>(s.nu_out + i, nu), storev<Vec>(s.out + i, out);
   }
 #endif
   for (; i < s.end; ++i) {

@@ -30,10 +30,20 @@
 
 #include "xla/ffi/api/ffi.h"
 #include "_cpu_parallel.h"
+#include "_cpu_vectors.h"
 
 namespace ffi = xla::ffi;
 using jsparse3d::NumParts;
 using jsparse3d::ParallelFor;
+using jsparse3d::loadv;
+using jsparse3d::madd;
+using jsparse3d::maddv;
+using jsparse3d::splatv;
+using jsparse3d::storev;
+using jsparse3d::v8;
+#ifdef __AVX512F__
+using jsparse3d::v16;
+#endif
 
 // Operand types (aliases also keep the commas of template arguments out of the FFI binding macros).
 using Matrix = ffi::Buffer<ffi::F32, 2>;  // [rows, channels]
@@ -43,79 +53,6 @@ using Count = ffi::Buffer<ffi::S32, 0>;   // blocks in use
 using Mask = ffi::Buffer<ffi::PRED, 1>;   // centre rows
 
 namespace {
-
-typedef float v8 __attribute__((vector_size(32)));
-
-inline v8 load8(const float* p) {
-  v8 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof(v)); }
-
-// c + a * b, rounded the same way wherever it is used: a fused multiply-add where the CPU has one. The file is
-// compiled with -ffp-contract=off, so the compiler never fuses some products and not others (which would make
-// a row's result depend on which code path, and so on which thread's share, it went through).
-inline v8 madd8(v8 a, v8 b, v8 c) {
-#ifdef __FMA__
-  return _mm256_fmadd_ps(a, b, c);
-#else
-  return c + a * b;
-#endif
-}
-
-// The same operations as templates, for the tile templates below, in 256-bit and (where the CPU has them) 512-bit
-// vectors. A lane's result does not depend on the vector width that computed it.
-template <class V>
-inline V loadv(const float* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-template <class V>
-inline void storev(float* p, V v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-
-// A broadcast straight from memory. (`V{} + a` would add 0.0f first, an extra dependent operation per row on the
-// port that also runs the second 512-bit FMA unit: half the speed at 64-256 channels.)
-template <class V>
-inline V splatv(float a) {
-  return V{} + a;
-}
-
-#ifdef __AVX__
-template <>
-inline v8 splatv<v8>(float a) {
-  return reinterpret_cast<v8>(_mm256_set1_ps(a));
-}
-#endif
-
-inline v8 maddv(v8 a, v8 b, v8 c) { return madd8(a, b, c); }
-
-#ifdef __AVX512F__
-typedef float v16 __attribute__((vector_size(64)));
-
-template <>
-inline v16 splatv<v16>(float a) {
-  return reinterpret_cast<v16>(_mm512_set1_ps(a));
-}
-
-inline v16 maddv(v16 a, v16 b, v16 c) {
-  return reinterpret_cast<v16>(
-      _mm512_fmadd_ps(reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(b), reinterpret_cast<__m512>(c)));
-}
-#endif
-
-inline float madd(float a, float b, float c) {
-#ifdef __FMA__
-  return std::fma(a, b, c);
-#else
-  return c + a * b;
-#endif
-}
 
 // out_q[j:j + J * lanes] += x_q[0:m] @ w[0:m, j:j + J * lanes] for P rows at once (w's rows n apart). Each weight
 // vector loaded is used for all P rows, and the P x J accumulators are independent chains.
@@ -255,22 +192,22 @@ inline void direct_rows(const float* a, int64_t lda, const float* b, int64_t ldb
   for (; j + 16 <= n; j += 16) {
     v8 acc[R][2];
     for (int r = 0; r < R; ++r) {
-      acc[r][0] = load8(g + (i + r) * n + j);
-      acc[r][1] = load8(g + (i + r) * n + j + 8);
+      acc[r][0] = loadv<v8>(g + (i + r) * n + j);
+      acc[r][1] = loadv<v8>(g + (i + r) * n + j + 8);
     }
     for (int64_t p = 0; p < num_pairs; ++p) {
       const float* ar = a + s[p] * lda + i;
       const float* br = b + d[p] * ldb + j;
-      const v8 b0 = load8(br), b1 = load8(br + 8);
+      const v8 b0 = loadv<v8>(br), b1 = loadv<v8>(br + 8);
       for (int r = 0; r < R; ++r) {
         const v8 ar_r = splatv<v8>(ar[r]);
-        acc[r][0] = madd8(ar_r, b0, acc[r][0]);
-        acc[r][1] = madd8(ar_r, b1, acc[r][1]);
+        acc[r][0] = maddv(ar_r, b0, acc[r][0]);
+        acc[r][1] = maddv(ar_r, b1, acc[r][1]);
       }
     }
     for (int r = 0; r < R; ++r) {
-      store8(g + (i + r) * n + j, acc[r][0]);
-      store8(g + (i + r) * n + j + 8, acc[r][1]);
+      storev<v8>(g + (i + r) * n + j, acc[r][0]);
+      storev<v8>(g + (i + r) * n + j + 8, acc[r][1]);
     }
   }
   for (; j < n; ++j) {

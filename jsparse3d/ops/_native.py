@@ -38,7 +38,7 @@ import jax
 
 SOURCES = tuple(Path(__file__).with_name(name)
                 for name in ("_cpu_kernels.cc", "_cpu_maps.cc", "_cpu_norm.cc", "_cpu_adam.cc"))
-HEADERS = (Path(__file__).with_name("_cpu_parallel.h"),)
+HEADERS = tuple(Path(__file__).with_name(name) for name in ("_cpu_parallel.h", "_cpu_vectors.h"))
 # XLA custom-call target names carry a version: a change to a handler's operands, attributes or results gets a
 # new version (and the old name stays registered while it is supported), so exported programs keep working.
 TARGET_VERSION = 1
