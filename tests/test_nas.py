@@ -359,8 +359,15 @@ def test_nas_cli_trains_searches_exports_and_finetunes(name, tmp_path):
   spec = json.loads((workdir / "subnet" / "subnet.json").read_text())
   assert Subnet.from_dict(spec["subnet"]) == Subnet.from_dict(summary["chosen"]["subnet"])
   assert summary["test"]["events"] == (4 if name.startswith("uresnet") else 2)
-  if name.startswith("uresnet"):
-    assert summary["finetuned"]["step"] == 2
-    assert (workdir / "finetune" / "metrics.jsonl").exists()
+  if name.startswith("uresnet"):  # the chosen subnet and the largest, fine-tuned alike
+    assert {k: v["test"]["step"] for k, v in summary["finetuned"].items()} == {"chosen": 2, "largest": 2}
+    assert all((workdir / d / "metrics.jsonl").exists() for d in ("finetune", "finetune_largest"))
+    largest = json.loads((workdir / "largest" / "subnet.json").read_text())
+    assert Subnet.from_dict(largest["subnet"]) == Subnet.from_dict(summary["largest"]["subnet"])
+    # A rerun finds the finished search and the finished fine-tuning: it repeats neither.
+    before = (workdir / "search" / "evaluations.jsonl").stat().st_mtime_ns
+    assert nas_cli.main(["--config", name, "--workdir", str(workdir), "--no-progress", "--compile-cache", "off"]) == 0
+    assert (workdir / "search" / "evaluations.jsonl").stat().st_mtime_ns == before
+    assert json.loads((workdir / "search" / "summary.json").read_text())["finetuned"] == summary["finetuned"]
   with pytest.raises(SystemExit):
     nas_cli.main(["--config", name, "--set", "nas.budget=flops"])

@@ -196,7 +196,8 @@ def _nas(**kw) -> dict:
   ``budget_fraction`` of the largest subnet's; each of ``search_seeds`` runs an evolution and a random search of
   ``evaluations`` subnets each; subnets are recalibrated on ``calibration_batches`` training batches and scored on
   the validation split; ``latency_subnets`` exports are timed to fit and check the latency table;
-  ``finetune_steps`` > 0 fine-tunes the chosen subnet's export with the normal trainer."""
+  ``finetune_steps`` > 0 fine-tunes the chosen subnet's export and, as its reference, the largest subnet's, with
+  the normal trainer."""
   return dict(budget="macs", budget_fraction=0.25, evaluations=40, population=10, parents=4, mutation_probability=0.25,
               crossover_share=0.5, search_seeds=[0, 1, 2], calibration_batches=4, latency_subnets=6,
               latency_repeats=5, finetune_steps=0) | kw

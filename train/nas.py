@@ -8,17 +8,22 @@
    validation score (non-zero accuracy, or mIoU for LiDAR) within the budget (``nas.budget_fraction`` of the
    largest subnet's MACs or predicted latency); every subnet is recalibrated (batch norm) before it is scored.
 4. Exports the best subnet found as a plain model (weights and recalibrated statistics), checks it against the
-   supernet, times it against the largest subnet's export, scores both on the test split when there is one, and
-   optionally fine-tunes it with the normal trainer (``nas.finetune_steps``).
+   supernet, times it against the largest subnet's export, and scores both on the test split when there is one.
+5. With ``nas.finetune_steps`` > 0, fine-tunes that export and, as its reference, the largest subnet's export with
+   the normal trainer, the same steps and recipe for both.
 
 Writes ``<workdir>/search``: ``evaluations.jsonl`` (every evaluation), ``latency.json``, ``pareto.png``,
-``summary.json``; and ``<workdir>/subnet``: ``weights/`` (``jsparse3d.nn.load_weights``) and ``subnet.json`` (the
-plain model's config). A rerun resumes the supernet's training and repeats the search (deterministic).
+``summary.json``; ``<workdir>/subnet``: ``weights/`` (``jsparse3d.nn.load_weights``) and ``subnet.json`` (the
+plain model's config); with fine-tuning, ``<workdir>/largest`` (the same for the largest subnet) and the trainer's
+workdirs ``finetune`` and ``finetune_largest``. A rerun resumes the supernet's training, then repeats the search
+(deterministic) unless it finished for the same config (``nas.finetune_steps`` aside), and resumes the
+fine-tuning.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import shutil
 import sys
@@ -220,13 +225,7 @@ def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
   leaf = lambda v: v.feats if hasattr(v, "feats") else v
   export_error = float(np.max(np.abs(np.asarray(leaf(expect)) - np.asarray(leaf(got)))))
   timing = _latency(supernet, [largest, chosen], reference, s["latency_repeats"], say)
-  subnet_dir = workdir / "subnet"
-  if subnet_dir.exists():
-    shutil.rmtree(subnet_dir)
-  subnet_dir.mkdir(parents=True)
-  nn.save_weights(model, subnet_dir / "weights")
-  config = dict(kind=plain, **supernet.plain_config(chosen))
-  (subnet_dir / "subnet.json").write_text(json.dumps(dict(subnet=chosen.to_dict(), model=config), indent=1))
+  _save_export(workdir / "subnet", supernet, chosen, model)
 
   test = {}
   if task.test_set is not None:
@@ -234,7 +233,8 @@ def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
     test = {"chosen": tester.scores(chosen), "largest": tester.scores(largest), "events": len(task.test_set)}
   largest_rec = dict(score=evaluator(largest), macs=macs(largest), latency=table.predict(largest))
   summary = dict(
-      config=cfg["name"], metric=metric, budget=s["budget"], budget_fraction=s["budget_fraction"], budget_value=budget,
+      config=cfg["name"], search_digest=_search_digest(cfg), metric=metric, budget=s["budget"],
+      budget_fraction=s["budget_fraction"], budget_value=budget,
       space_size=space.size(), evaluations_per_search=s["evaluations"], subnets_scored=len(evaluator.cache),
       # every subnet runs in the same programs: one compile per batch shape, not per subnet
       scoring_batch_shapes=len(evaluator.batch_shapes),
@@ -260,15 +260,43 @@ def _count(model) -> int:
   return int(sum(np.size(v) for v in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
-def finetune(cfg, workdir: Path, *, resume: bool, progress: bool) -> dict:
-  """Fine-tunes the exported subnet (``<workdir>/subnet``) with the normal trainer for ``nas.finetune_steps``."""
-  spec = json.loads((workdir / "subnet" / "subnet.json").read_text())
+def _save_export(folder: Path, supernet, subnet, model) -> None:
+  """``folder/weights`` (the export's weights and statistics) and ``folder/subnet.json`` (its plain config)."""
+  if folder.exists():
+    shutil.rmtree(folder)
+  folder.mkdir(parents=True)
+  nn.save_weights(model, folder / "weights")
+  config = dict(kind=supernet.plain_class().__name__, **supernet.plain_config(subnet))
+  (folder / "subnet.json").write_text(json.dumps(dict(subnet=subnet.to_dict(), model=config), indent=1))
+
+
+def _search_digest(cfg) -> str:
+  """What a finished search depends on: the whole config but the fine-tuning's length."""
+  keyed = copy.deepcopy(cfg)
+  keyed["nas"].pop("finetune_steps")
+  return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def finetune(cfg, workdir: Path, export: str = "subnet", *, resume: bool, progress: bool) -> dict:
+  """Fine-tunes an export (``<workdir>/<export>``: ``subnet``, the chosen one, or ``largest``) with the normal
+  trainer for ``nas.finetune_steps``, in ``<workdir>/finetune`` (``finetune_largest``)."""
+  spec = json.loads((workdir / export / "subnet.json").read_text())
   tuned = copy.deepcopy(cfg)
   steps = cfg["nas"]["finetune_steps"]
-  tuned.update(name=cfg["name"] + "_finetune", model=spec["model"], steps=steps, eval_every=steps,
-               checkpoint_every=steps, init_weights=str((workdir / "subnet" / "weights").absolute()))
+  suffix = "" if export == "subnet" else f"_{export}"
+  tuned.update(name=f"{cfg['name']}_finetune{suffix}", model=spec["model"], steps=steps, eval_every=steps,
+               checkpoint_every=steps, init_weights=str((workdir / export / "weights").absolute()))
   tuned.pop("nas")
-  return train_lib.train(tuned, workdir / "finetune", resume=resume, progress=progress)
+  return train_lib.train(tuned, workdir / f"finetune{suffix}", resume=resume, progress=progress)
+
+
+def _finished_search(cfg, workdir: Path) -> dict | None:
+  """The summary of a search that finished in ``workdir`` for this config (``nas.finetune_steps`` aside)."""
+  path = workdir / "search" / "summary.json"
+  if not path.exists():
+    return None
+  summary = json.loads(path.read_text())
+  return summary if summary.get("search_digest") == _search_digest(cfg) else None
 
 
 def run(cfg, workdir, *, resume: bool = True, progress: bool = True, devices: int = 1) -> dict:
@@ -281,11 +309,20 @@ def run(cfg, workdir, *, resume: bool = True, progress: bool = True, devices: in
   supernet = train_lib.trained_model(cfg, result["state"])
   task = tasks.build_task(cfg)
   layout = train_lib.Layout(cfg, 1)
-  summary = search(cfg, workdir, supernet, task, layout)
+  summary = _finished_search(cfg, workdir) if resume else None
+  if summary is not None:
+    print(f"the search in {workdir / 'search'} finished for this config: not repeated", flush=True)
+  else:
+    summary = search(cfg, workdir, supernet, task, layout)
   if cfg["nas"]["finetune_steps"]:
-    tuned = finetune(cfg, workdir, resume=resume, progress=progress)
-    final = tuned.get("test") or tuned.get("eval")
-    summary["finetuned"] = {k: final[k] for k in ("step", "nonzero_accuracy", "miou")} if final else None
+    largest = supernet.space.largest()
+    evaluator = scoring(cfg, supernet, task, layout)[0]
+    _save_export(workdir / "largest", supernet, largest, evaluator.recalibrated(largest).export(largest))
+    summary["finetuned"] = {}
+    for name, export in (("chosen", "subnet"), ("largest", "largest")):
+      tuned = finetune(cfg, workdir, export, resume=resume, progress=progress)
+      summary["finetuned"][name] = {split: {k: tuned[split][k] for k in ("step", "nonzero_accuracy", "miou")}
+                                    for split in ("eval", "test") if tuned.get(split)}
     (workdir / "search" / "summary.json").write_text(json.dumps(summary, indent=1))
   return summary
 
