@@ -368,6 +368,20 @@ def test_main_job_reports_a_test_split_never_used_for_choices():
   assert syn["test_events"] >= 500
 
 
+def test_the_loop_runs_with_older_objects_frozen_and_returns_them_to_the_collector(tmp_path, monkeypatch):
+  # gc.freeze for the loop: full collections no longer walk the model, the optimizer and jax's caches every few
+  # dozen steps. The freeze must end with the loop, or every later train() call would stack another one.
+  import gc
+  frozen = []
+  check = train_lib.check_targets
+  record = lambda *a, **k: (frozen.append(gc.get_freeze_count()), check(*a, **k))
+  monkeypatch.setattr(train_lib, "check_targets", record)
+  train_lib.train(configs.get_config("uresnet_lartpc_smoke", ["steps=2", "eval_every=2"]), tmp_path, progress=False)
+  steps = frozen[:2]  # then the evaluation's labels
+  assert len(steps) == 2 and min(steps) > 1000
+  assert gc.get_freeze_count() == 0
+
+
 def test_synthetic_lidar_takes_a_test_split_from_its_own_seed():
   from train import tasks
   assert tasks.build_task(configs.get_config("spvcnn_kitti_smoke")).test_set is None

@@ -12,6 +12,8 @@ and the step equals one device holding the whole batch (to float rounding). Proc
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import shutil
@@ -100,6 +102,21 @@ class _Stop:
   def __exit__(self, *exc):
     for s, h in self._old.items():
       signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _older_objects_frozen():
+  """Keeps the objects alive when the loop starts (the model, the optimizer state, jax's and flax's caches) out of
+  the cyclic garbage collector's full collections while it runs. Each step allocates enough Python objects for a few
+  collections, and a full one walked all of those: 200 ms in a U-ResNet benchmark process, about once in 60 steps
+  (2 ms frozen). Reference counting still frees every object; `gc.unfreeze` on the way out returns them to the
+  collector."""
+  gc.collect()
+  gc.freeze()
+  try:
+    yield
+  finally:
+    gc.unfreeze()
 
 
 def _check_workdir(workdir) -> Path:
@@ -396,7 +413,7 @@ def train(cfg: dict, workdir, *, resume: bool = True, progress: bool = True, dev
   window_loss, window_counts, window_t0, window_events = [], [], time.perf_counter(), 0
   step = start
   last = None
-  with _Stop() as stop:
+  with _Stop() as stop, _older_objects_frozen():
     for x, y in loader:
       check_targets(y, cfg, task, f"the labels of step {step}")
       shape = (jax.tree.structure(x), tuple(np.shape(v) for v in jax.tree.leaves((x, y))))
