@@ -358,12 +358,12 @@ def test_nas_cli_trains_searches_exports_and_finetunes(name, tmp_path):
   assert (workdir / "search" / "pareto.png").stat().st_size > 10_000
   spec = json.loads((workdir / "subnet" / "subnet.json").read_text())
   assert Subnet.from_dict(spec["subnet"]) == Subnet.from_dict(summary["chosen"]["subnet"])
+  largest = json.loads((workdir / "largest" / "subnet.json").read_text())
+  assert Subnet.from_dict(largest["subnet"]) == Subnet.from_dict(summary["largest"]["subnet"])
   assert summary["test"]["events"] == (4 if name.startswith("uresnet") else 2)
   if name.startswith("uresnet"):  # the chosen subnet and the largest, fine-tuned alike
     assert {k: v["test"]["step"] for k, v in summary["finetuned"].items()} == {"chosen": 2, "largest": 2}
     assert all((workdir / d / "metrics.jsonl").exists() for d in ("finetune", "finetune_largest"))
-    largest = json.loads((workdir / "largest" / "subnet.json").read_text())
-    assert Subnet.from_dict(largest["subnet"]) == Subnet.from_dict(summary["largest"]["subnet"])
     # A rerun finds the finished search and the finished fine-tuning: it repeats neither.
     before = (workdir / "search" / "evaluations.jsonl").stat().st_mtime_ns
     assert nas_cli.main(["--config", name, "--workdir", str(workdir), "--no-progress", "--compile-cache", "off"]) == 0

@@ -14,7 +14,7 @@
 
 Writes ``<workdir>/search``: ``evaluations.jsonl`` (every evaluation), ``latency.json``, ``pareto.png``,
 ``summary.json``; ``<workdir>/subnet``: ``weights/`` (``jsparse3d.nn.load_weights``) and ``subnet.json`` (the
-plain model's config); with fine-tuning, ``<workdir>/largest`` (the same for the largest subnet) and the trainer's
+plain model's config); ``<workdir>/largest``: the same for the largest subnet; with fine-tuning, the trainer's
 workdirs ``finetune`` and ``finetune_largest``. A rerun resumes the supernet's training, then repeats the search
 (deterministic) unless it finished for the same config (``nas.finetune_steps`` aside), and resumes the
 fine-tuning.
@@ -226,6 +226,7 @@ def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
   export_error = float(np.max(np.abs(np.asarray(leaf(expect)) - np.asarray(leaf(got)))))
   timing = _latency(supernet, [largest, chosen], reference, s["latency_repeats"], say)
   _save_export(workdir / "subnet", supernet, chosen, model)
+  _save_export(workdir / "largest", supernet, largest, evaluator.recalibrated(largest).export(largest))
 
   test = {}
   if task.test_set is not None:
@@ -315,9 +316,6 @@ def run(cfg, workdir, *, resume: bool = True, progress: bool = True, devices: in
   else:
     summary = search(cfg, workdir, supernet, task, layout)
   if cfg["nas"]["finetune_steps"]:
-    largest = supernet.space.largest()
-    evaluator = scoring(cfg, supernet, task, layout)[0]
-    _save_export(workdir / "largest", supernet, largest, evaluator.recalibrated(largest).export(largest))
     summary["finetuned"] = {}
     for name, export in (("chosen", "subnet"), ("largest", "largest")):
       tuned = finetune(cfg, workdir, export, resume=resume, progress=progress)
