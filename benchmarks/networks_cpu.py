@@ -9,14 +9,16 @@ Workloads (kernel maps rebuilt inside every timed call, as in real training):
 
 For each workload it prints the forward (training-mode batch norm, no gradient) and training-step (forward, loss,
 backward, Adam) medians and their ratios to spconv with 1 thread (its correct configuration) and 2 threads (what
-users get; its CPU scatter-add then races), one ratio per interleaved round (A B A B ...), with the median and the
-range; the compile time of the jitted training step; XLA's compiled-memory estimate; and the peak RSS of a process
-that trains that network alone (a child process per framework, so one framework's memory does not count for the
-other). The spconv twins are checked first: equal parameter counts, and logits within 1e-4 of jsparse3d's with
-jsparse3d's weights copied in.
+users get; its CPU scatter-add then races), one ratio per round (``--rounds``, and more while an op's rounds have
+taken less than ``--min-seconds``), with the median and the range. Each framework runs in a worker process of its
+own, as its users run it, and this process drives them in turn (jsparse3d, spconv on 1 thread, on 2 threads; round
+after round), so that both see the same load; each turn starts with an untimed call. It also prints the compile
+time of the jitted training step; XLA's compiled-memory estimate; and the peak RSS of a fresh process that trains
+that network alone. The spconv twins are checked first: equal parameter counts, and logits within 1e-4 of
+jsparse3d's with jsparse3d's weights copied in.
 
 Like ``python -m train``, it first restarts itself with glibc's huge-page tunable
-(``jsparse3d.training.restart_with_huge_pages``); both frameworks run in this one process, so both get it
+(``jsparse3d.training.restart_with_huge_pages``), which the workers of both frameworks inherit
 (``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` opts out, for the default environment).
 
 Needs the ``bench`` extra for the peers (``pip install -e '.[bench]'``); without spconv it times jsparse3d alone
@@ -26,6 +28,7 @@ and says so. Run: ``python benchmarks/networks_cpu.py [--only uresnet_4x192,mink
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -43,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KITTI_ENV = "JSPARSE3D_KITTI_SAMPLE"  # the folder holding SemanticKITTI's velodyne scan 000000.bin
 WORKLOADS = ("uresnet_4x192", "uresnet_512", "minkunet_cr0.5", "minkunet_cr1.0", "spvcnn_cr0.5")
 VOXEL = 0.05
+MAX_ROUNDS = 25
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -272,14 +276,17 @@ def _spconv_modules():
   return torch, spc, UResNet, MinkUNet
 
 
-def copy_weights(js_model, torch_model) -> None:
-  """jsparse3d's parameters into the twin, converting each layout (the library's own mapping, which
+def torch_layout_weights(js_model) -> list[tuple[np.ndarray, str]]:
+  """jsparse3d's parameters in the twin's layouts and order (the library's own mapping, which
   ``jsparse3d.nn.import_torch_weights`` inverts; batch-norm statistics stay at their initial values)."""
-  import torch
-
   from jsparse3d.nn import _weights
-  ours = [(_weights._to_torch(np.asarray(var[...]), kind), kind) for _, var, kind in _weights._torch_slots(js_model)
+  return [(_weights._to_torch(np.asarray(var[...]), kind), kind) for _, var, kind in _weights._torch_slots(js_model)
           if kind not in ("bn_mean", "bn_var")]
+
+
+def copy_weights(ours: list[tuple[np.ndarray, str]], torch_model) -> None:
+  """``torch_layout_weights`` into the twin, checking that every tensor's size (and shape, but for convs) agrees."""
+  import torch
   theirs = list(torch_model.parameters())
   if len(ours) != len(theirs):
     raise RuntimeError(f"parameter tensors differ: jsparse3d {len(ours)}, spconv {len(theirs)}")
@@ -291,12 +298,12 @@ def copy_weights(js_model, torch_model) -> None:
 
 
 class SpconvNet:
-  def __init__(self, name: str, inputs: dict, js_model=None):
+  def __init__(self, name: str, inputs: dict, weights: list[tuple[np.ndarray, str]] | None = None):
     torch, spc, UResNet, MinkUNet = _spconv_modules()
     self.torch, self.spc = torch, spc
     self.model = UResNet() if name.startswith("uresnet") else MinkUNet(float(name.split("cr")[1]))
-    if js_model is not None:
-      copy_weights(js_model, self.model)
+    if weights is not None:
+      copy_weights(weights, self.model)
     self.model.train()
     self.num_params = sum(p.numel() for p in self.model.parameters())
     self.indices = torch.from_numpy(inputs["coords"]).contiguous()
@@ -358,12 +365,83 @@ def memory_child(name: str, framework: str, inputs_path: str) -> None:
   print(peak_rss_mb())
 
 
-def check_twin(name: str, js_net: JsparseNet, sp: SpconvNet) -> float:
+# ------------------------------------------------------------------------------------------------------------
+# Timing: one worker process per framework, as each framework's users run it, driven in turn by this process.
+# (Both frameworks in one process slowed jsparse3d's U-ResNet step from about 75 ms to 110-150 ms and spread it:
+# torch's frees made glibc hand back, and XLA fault in again, the heap that jsparse3d's temporaries reuse.)
+
+
+def worker(framework: str, name: str, inputs_path: str, weights_path: str) -> None:
+  """Builds one framework's network and answers the parent's commands, a JSON line each way: ``logits`` (saved
+  to a file), ``time`` (the median of ``reps`` calls of ``forward`` or ``train_step`` on ``threads``, after one
+  untimed call)."""
+  replies = os.fdopen(os.dup(1), "w")
+  os.dup2(2, 1)  # anything the libraries print goes to stderr, not into the replies
+
+  def reply(**kw):
+    replies.write(json.dumps(kw) + "\n")
+    replies.flush()
+
+  inputs = dict(np.load(inputs_path))
+  if framework == "jsparse3d":
+    net = JsparseNet(name, inputs)
+    if weights_path:  # for the twin, in its layouts
+      weights = torch_layout_weights(net.model)
+      np.savez(weights_path, *[w for w, _ in weights], kinds=np.array([k for _, k in weights]))
+    reply(params=int(net.num_params), compile_s=net.compile_s, xla_mb=net.xla_bytes / 2 ** 20)
+  else:
+    saved = np.load(weights_path)
+    net = SpconvNet(name, inputs, [(saved[f"arr_{i}"], str(k)) for i, k in enumerate(saved["kinds"])])
+    reply(params=int(net.num_params))
+  gc.collect()  # the objects alive now stay out of the garbage collector's walks, as in the trainer's loop
+  gc.freeze()
+  for line in sys.stdin:
+    cmd = json.loads(line)
+    if framework == "spconv":
+      net.torch.set_num_threads(cmd.get("threads", 1))
+    if cmd["op"] == "logits":
+      np.save(cmd["path"], net.logits())
+      reply()
+    else:  # one untimed call first: a call after the other framework's turn pays for waking threads and caches
+      getattr(net, cmd["fn"])()
+      reply(ms=median_ms(getattr(net, cmd["fn"]), cmd["reps"]))
+  replies.close()
+  os._exit(0)  # skips the interpreter's teardown, where triton's bindings print their leaks
+
+
+class Worker:
+  """The parent's end of a ``worker`` process."""
+
+  def __init__(self, framework: str, name: str, inputs_path: Path, weights_path: Path | str):
+    self.label = f"{name}/{framework}"
+    self.proc = subprocess.Popen([sys.executable, __file__, "--worker", framework, name, str(inputs_path),
+                                  str(weights_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    self.info = self._reply()
+
+  def _reply(self) -> dict:
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"the {self.label} worker exited with status {self.proc.wait()} (its errors are above)")
+    return json.loads(line)
+
+  def __call__(self, **cmd) -> dict:
+    self.proc.stdin.write(json.dumps(cmd) + "\n")
+    self.proc.stdin.flush()
+    return self._reply()
+
+  def close(self) -> None:
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def check_twin(name: str, js: Worker, sp: Worker, tmp: Path) -> float:
   """Max |logit difference| of the twins on the workload's input (spconv on 1 thread); raises beyond float32
   rounding, which grows through the training-mode batch norms of a deep network to about 1e-5 of the logits."""
-  sp.torch.set_num_threads(1)
-  ours = js_net.logits()[:sp.indices.shape[0]]
-  err, scale = float(np.abs(sp.logits() - ours).max()), float(np.abs(ours).max())
+  js(op="logits", path=str(tmp / "js.npy"))
+  sp(op="logits", path=str(tmp / "sp.npy"), threads=1)
+  theirs = np.load(tmp / "sp.npy")
+  ours = np.load(tmp / "js.npy")[:len(theirs)]
+  err, scale = float(np.abs(theirs - ours).max()), float(np.abs(ours).max())
   print(f"  spconv twin: equal parameter counts; logits max |diff| {err:.2e} (max |logit| {scale:.1f})", flush=True)
   if err > 1e-4 * max(1.0, scale):
     raise RuntimeError(f"{name}: the spconv twin's logits differ by {err}")
@@ -379,38 +457,44 @@ def run(name: str, args, tmp: Path, have_spconv: bool) -> dict:
   path = tmp / f"{name}.npz"
   np.savez(path, **inputs)
   print(f"\n{name}: {len(inputs['coords'])} voxels ({inputs['source']})", flush=True)
-  js_net = JsparseNet(name, inputs)
-  res = dict(voxels=len(inputs["coords"]), source=str(inputs["source"]), params=int(js_net.num_params),
-             compile_s=js_net.compile_s, xla_mb=js_net.xla_bytes / 2 ** 20)
-  print(f"  jsparse3d: {js_net.num_params:,} parameters; training step compiles in {js_net.compile_s:.1f} s; "
-        f"XLA memory {res['xla_mb']:.0f} MB", flush=True)
   peer = have_spconv and not name.startswith("spvcnn")
-  if peer:
-    sp = SpconvNet(name, inputs, js_net.model)
-    if sp.num_params != js_net.num_params:
-      raise RuntimeError(f"{name}: spconv twin has {sp.num_params:,} parameters, jsparse3d {js_net.num_params:,}")
-    res["logit_max_abs_diff"] = check_twin(name, js_net, sp)
-  for op in ("forward", "train_step"):
-    rows = {"jsparse3d": [], "spconv_1t": [], "spconv_2t": []}
-    for fn in ([js_net] + ([sp] if peer else [])):
-      getattr(fn, op)()  # warm up
-    for _ in range(args.rounds):
-      rows["jsparse3d"].append(median_ms(getattr(js_net, op), args.reps))
-      if peer:
-        for threads in (1, 2):
-          sp.torch.set_num_threads(threads)
-          rows[f"spconv_{threads}t"].append(median_ms(getattr(sp, op), args.reps))
-    r = {"jsparse3d_ms": spread(rows["jsparse3d"])}
-    line = f"  {op:<10} jsparse3d {r['jsparse3d_ms']['median']:8.1f} ms"
+  weights = tmp / f"{name}_weights.npz"
+  js = Worker("jsparse3d", name, path, weights if peer else "")
+  res = dict(voxels=len(inputs["coords"]), source=str(inputs["source"]), params=js.info["params"],
+             compile_s=js.info["compile_s"], xla_mb=js.info["xla_mb"])
+  print(f"  jsparse3d: {res['params']:,} parameters; training step compiles in {res['compile_s']:.1f} s; "
+        f"XLA memory {res['xla_mb']:.0f} MB", flush=True)
+  sp = None
+  try:
     if peer:
-      for t in ("1t", "2t"):
-        r[f"spconv_{t}_ms"] = spread(rows[f"spconv_{t}"])
-        ratio = spread([a / b for a, b in zip(rows["jsparse3d"], rows[f"spconv_{t}"])])
-        r[f"ratio_vs_spconv_{t}"] = ratio
-        line += (f" | spconv {t} {r[f'spconv_{t}_ms']['median']:8.1f} ms, ratio {ratio['median']:.2f} "
-                 f"({ratio['min']:.2f}-{ratio['max']:.2f})")
-    print(line, flush=True)
-    res[op] = r
+      sp = Worker("spconv", name, path, weights)
+      if sp.info["params"] != res["params"]:
+        raise RuntimeError(f"{name}: spconv twin has {sp.info['params']:,} parameters, jsparse3d {res['params']:,}")
+      res["logit_max_abs_diff"] = check_twin(name, js, sp, tmp)
+    for op in ("forward", "train_step"):
+      rows = {"jsparse3d": [], "spconv_1t": [], "spconv_2t": []}
+      t0 = time.perf_counter()
+      while len(rows["jsparse3d"]) < args.rounds or (  # in turn: jsparse3d, spconv on 1 thread, on 2 threads
+          time.perf_counter() - t0 < args.min_seconds and len(rows["jsparse3d"]) < MAX_ROUNDS):
+        rows["jsparse3d"].append(js(op="time", fn=op, reps=args.reps)["ms"])
+        if peer:
+          for threads in (1, 2):
+            rows[f"spconv_{threads}t"].append(sp(op="time", fn=op, reps=args.reps, threads=threads)["ms"])
+      r = {"rounds": len(rows["jsparse3d"]), "jsparse3d_ms": spread(rows["jsparse3d"])}
+      line = f"  {op:<10} {r['rounds']:2d} rounds: jsparse3d {r['jsparse3d_ms']['median']:8.1f} ms"
+      if peer:
+        for t in ("1t", "2t"):
+          r[f"spconv_{t}_ms"] = spread(rows[f"spconv_{t}"])
+          ratio = spread([a / b for a, b in zip(rows["jsparse3d"], rows[f"spconv_{t}"])])
+          r[f"ratio_vs_spconv_{t}"] = ratio
+          line += (f" | spconv {t} {r[f'spconv_{t}_ms']['median']:8.1f} ms, ratio {ratio['median']:.2f} "
+                   f"({ratio['min']:.2f}-{ratio['max']:.2f})")
+      print(line, flush=True)
+      res[op] = r
+  finally:
+    for w in (js, sp):
+      if w is not None:
+        w.close()
   if not args.no_memory:
     res["peak_rss_mb"] = {fw: child_peak_rss(name, fw, path)
                           for fw in ["jsparse3d"] + (["spconv_1t", "spconv_2t"] if peer else [])}
@@ -426,10 +510,16 @@ def run(name: str, args, tmp: Path, have_spconv: bool) -> dict:
 def main():
   if len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
     return memory_child(*sys.argv[2:5])
+  if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+    return worker(*sys.argv[2:6])
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(WORKLOADS)}")
-  ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (one ratio each)")
-  ap.add_argument("--reps", type=int, default=3, help="calls per round (their median is the round's time)")
+  ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (one ratio each), at least")
+  ap.add_argument("--min-seconds", type=float, default=20.0,
+                  help=f"more rounds (up to {MAX_ROUNDS}) while an op's rounds took less than this in all: a short "
+                  "step's median then spans more of the host's load")
+  ap.add_argument("--reps", type=int, default=3, help="timed calls per round and framework, after an untimed one "
+                  "(their median is the round's time)")
   ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child processes")
   ap.add_argument("--out", default=str(ROOT / "results" / "networks_cpu.json"))
   args = ap.parse_args()
@@ -452,13 +542,13 @@ def main():
       results[name] = run(name, args, Path(tmp), have_spconv)
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(dict(results=results, rounds=args.rounds, reps=args.reps,
-                                 glibc_tunables=os.environ.get("GLIBC_TUNABLES", "")), indent=1))
+  out.write_text(json.dumps(dict(results=results, min_rounds=args.rounds, min_seconds=args.min_seconds,
+                                 reps=args.reps, glibc_tunables=os.environ.get("GLIBC_TUNABLES", "")), indent=1))
   print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":
-  if "--memory-child" not in sys.argv:  # (a child inherits the environment)
+  if "--memory-child" not in sys.argv and "--worker" not in sys.argv:  # (a child inherits the environment)
     from jsparse3d import training
-    training.restart_with_huge_pages()  # as `python -m train` runs; spconv shares the process, and so the tunable
+    training.restart_with_huge_pages()  # as `python -m train` runs; spconv's processes inherit the tunable too
   main()

@@ -119,3 +119,28 @@ def test_an_spconv_minkunet_state_dict_imports_with_the_same_forward(tmp_path):
     feats = torch.from_numpy(np.array(x.feats[:int(x.num_valid)]))
     theirs = twin(spc.SparseConvTensor(feats, idx, shape, 1)).numpy()
   assert np.abs(ours - theirs).max() <= 1e-4 * max(1.0, np.abs(theirs).max())
+
+
+def test_the_networks_benchmark_times_each_framework_in_its_own_process(tmp_path):
+  # benchmarks/networks_cpu.py runs jsparse3d and the spconv twin in worker processes of their own, checks the twin
+  # on jsparse3d's weights, and times them in turn: each round's ratio is its jsparse3d time over its spconv time.
+  import json
+  import subprocess
+  import sys
+  script = Path(__file__).resolve().parents[1] / "benchmarks" / "networks_cpu.py"
+  out = tmp_path / "networks.json"
+  run = subprocess.run([sys.executable, str(script), "--only", "uresnet_4x192", "--rounds", "2", "--reps", "1",
+                        "--min-seconds", "0", "--no-memory", "--out", str(out)], capture_output=True, text=True,
+                       timeout=900)
+  assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+  res = json.loads(out.read_text())["results"]["uresnet_4x192"]
+  assert res["params"] == 2_741_477 and res["compile_s"] > 0
+  assert res["logit_max_abs_diff"] <= 1e-4 * 25
+  for op in ("forward", "train_step"):
+    for threads in ("1t", "2t"):
+      assert res[op]["rounds"] == 2
+      ratio, ours, theirs = (res[op][k] for k in (f"ratio_vs_spconv_{threads}", "jsparse3d_ms", f"spconv_{threads}_ms"))
+      # two rounds: the mean of the times' ratio lies between the rounds' ratios
+      assert 0 < ratio["min"] <= ours["median"] / theirs["median"] * (1 + 1e-9)
+      assert ours["median"] / theirs["median"] <= ratio["max"] * (1 + 1e-9)
+  assert "leaked" not in run.stderr  # the workers skip the interpreter's teardown
