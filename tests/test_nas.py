@@ -350,7 +350,7 @@ def test_nas_cli_trains_searches_exports_and_finetunes(name, tmp_path):
   workdir = tmp_path / "run"
   assert nas_cli.main(["--config", name, "--workdir", str(workdir), "--no-progress", "--compile-cache", "off"]) == 0
   summary = json.loads((workdir / "search" / "summary.json").read_text())
-  assert summary["export_max_abs_error"] <= 1e-4
+  assert summary["export_max_abs_error"] <= 1e-5 * max(1.0, summary["export_max_abs_logit"])  # float32 rounding
   assert {r["method"] for r in summary["runs"]} == {"evolution", "random"}
   records = [json.loads(line) for line in (workdir / "search" / "evaluations.jsonl").read_text().splitlines()]
   assert len(records) == len(summary["runs"]) * summary["evaluations_per_search"]

@@ -241,7 +241,8 @@ def spvnas_lidar() -> dict:
 def spvnas_lidar_smoke() -> dict:
   cfg = _kitti_smoke(spvnas_lidar())
   cfg["nas"].update(evaluations=4, population=2, parents=2, search_seeds=[0], calibration_batches=1,
-                    latency_subnets=3, latency_repeats=2, budget="latency", budget_fraction=0.6)
+                    latency_subnets=3, latency_repeats=2, budget="latency",
+                    budget_fraction=0.8)  # the smallest subnet of this tiny net measures 0.5-0.6 of the largest
   cfg["data"]["synthetic"].update(test_events=2)
   return cfg
 

@@ -224,6 +224,7 @@ def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
   expect, got = recal(*_model_inputs(x0), subnet=chosen), model(*_model_inputs(x0))
   leaf = lambda v: v.feats if hasattr(v, "feats") else v
   export_error = float(np.max(np.abs(np.asarray(leaf(expect)) - np.asarray(leaf(got)))))
+  export_scale = float(np.max(np.abs(np.asarray(leaf(expect)))))  # float32 rounding grows with the logits
   timing = _latency(supernet, [largest, chosen], reference, s["latency_repeats"], say)
   _save_export(workdir / "subnet", supernet, chosen, model)
   _save_export(workdir / "largest", supernet, largest, evaluator.recalibrated(largest).export(largest))
@@ -245,7 +246,8 @@ def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
                   parameters=_count(model)),
       largest=dict(subnet=largest.to_dict(), score=largest_rec["score"], macs=largest_rec["macs"],
                    measured_latency_ms=1e3 * timing[largest], parameters=_count(supernet.net)),
-      speedup=timing[largest] / timing[chosen], export_max_abs_error=export_error, test=test,
+      speedup=timing[largest] / timing[chosen], export_max_abs_error=export_error,
+      export_max_abs_logit=export_scale, test=test,
       latency_table=dict(mean_abs_error=latency_report["mean_abs_error"],
                          max_abs_error=latency_report["max_abs_error"]))
   (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -253,7 +255,7 @@ def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
   say(f"chosen subnet {chosen}: validation {metric} {chosen_rec['score']:.4f} (largest {largest_rec['score']:.4f}) "
       f"at {summary['chosen']['macs_fraction']:.3f} of its MACs, {summary['speedup']:.2f}x faster measured; "
       f"evolution {mean('evolution'):.4f} vs random {mean('random'):.4f} (mean best over seeds); export matches "
-      f"the supernet to {export_error:.1e}")
+      f"the supernet to {export_error:.1e} (logits up to {export_scale:.3g})")
   return summary
 
 
