@@ -5,6 +5,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jsparse3d as js
 
@@ -115,3 +116,33 @@ def test_dense_voxelize_and_devoxelize_match_numpy(rng):
       idx = np.minimum(lo + corner, r - 1)
       want = want + np.prod([f if k else 1 - f for f, k in zip(frac, corner)]) * grid[bi][tuple(idx)]
     np.testing.assert_allclose(out[bi, i], want, rtol=1e-5, atol=1e-6)
+
+
+def test_native_lookups_equal_the_xla_hash_index(rng):
+  # On CPU the point-voxel lookups run in the native kernels; the XLA hash index is their oracle, row for row,
+  # queries that are absent, padding (batch -1) or out of range included.
+  from jsparse3d import _errors
+  from jsparse3d.ops import _backend
+  from jsparse3d.ops import _hash
+  from jsparse3d.ops import _kernel_map
+  if _backend.resolve("voxel_to_point", None) != "native":
+    pytest.skip("the native CPU kernels are not built here")
+  coords = np.unique(np.c_[rng.integers(0, 2, 300), rng.integers(-6, 6, (300, 3))], axis=0).astype(np.int32)
+  coords = np.r_[coords, np.tile([-1, 0, 0, 0], (5, 1))].astype(np.int32)  # padded rows
+  nv = len(coords) - 5
+  query = np.r_[coords[:nv], np.c_[rng.integers(0, 3, 200), rng.integers(-8, 8, (200, 3))],
+                [[-1, 0, 0, 0], [0, 1 << 20, 0, 0], [1024, 0, 0, 0]]].astype(np.int32)
+  want = _hash.query_index(_hash.build_index(jnp.asarray(coords), nv, implementation="xla"), jnp.asarray(query))
+  rows, errors = _kernel_map.query_rows_native(jnp.asarray(coords), nv, jnp.asarray(query))
+  np.testing.assert_array_equal(np.asarray(rows), np.asarray(want))
+  assert int(errors) == 0 and (np.asarray(rows)[:nv] == np.arange(nv)).all()
+  _, dup_errors = _kernel_map.query_rows_native(jnp.asarray(np.r_[coords[:3], coords[:1]]), 4, jnp.asarray(query))
+  assert int(dup_errors) & _errors.DUPLICATE_COORDS
+
+  xyz, batch, feats = _points(rng, p=80, extent=8.0)
+  xyz, batch, feats = jnp.asarray(xyz), jnp.asarray(batch), jnp.asarray(feats)
+  x, _ = js.ops.voxelize(xyz, batch, feats)
+  coarse = js.ops.max_pool(x, 2, 2)
+  for t in (x, coarse):
+    np.testing.assert_array_equal(np.asarray(js.ops.voxel_to_point(t, xyz, batch, implementation="native")),
+                                  np.asarray(js.ops.voxel_to_point(t, xyz, batch, implementation="xla")))

@@ -26,7 +26,7 @@ SUPPORTED = {
     "conv": ("xla", "native", "pallas"),
     "kernel_map": ("xla", "native"),
     "index": ("xla", "pallas"),
-    "voxel_to_point": ("xla", "pallas"),
+    "voxel_to_point": ("xla", "native", "pallas"),
     "batch_norm": ("xla", "native"),
     "adam": ("xla", "native"),  # jsparse3d.training.fused_adam
 }

@@ -9,6 +9,7 @@
 //   JsparseCompact:    a [Kq, M] partner table compacted into offset-homogeneous blocks of pairs
 //   JsparseDownsample: the output coordinates of a strided op, unique in order of first occurrence, in a given
 //                      capacity (sites past it are flagged)
+//   JsparseQueryRows:  the row of each query coordinate in `source`, or -1 (the point-voxel lookups)
 //
 // Everything is sequential, so results never depend on threads. The coordinate rules (range, key layout) are
 // those of _coords.py.
@@ -188,6 +189,22 @@ ffi::Error QueryMapImpl(Coords source, Scalar source_valid, Coords query, Scalar
                  num_blocks->typed_data(), num_pairs->typed_data());
 }
 
+ffi::Error QueryRowsImpl(Coords source, Scalar source_valid, Coords query, ffi::Result<Ints> rows,
+                         ffi::Result<Scalar> errors) {
+  const int64_t ns = source.dimensions()[0], m = query.dimensions()[0];
+  if (source.dimensions()[1] != 4 || query.dimensions()[1] != 4 || rows->dimensions()[0] != m)
+    return ffi::Error::InvalidArgument("jsparse3d query rows: operand shapes disagree");
+  RowTable table(ns);
+  *errors->typed_data() = Insert(source.typed_data(), Valid(source_valid, ns), table);
+  const int32_t* q = query.typed_data();
+  int32_t* r = rows->typed_data();
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t b = q[4 * i], x = q[4 * i + 1], y = q[4 * i + 2], z = q[4 * i + 3];
+    r[i] = InRange(b, x, y, z) ? table.Find(Pack(b, x, y, z)) : -1;
+  }
+  return ffi::Error::Success();
+}
+
 inline int64_t FloorTo(int64_t v, int64_t f) {
   const int64_t q = v >= 0 ? v / f : -((-v + f - 1) / f);
   return q * f;
@@ -278,3 +295,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JsparseDownsample, DownsampleImpl,
                                   .Attr<int64_t>("fx")
                                   .Attr<int64_t>("fy")
                                   .Attr<int64_t>("fz"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JsparseQueryRows, QueryRowsImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<Coords>()
+                                  .Arg<Scalar>()
+                                  .Arg<Coords>()
+                                  .Ret<Ints>()
+                                  .Ret<Scalar>());

@@ -375,6 +375,20 @@ def downsample_coords_native(coords, num_valid, factor, capacity=None):
       coords, jnp.asarray(num_valid, jnp.int32), fx=fx, fy=fy, fz=fz)
 
 
+def query_rows_native(coords, num_valid, query):
+  """The row of each ``query`` coordinate (``int32[Q, 4]``) among the first ``num_valid`` rows of ``coords``, by
+  the native CPU kernel, without a hash index: ``_hash.query_index`` on the index of ``coords``, the same rows.
+
+  Returns:
+    ``(rows int32[Q], errors int32[])``: -1 where a query is absent, padding or out of range; the error bits of
+    ``coords`` that building their index would raise (out of range, duplicates).
+  """
+  scalar = jax.ShapeDtypeStruct((), jnp.int32)
+  shapes = (jax.ShapeDtypeStruct((query.shape[0],), jnp.int32), scalar)
+  return jax.ffi.ffi_call(_native.target("query_rows"), shapes, vmap_method="sequential")(
+      coords, jnp.asarray(num_valid, jnp.int32), query)
+
+
 @functools.partial(jax.jit, static_argnames=("kernel_size", "stride", "dilation", "in_stride", "padding"))
 def strided_map(coords, num_valid, index, out_coords, out_num_valid, out_row, kernel_size, stride, dilation,
                 in_stride, padding=None) -> tuple[KernelMap, jax.Array]:

@@ -52,6 +52,7 @@ def target(name: str) -> str:
 TARGETS = {target("conv"): "JsparseConv", target("conv_wt"): "JsparseConvWt", target("wgrad"): "JsparseWgrad",
            target("compact"): "JsparseCompact",
            target("query_map"): "JsparseQueryMap", target("downsample"): "JsparseDownsample",
+           target("query_rows"): "JsparseQueryRows",
            target("norm"): "JsparseNorm", target("norm_vjp"): "JsparseNormVjp",
            target("adam"): "JsparseAdam"}
 
