@@ -221,10 +221,10 @@ def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
   recal = evaluator.recalibrated(chosen)
   model = recal.export(chosen)
   x0 = validation[0][0]
-  expect, got = recal(*_model_inputs(x0), subnet=chosen), model(*_model_inputs(x0))
-  leaf = lambda v: v.feats if hasattr(v, "feats") else v
-  export_error = float(np.max(np.abs(np.asarray(leaf(expect)) - np.asarray(leaf(got)))))
-  export_scale = float(np.max(np.abs(np.asarray(leaf(expect)))))  # float32 rounding grows with the logits
+  leaf = lambda v: np.asarray(v.feats if hasattr(v, "feats") else v)
+  expect, got = leaf(recal(*_model_inputs(x0), subnet=chosen)), leaf(model(*_model_inputs(x0)))
+  export_error = float(np.max(np.abs(expect - got)))
+  export_scale = float(np.max(np.abs(expect)))  # float32 rounding grows with the logits
   timing = _latency(supernet, [largest, chosen], reference, s["latency_repeats"], say)
   _save_export(workdir / "subnet", supernet, chosen, model)
   _save_export(workdir / "largest", supernet, largest, evaluator.recalibrated(largest).export(largest))

@@ -73,7 +73,7 @@ def voxelize(xyz, batch, feats, *, capacity: int | None = None):
   rank = jax.lax.associative_scan(jnp.add, valid.astype(jnp.int32)) - 1
   dest = jnp.where(valid, rank, num_valid + jnp.arange(p, dtype=jnp.int32) - rank - 1)
   partitioned = jnp.zeros_like(coords).at[dest].set(coords, unique_indices=True)
-  if _native_lookups():
+  if _native_lookups(None, feats.dtype):
     out_coords, out_nv, out_row, errors = _kernel_map.downsample_coords_native(partitioned, num_valid, (1, 1, 1))
     errors, cache = errors & ~_errors.DUPLICATE_COORDS, {}  # many points share a voxel: not an error here
   else:
@@ -86,17 +86,18 @@ def voxelize(xyz, batch, feats, *, capacity: int | None = None):
   return SparseTensor(out_coords, mean, out_nv, errors, cache, (1, 1, 1)), point_row
 
 
-def _native_lookups(implementation: str | None = None) -> bool:
-  """Whether the point-voxel lookups run in the native CPU kernels (the default on CPU), not through an XLA hash
-  index: the same rows, in a program a fraction of the size (SPVCNN's training step compiled in 6-9 s with XLA's
-  hash probes)."""
-  return _backend.resolve("voxel_to_point", implementation) == "native"
+def _native_lookups(implementation: str | None, dtype) -> bool:
+  """Whether the point-voxel lookups run in the native CPU kernels (the default on CPU, for float32 features), not
+  through an XLA hash index: the same rows, in a program a fraction of the size (SPVCNN's training step compiled in
+  6-9 s with XLA's hash probes)."""
+  return _backend.resolve("voxel_to_point", implementation, dtype) == "native"
 
 
-def _lookup(x: SparseTensor, coords, implementation: str | None = None):
-  """``(rows int32[...], x)``: the row of ``x`` holding each of ``coords`` (``int32[..., 4]``), -1 where none;
-  ``x`` comes back with the errors (and any index) of the lookup."""
-  if _native_lookups(implementation):
+def _lookup(x: SparseTensor, coords, native: bool):
+  """``(rows int32[...], x)``: the row of ``x`` holding each of ``coords`` (``int32[..., 4]``), -1 where none, by
+  the native kernels or through ``x``'s XLA hash index; ``x`` comes back with the errors (and any index) of the
+  lookup."""
+  if native:
     rows, errors = _kernel_map.query_rows_native(x.coords, x.num_valid, coords.reshape(-1, 4))
     return rows.reshape(coords.shape[:-1]), x.replace(errors=x.errors | errors)
   index, x = _conv.ensure_index(x)
@@ -115,7 +116,7 @@ def point_to_voxel(x: SparseTensor, xyz, batch, feats) -> SparseTensor:
   Returns ``x`` with the averaged features (and ``x``'s geometry and cache).
   """
   _check_points(xyz, batch, feats)
-  rows, x = _lookup(x, _point_voxel_coords(xyz, batch, x.stride))
+  rows, x = _lookup(x, _point_voxel_coords(xyz, batch, x.stride), _native_lookups(None, x.feats.dtype))
   rows = jnp.where(batch >= 0, rows, -1)
   return x.replace(feats=_scatter_mean(feats, rows, x.capacity))
 
@@ -130,7 +131,8 @@ def voxel_to_point(x: SparseTensor, xyz, batch, *, implementation: str | None = 
   errors)``, the error flags of ``x`` and of the lookup (the Pallas probe's ``TABLE_FULL``), for use under ``jit``.
   """
   _check_points(xyz, batch)
-  if _backend.resolve("voxel_to_point", implementation, x.feats.dtype) == "pallas":
+  implementation = _backend.resolve("voxel_to_point", implementation, x.feats.dtype)
+  if implementation == "pallas":
     index, x = _conv.ensure_index(x, "pallas")
     out, flags = _backend.pallas("devoxelize").devoxelize(index.table, x.feats, xyz, batch.astype(jnp.int32),
                                                           stride=x.stride)
@@ -144,7 +146,7 @@ def voxel_to_point(x: SparseTensor, xyz, batch, *, implementation: str | None = 
   corners = base.astype(jnp.int32)[:, None, :] + _CORNERS[None]  # [P, 8, 3] in stride units
   coords = jnp.concatenate([jnp.broadcast_to(batch[:, None, None].astype(jnp.int32), corners.shape[:2] + (1,)),
                             corners * jnp.asarray(x.stride, jnp.int32)[None, None, :]], axis=2)
-  rows, x = _lookup(x, coords, implementation)  # [P, 8]
+  rows, x = _lookup(x, coords, implementation == "native")  # [P, 8]
   present = (rows >= 0) & (batch >= 0)[:, None]
   w = jnp.prod(jnp.where(_CORNERS[None] == 1, frac[:, None, :], 1.0 - frac[:, None, :]), axis=2)
   w = jnp.where(present, w, 0.0)
