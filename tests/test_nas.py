@@ -244,6 +244,13 @@ def test_pareto_front():
   assert nas.pareto_front(points) == [5, 0, 2, 4]
 
 
+@pytest.mark.parametrize("lo,hi,expect", [(62, 132, [70, 80, 90, 100, 120]), (0.45, 3.2, [0.5, 0.7, 1, 2, 3]),
+                                           (1.8, 13, [2, 3, 5, 7, 10])])
+def test_pareto_plot_labels_a_short_log_axis_with_round_ticks(lo, hi, expect):
+  from train import nas as nas_cli
+  assert nas_cli._log_ticks(lo, hi) == expect
+
+
 def test_bad_subnets_and_settings_get_clear_errors():
   sup = _uresnet()
   space = sup.space

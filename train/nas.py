@@ -87,6 +87,18 @@ def _latency(supernet, subnets, reference, repeats, say):
   return measured
 
 
+def _log_ticks(lo: float, hi: float, at_least: int = 5) -> list[float]:
+  """Round ticks for a log axis over ``[lo, hi]``, which spans a decade or less here: the coarsest of a few
+  mantissa series that puts ``at_least`` ticks in range (matplotlib's own put one or two labels on such a span)."""
+  decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+  series = ((1, 2, 5), (1, 2, 3, 5, 7), (1, 1.5, 2, 3, 4, 5, 6, 7, 8), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9))
+  for mantissas in series:
+    ticks = [float(f"{m * 10.0 ** e:.6g}") for e in decades for m in mantissas if lo <= m * 10.0 ** e <= hi]
+    if len(ticks) >= at_least:
+      break
+  return ticks
+
+
 def _plot(path: Path, records, chosen, budget_kind, budget, largest, metric):
   import matplotlib
   matplotlib.use("Agg")
@@ -111,10 +123,9 @@ def _plot(path: Path, records, chosen, budget_kind, budget, largest, metric):
     if kind == budget_kind:
       ax.axvline(budget * scale[kind], color="tab:orange", ls="--", lw=1, label="budget")
     ax.set_xscale("log")
-    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(_log_ticks(*ax.get_xlim())))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel(label[kind])
     ax.set_ylabel(f"validation {name} (%)")
     ax.grid(alpha=0.3, which="both")
