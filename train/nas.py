@@ -128,7 +128,7 @@ def _plot(path: Path, records, chosen, budget_kind, budget, largest, metric):
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel(label[kind])
     ax.set_ylabel(f"validation {name} (%)")
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
   axes[0].legend(fontsize=8, loc="lower right")
   fig.suptitle(f"every subnet the searches scored (all within the {budget_kind} budget) and the largest subnet")
   fig.tight_layout()
