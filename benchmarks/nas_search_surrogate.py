@@ -4,9 +4,12 @@ A ``python -m train.nas`` run scores a few hundred subnets (``search/evaluations
 too few to tell two searches apart when their best scores differ by tenths of a point. This fits an additive
 model to those scores (one effect per gene value, least squares), adds a fixed Gaussian residual per subnet with
 the fit's residual spread, and runs random search and evolution (at several settings) on it with ``--seeds``
-seeds, at the run's budget (MACs over the config's validation split) and number of evaluations.
+seeds, at the run's budget (MACs over the config's validation split) and number of evaluations, or at each of
+``--evaluations``. Prints each setting's mean best against random search's, the seeds it wins, and the share of
+seed triples (seeds 0-2, 3-5, ...) on whose mean it wins, the test that a ``train.nas`` run of 3 seeds makes.
 
-Run: ``python benchmarks/nas_search_surrogate.py --config spvnas_lidar --set ... --run DIR [--seeds 30]``.
+Run: ``python benchmarks/nas_search_surrogate.py --config spvnas_lidar --set ... --run DIR [--seeds 30]
+[--evaluations 40 80] [--settings 1 4]``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,11 @@ def main(argv=None) -> int:
   ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
   ap.add_argument("--run", required=True, type=Path, help="a train.nas workdir with search/evaluations.jsonl")
   ap.add_argument("--seeds", type=int, default=30)
+  ap.add_argument("--evaluations", type=int, nargs="+", help="evaluations per search (default: the run's)")
+  ap.add_argument("--settings", type=int, nargs="+", help="indices into SETTINGS (default: all)")
   args = ap.parse_args(argv)
+  if args.seeds < 3:
+    ap.error(f"--seeds must be at least 3 (a triple of seeds is what a train.nas run compares), got {args.seeds}.")
   cfg = configs.get_config(args.config, args.set)
   nas_cli.check_search(cfg)
   summary = json.loads((args.run / "search" / "summary.json").read_text())
@@ -66,17 +73,22 @@ def main(argv=None) -> int:
       scores[s] = float(onehot(s) @ coef + sigma * noise)
     return scores[s]
   cost = lambda s: costs.setdefault(s, macs(s))
-  budget, evaluations = summary["budget_fraction"] * cost(space.largest()), summary["evaluations_per_search"]
+  budget = summary["budget_fraction"] * cost(space.largest())
   best = lambda history: nas.best(history).score
-  rnd = [best(nas.random_search(space, score, cost, budget, evaluations=evaluations, seed=k))
-         for k in range(args.seeds)]
-  print(f"random search: mean best {100 * np.mean(rnd):.2f} over {args.seeds} seeds ({evaluations} evaluations)")
-  for setting in SETTINGS:
-    evo = [best(nas.evolutionary_search(space, score, cost, budget, evaluations=evaluations, seed=k, **setting))
+  settings = [SETTINGS[i] for i in args.settings] if args.settings else SETTINGS
+  for evaluations in args.evaluations or [summary["evaluations_per_search"]]:
+    rnd = [best(nas.random_search(space, score, cost, budget, evaluations=evaluations, seed=k))
            for k in range(args.seeds)]
-    wins = sum(e > r for e, r in zip(evo, rnd))
-    print(f"evolution {setting}: mean best {100 * np.mean(evo):.2f} ({100 * (np.mean(evo) - np.mean(rnd)):+.2f}; "
-          f"above random on {wins} of {args.seeds} seeds)", flush=True)
+    print(f"random search: mean best {100 * np.mean(rnd):.2f} over {args.seeds} seeds ({evaluations} evaluations)")
+    for setting in settings:
+      evo = [best(nas.evolutionary_search(space, score, cost, budget, evaluations=evaluations, seed=k, **setting))
+             for k in range(args.seeds)]
+      wins = sum(e > r for e, r in zip(evo, rnd))
+      whole = len(evo) // 3 * 3  # the seeds that make whole triples
+      triples = np.mean(np.reshape(evo[:whole], (-1, 3)).mean(1) > np.reshape(rnd[:whole], (-1, 3)).mean(1))
+      print(f"  evolution {setting}: mean best {100 * np.mean(evo):.2f} ({100 * (np.mean(evo) - np.mean(rnd)):+.2f}"
+            f"; above random on {wins} of {args.seeds} seeds, on the mean of {100 * triples:.0f}% of seed triples)",
+            flush=True)
   return 0
 
 

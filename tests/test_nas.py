@@ -232,6 +232,8 @@ def test_searches_are_deterministic_distinct_and_within_budget():
     assert a == b and a != c
     assert len(a) == 30 and len({e.subnet for e in a}) == 30
     assert all(e.cost <= budget and e.score == _toy_score(e.subnet) for e in a)
+    longer = search(space, _toy_score, _toy_cost, budget, evaluations=50, seed=4, **kw)
+    assert longer[:30] == a and len({e.subnet for e in longer}) == 50  # 30 is 5 whole generations of 6
   evo = np.mean([nas.best(nas.evolutionary_search(space, _toy_score, _toy_cost, budget, evaluations=40,
                                                   population=8, parents=3, seed=s)).score for s in range(6)])
   rnd = np.mean([nas.best(nas.random_search(space, _toy_score, _toy_cost, budget, evaluations=40, seed=s)).score
@@ -350,6 +352,40 @@ def test_supernet_training_resumes_exactly_and_pmap_matches_one_device(tmp_path)
   assert max(float(np.max(np.abs(a[k].astype(np.float64) - c[k]))) for k in params) < 4e-4
 
 
+class _CountingEvaluator:
+  """The evaluator's interface (``cache``, ``scores``, ``__call__``), counting the subnets it really scores."""
+
+  def __init__(self):
+    self.cache, self.scored = {}, 0
+
+  def scores(self, subnet):
+    if subnet not in self.cache:
+      self.scored += 1
+      self.cache[subnet] = {"miou": _toy_score(subnet) / 7.0, "nonzero_accuracy": 1 / 3}  # not round in decimal
+    return self.cache[subnet]
+
+  def __call__(self, subnet):
+    return self.scores(subnet)["miou"]
+
+
+def test_score_log_reads_back_scores_of_the_same_digest_only(tmp_path):
+  from train import nas as nas_cli
+  space, path = _toy_space(), tmp_path / "scores.jsonl"
+  subnets = [space.sample(np.random.default_rng(k)) for k in range(6)]
+  first = nas_cli.ScoreLog(path, "abc", _CountingEvaluator(), say=lambda _: None)
+  values = [first(s) for s in subnets[:4] + subnets[:2]]
+  assert first.evaluator.scored == len(first.fresh) == 4 and not first.reused
+  assert len(path.read_text().splitlines()) == 1 + 4
+  again = nas_cli.ScoreLog(path, "abc", _CountingEvaluator(), say=lambda _: None)
+  assert [again(s) for s in subnets[:4] + subnets[:2]] == values  # bit for bit through JSON
+  assert again.evaluator.scored == 0 and len(again.reused) == 4
+  assert again(subnets[5]) == _toy_score(subnets[5]) / 7.0 and again.evaluator.scored == 1
+  assert len(path.read_text().splitlines()) == 1 + 5
+  other = nas_cli.ScoreLog(path, "xyz", _CountingEvaluator(), say=lambda _: None)
+  other(subnets[0])
+  assert other.evaluator.scored == 1 and len(path.read_text().splitlines()) == 1 + 1
+
+
 @pytest.mark.parametrize("name", ["uresnet_nas_lartpc_smoke", pytest.param("spvnas_lidar_smoke",
                                                                           marks=pytest.mark.slow)])
 def test_nas_cli_trains_searches_exports_and_finetunes(name, tmp_path):
@@ -376,5 +412,14 @@ def test_nas_cli_trains_searches_exports_and_finetunes(name, tmp_path):
     assert nas_cli.main(["--config", name, "--workdir", str(workdir), "--no-progress", "--compile-cache", "off"]) == 0
     assert (workdir / "search" / "evaluations.jsonl").stat().st_mtime_ns == before
     assert json.loads((workdir / "search" / "summary.json").read_text())["finetuned"] == summary["finetuned"]
+    # A longer search reads back the scores it has and begins as the shorter one did (4: two generations of 2).
+    assert nas_cli.main(["--config", name, "--workdir", str(workdir), "--no-progress", "--compile-cache", "off",
+                         "--set", "nas.evaluations=6"]) == 0
+    longer = json.loads((workdir / "search" / "summary.json").read_text())
+    again = [json.loads(line) for line in (workdir / "search" / "evaluations.jsonl").read_text().splitlines()]
+    timeless = lambda rs: [{k: v for k, v in r.items() if k != "latency"} for r in rs]  # the table is timed anew
+    assert timeless(r for r in again if r["index"] < 4) == timeless(records)
+    assert longer["subnets_read_back"] == len({json.dumps(r["subnet"]) for r in records} | {"largest"})
+    assert (workdir / "search" / "progress.png").stat().st_size > 10_000
   with pytest.raises(SystemExit):
     nas_cli.main(["--config", name, "--set", "nas.budget=flops"])

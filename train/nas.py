@@ -12,12 +12,15 @@
 5. With ``nas.finetune_steps`` > 0, fine-tunes that export and, as its reference, the largest subnet's export with
    the normal trainer, the same steps and recipe for both.
 
-Writes ``<workdir>/search``: ``evaluations.jsonl`` (every evaluation), ``latency.json``, ``pareto.png``,
-``summary.json``; ``<workdir>/subnet``: ``weights/`` (``jsparse3d.nn.load_weights``) and ``subnet.json`` (the
+Writes ``<workdir>/search``: ``evaluations.jsonl`` (every evaluation), ``scores.jsonl`` (every subnet's scores,
+appended as they are made), ``latency.json``, ``pareto.png``, ``progress.png`` (best score against evaluations
+spent), ``summary.json``; ``<workdir>/subnet``: ``weights/`` (``jsparse3d.nn.load_weights``) and ``subnet.json`` (the
 plain model's config); ``<workdir>/largest``: the same for the largest subnet; with fine-tuning, the trainer's
 workdirs ``finetune`` and ``finetune_largest``. A rerun resumes the supernet's training, then repeats the search
 (deterministic) unless it finished for the same config (``nas.finetune_steps`` aside), and resumes the
-fine-tuning.
+fine-tuning. A repeated search reads back the scores of the subnets already scored for the same supernet and
+scoring, so resuming an interrupted search, or running more evaluations (see ``nas.evolutionary_search`` on when
+a longer search begins as the shorter one did), other seeds or another budget, scores only new subnets.
 """
 
 from __future__ import annotations
@@ -136,6 +139,46 @@ def _plot(path: Path, records, chosen, budget_kind, budget, largest, metric):
   plt.close(fig)
 
 
+def best_so_far(records, method: str) -> dict:
+  """``{seed: [best score among the first n evaluations, for n = 1, 2, ...]}`` of ``method``'s searches."""
+  seeds = sorted({r["seed"] for r in records if r["method"] == method})
+  curves = {}
+  for seed in seeds:
+    history = sorted((r for r in records if r["method"] == method and r["seed"] == seed), key=lambda r: r["index"])
+    curves[seed] = list(np.maximum.accumulate([r["score"] for r in history]))
+  return curves
+
+
+def _plot_progress(path: Path, records, metric, largest_score):
+  """The best score found against the evaluations spent: each seed thin, the mean over seeds thick."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  for method, colour in (("random", "tab:grey"), ("evolution", "tab:blue")):
+    curves = best_so_far(records, method)
+    n = np.arange(1, min(map(len, curves.values())) + 1)
+    for curve in curves.values():
+      ax.plot(n, 100 * np.array(curve[:len(n)]), color=colour, lw=0.8, alpha=0.45)
+    mean = 100 * np.mean([c[:len(n)] for c in curves.values()], axis=0)
+    ax.plot(n, mean, color=colour, lw=2.2, label=f"{method} search, mean of {len(curves)} seeds")
+  ax.axhline(100 * largest_score, color="tab:red", ls="--", lw=1, label="largest subnet (over budget)")
+  name = "mIoU" if metric == "miou" else "non-zero accuracy"
+  ax.set_xlabel("subnets evaluated")
+  ax.set_ylabel(f"best validation {name} so far (%)")
+  # From the first generation on: the random start would stretch the axis over the part that decides nothing.
+  low = min(100 * np.mean([c[min(len(c), 10) - 1] for c in best_so_far(records, m).values()])
+            for m in ("random", "evolution"))
+  top = max(100 * largest_score, 100 * max(r["score"] for r in records))
+  ax.set_ylim(low - 0.1 * (top - low), top + 0.1 * (top - low))
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc="lower right")
+  ax.set_title("best subnet found within the budget, by evaluations spent", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def _evaluator(cfg, supernet, task, calibration, batches):
   return nas.SubnetEvaluator(supernet, calibration=calibration, validation=batches,
                              num_classes=cfg["model"]["num_classes"], metric=_METRIC[supernet.plain_class().__name__],
@@ -164,6 +207,57 @@ def macs_per_event(supernet, batches, events: int):
   return lambda sub: supernet.macs(sub, geometry) / events
 
 
+# The nas settings a subnet's score does not depend on: a search that changes only these reuses earlier scores.
+_SEARCH_ONLY = ("budget", "budget_fraction", "evaluations", "population", "parents", "mutation_probability",
+                "crossover_share", "search_seeds", "latency_subnets", "latency_repeats", "finetune_steps")
+
+
+def _scoring_digest(cfg, supernet) -> str:
+  """What a subnet's validation score depends on: the supernet's weights and statistics, and the config (data,
+  calibration) but the search's own settings."""
+  keyed = copy.deepcopy(cfg)
+  for key in _SEARCH_ONLY:
+    keyed["nas"].pop(key)
+  h = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode())
+  for leaf in jax.tree.leaves(nnx.state(supernet, nnx.Param, nnx.BatchStat)):
+    h.update(np.ascontiguousarray(leaf).tobytes())
+  return h.hexdigest()[:16]
+
+
+class ScoreLog:
+  """``score(subnet)`` through ``evaluator``, with every score appended to ``path`` as it is made and read back by
+  a later search of the same supernet and scoring (``digest``): an interrupted search, or one with more
+  evaluations, other seeds or another budget, scores only subnets it has not scored before. A log of another
+  digest is started afresh.
+
+  Attributes: ``reused``, the subnets whose scores came from the file, and ``fresh``, those scored here.
+  """
+
+  def __init__(self, path: Path, digest: str, evaluator, say=print):
+    self.path, self.evaluator, self.reused, self.fresh = Path(path), evaluator, set(), set()
+    lines = self.path.read_text().splitlines() if self.path.exists() else []
+    if lines and json.loads(lines[0]).get("scoring_digest") == digest:
+      for line in lines[1:]:
+        r = json.loads(line)
+        evaluator.cache[nas.Subnet.from_dict(r.pop("subnet"))] = r
+      say(f"{len(lines) - 1} subnet scores read back from {self.path}")
+    else:
+      if lines:
+        say(f"{self.path} holds the scores of another supernet or scoring setup: started afresh")
+      self.path.write_text(json.dumps(dict(scoring_digest=digest)) + "\n")
+    self._stored = set(evaluator.cache)
+
+  def __call__(self, subnet) -> float:
+    value = self.evaluator(subnet)
+    if subnet in self._stored:
+      self.reused.add(subnet)
+    elif subnet not in self.fresh:
+      self.fresh.add(subnet)
+      with open(self.path, "a") as f:
+        f.write(json.dumps(dict(subnet=subnet.to_dict(), **self.evaluator.scores(subnet))) + "\n")
+    return value
+
+
 def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
   """Steps 2-4 of the module docstring on a trained ``supernet``; returns the summary it writes."""
   s = cfg["nas"]
@@ -173,6 +267,7 @@ def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
   metric = _METRIC[plain]
   space = supernet.space
   evaluator, calibration, validation, macs = scoring(cfg, supernet, task, layout)
+  score = ScoreLog(out / "scores.jsonl", _scoring_digest(cfg, supernet), evaluator, say)
 
   say(f"latency table: every layer choice of the {space.size():,} subnets, timed on one validation batch...")
   t0 = time.perf_counter()
@@ -209,15 +304,16 @@ def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
   for seed in s["search_seeds"]:
     for method in ("evolution", "random"):
       if method == "evolution":
-        history = nas.evolutionary_search(space, evaluator, cost, budget, evaluations=s["evaluations"],
+        history = nas.evolutionary_search(space, score, cost, budget, evaluations=s["evaluations"],
                                           population=s["population"], parents=s["parents"],
                                           mutation_probability=s["mutation_probability"],
                                           crossover_share=s["crossover_share"], seed=seed)
       else:
-        history = nas.random_search(space, evaluator, cost, budget, evaluations=s["evaluations"], seed=seed)
+        history = nas.random_search(space, score, cost, budget, evaluations=s["evaluations"], seed=seed)
       top = nas.best(history)
       runs.append(dict(method=method, seed=seed, best_score=top.score, best=top.subnet.to_dict()))
-      say(f"  seed {seed}, {method}: best {metric} {top.score:.4f} ({len(evaluator.cache)} subnets scored so far)")
+      say(f"  seed {seed}, {method}: best {metric} {top.score:.4f} ({len(score.fresh)} subnets scored so far, "
+          f"{len(score.reused)} read back)")
       records += [dict(method=method, seed=seed, index=e.index, origin=e.origin, subnet=e.subnet.to_dict(),
                        score=e.score, macs=macs(e.subnet), latency=table.predict(e.subnet)) for e in history]
   search_seconds = time.perf_counter() - t0
@@ -244,11 +340,12 @@ def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
   if task.test_set is not None:
     tester = _evaluator(cfg, supernet, task, calibration, held_batches(layout, task.test_set, task, cfg))
     test = {"chosen": tester.scores(chosen), "largest": tester.scores(largest), "events": len(task.test_set)}
-  largest_rec = dict(score=evaluator(largest), macs=macs(largest), latency=table.predict(largest))
+  largest_rec = dict(score=score(largest), macs=macs(largest), latency=table.predict(largest))
   summary = dict(
       config=cfg["name"], search_digest=_search_digest(cfg), metric=metric, budget=s["budget"],
       budget_fraction=s["budget_fraction"], budget_value=budget,
-      space_size=space.size(), evaluations_per_search=s["evaluations"], subnets_scored=len(evaluator.cache),
+      space_size=space.size(), evaluations_per_search=s["evaluations"], subnets_scored=len(score.fresh),
+      subnets_read_back=len(score.reused),
       # every subnet runs in the same programs: one compile per batch shape, not per subnet
       scoring_batch_shapes=len(evaluator.batch_shapes),
       search_seconds=search_seconds, runs=runs, mean_best=dict(evolution=mean("evolution"), random=mean("random")),
@@ -263,6 +360,7 @@ def search(cfg, workdir: Path, supernet, task, layout, *, say=print) -> dict:
                          max_abs_error=latency_report["max_abs_error"]))
   (out / "summary.json").write_text(json.dumps(summary, indent=1))
   _plot(out / "pareto.png", records, chosen_rec, s["budget"], budget, largest_rec, metric)
+  _plot_progress(out / "progress.png", records, metric, largest_rec["score"])
   say(f"chosen subnet {chosen}: validation {metric} {chosen_rec['score']:.4f} (largest {largest_rec['score']:.4f}) "
       f"at {summary['chosen']['macs_fraction']:.3f} of its MACs, {summary['speedup']:.2f}x faster measured; "
       f"evolution {mean('evolution'):.4f} vs random {mean('random'):.4f} (mean best over seeds); export matches "
@@ -328,6 +426,10 @@ def run(cfg, workdir, *, resume: bool = True, progress: bool = True, devices: in
     print(f"the search in {workdir / 'search'} finished for this config: not repeated", flush=True)
   else:
     summary = search(cfg, workdir, supernet, task, layout)
+    for stale in ("finetune", "finetune_largest"):  # fine-tuned from the exports this search has replaced
+      if (workdir / stale).exists():
+        shutil.rmtree(workdir / stale)
+        print(f"removed {workdir / stale}: it fine-tuned the previous search's export", flush=True)
   if cfg["nas"]["finetune_steps"]:
     summary["finetuned"] = {}
     for name, export in (("chosen", "subnet"), ("largest", "largest")):

@@ -84,7 +84,9 @@ def evolutionary_search(space: SearchSpace, score: Callable, cost: Callable, bud
     parents: the best subnets so far that breed the next generation. mutation_probability: per gene and depth.
     crossover_share: the share of a generation made by crossover. seed: of the draws.
   Returns:
-    every evaluation, in order (``best(history)`` is the answer).
+    every evaluation, in order (``best(history)`` is the answer). A longer search with the same settings begins
+    with this history when ``evaluations`` is a whole number of generations (a multiple of ``population``), as
+    random search always does: the best score against evaluations spent is one run's curve, not many runs'.
 
   Example:
     >>> space = jsparse3d.nas.SearchSpace(((4, 8, 12),) * 3, ((1, 2),) * 2, ("a", "b", "c"), ("s", "t"))
