@@ -155,8 +155,10 @@ def _plot_progress(path: Path, records, metric, largest_score):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.4, 4.4))
-  for method, colour in (("random", "tab:grey"), ("evolution", "tab:blue")):
-    curves = best_so_far(records, method)
+  methods = {"random": "tab:grey", "evolution": "tab:blue"}
+  by_method = {method: best_so_far(records, method) for method in methods}
+  for method, colour in methods.items():
+    curves = by_method[method]
     n = np.arange(1, min(map(len, curves.values())) + 1)
     for curve in curves.values():
       ax.plot(n, 100 * np.array(curve[:len(n)]), color=colour, lw=0.8, alpha=0.45)
@@ -167,8 +169,7 @@ def _plot_progress(path: Path, records, metric, largest_score):
   ax.set_xlabel("subnets evaluated")
   ax.set_ylabel(f"best validation {name} so far (%)")
   # From the first generation on: the random start would stretch the axis over the part that decides nothing.
-  low = min(100 * np.mean([c[min(len(c), 10) - 1] for c in best_so_far(records, m).values()])
-            for m in ("random", "evolution"))
+  low = min(100 * np.mean([c[min(len(c), 10) - 1] for c in curves.values()]) for curves in by_method.values())
   top = max(100 * largest_score, 100 * max(r["score"] for r in records))
   ax.set_ylim(low - 0.1 * (top - low), top + 0.1 * (top - low))
   ax.grid(alpha=0.3)
@@ -212,13 +213,18 @@ _SEARCH_ONLY = ("budget", "budget_fraction", "evaluations", "population", "paren
                 "crossover_share", "search_seeds", "latency_subnets", "latency_repeats", "finetune_steps")
 
 
+def _config_hash(cfg, ignored):
+  """A sha256 of the config but the ``nas`` settings named in ``ignored``."""
+  keyed = copy.deepcopy(cfg)
+  for key in ignored:
+    keyed["nas"].pop(key)
+  return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode())
+
+
 def _scoring_digest(cfg, supernet) -> str:
   """What a subnet's validation score depends on: the supernet's weights and statistics, and the config (data,
   calibration) but the search's own settings."""
-  keyed = copy.deepcopy(cfg)
-  for key in _SEARCH_ONLY:
-    keyed["nas"].pop(key)
-  h = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode())
+  h = _config_hash(cfg, _SEARCH_ONLY)
   for leaf in jax.tree.leaves(nnx.state(supernet, nnx.Param, nnx.BatchStat)):
     h.update(np.ascontiguousarray(leaf).tobytes())
   return h.hexdigest()[:16]
@@ -235,17 +241,19 @@ class ScoreLog:
 
   def __init__(self, path: Path, digest: str, evaluator, say=print):
     self.path, self.evaluator, self.reused, self.fresh = Path(path), evaluator, set(), set()
+    self._stored = set()  # the subnets whose scores the file holds
     lines = self.path.read_text().splitlines() if self.path.exists() else []
     if lines and json.loads(lines[0]).get("scoring_digest") == digest:
       for line in lines[1:]:
         r = json.loads(line)
-        evaluator.cache[nas.Subnet.from_dict(r.pop("subnet"))] = r
+        subnet = nas.Subnet.from_dict(r.pop("subnet"))
+        evaluator.cache[subnet] = r
+        self._stored.add(subnet)
       say(f"{len(lines) - 1} subnet scores read back from {self.path}")
     else:
       if lines:
         say(f"{self.path} holds the scores of another supernet or scoring setup: started afresh")
       self.path.write_text(json.dumps(dict(scoring_digest=digest)) + "\n")
-    self._stored = set(evaluator.cache)
 
   def __call__(self, subnet) -> float:
     value = self.evaluator(subnet)
@@ -384,9 +392,7 @@ def _save_export(folder: Path, supernet, subnet, model) -> None:
 
 def _search_digest(cfg) -> str:
   """What a finished search depends on: the whole config but the fine-tuning's length."""
-  keyed = copy.deepcopy(cfg)
-  keyed["nas"].pop("finetune_steps")
-  return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+  return _config_hash(cfg, ("finetune_steps",)).hexdigest()[:16]
 
 
 def finetune(cfg, workdir: Path, export: str = "subnet", *, resume: bool, progress: bool) -> dict:
